@@ -1,0 +1,166 @@
+"""Configuration dataclasses shared by the CLI and the napari widget.
+
+One config, two faces: both front ends build these objects and call the same
+core functions, and every checkpoint stores the config that produced it so a
+run can be reproduced from either side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import TowerError
+
+METHODS = ("tower", "genesis", "simclr", "byol", "pcrl", "tower-gen-only", "tower-con-only")
+PROXY_TASKS = ("nonlinear", "masking", "shuffle", "inpaint", "outpaint")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+T = TypeVar("T")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise TowerError(message)
+
+
+@dataclass
+class DataConfig:
+    """How images become normalised training patches."""
+
+    patch: int = 128
+    low_percentile: float = 1.0
+    high_percentile: float = 99.8
+    structure_prior: bool = True
+    # Share of patch draws that ignore the structure score, so background is still seen.
+    prior_floor: float = 0.25
+
+    def validate(self) -> None:
+        _check(16 <= self.patch <= 4096 and self.patch % 16 == 0,
+               f"patch size {self.patch} is invalid: use a multiple of 16 between 16 and 4096")
+        _check(0 <= self.low_percentile < self.high_percentile <= 100,
+               "percentiles must satisfy 0 <= low < high <= 100")
+        _check(0 <= self.prior_floor <= 1, "prior_floor must be between 0 and 1")
+
+
+@dataclass
+class ModelConfig:
+    """U-Net shape. `in_channels` is filled in from the data."""
+
+    base: int = 16
+    depth: int = 4
+    in_channels: int = 1
+    projection_dim: int = 128
+
+    def validate(self) -> None:
+        _check(4 <= self.base <= 256, f"model base width {self.base} is invalid: use 4..256 (16 on CPU, 32 on GPU)")
+        _check(1 <= self.depth <= 6, f"model depth {self.depth} is invalid: use 1..6")
+        _check(1 <= self.in_channels <= 64, f"{self.in_channels} input channels is not supported (1..64)")
+
+
+@dataclass
+class PretrainConfig:
+    """Self-supervised pretraining (spec sections 2, 4 and 5)."""
+
+    method: str = "tower"
+    steps: int = 300
+    batch: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    tasks: tuple[str, ...] = ("nonlinear", "masking")
+    temperature: float = 0.1
+    mixed_precision: bool = True
+    checkpoint_every: int = 100
+    val_every: int = 50
+    val_batches: int = 2
+    early_stop_patience: int = 0  # validation rounds without improvement; 0 disables
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def validate(self) -> None:
+        _check(self.method in METHODS, f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
+        _check(self.steps >= 0, "steps must be >= 0")
+        _check(self.batch >= 2, "batch must be >= 2 (contrastive losses need negatives)")
+        _check(self.lr > 0, "learning rate must be > 0")
+        _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+        bad = [t for t in self.tasks if t not in PROXY_TASKS]
+        _check(not bad, f"unknown proxy task(s) {bad}: choose from {', '.join(PROXY_TASKS)}")
+        _check(self.temperature > 0, "temperature must be > 0")
+        self.data.validate()
+        self.model.validate()
+
+
+@dataclass
+class FinetuneConfig:
+    """Supervised fine-tuning of a segmenter (spec section 6)."""
+
+    steps: int = 300
+    batch: int = 8
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    fraction: float = 1.0
+    # "auto": instance masks -> foreground+boundary, binary -> foreground, else semantic classes.
+    target: str = "auto"
+    val_fraction: float = 0.2
+    val_every: int = 50
+    checkpoint_every: int = 100
+    mixed_precision: bool = True
+    edit_weight: float = 5.0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def validate(self) -> None:
+        _check(self.steps >= 0, "steps must be >= 0")
+        _check(self.batch >= 1, "batch must be >= 1")
+        _check(self.lr > 0, "learning rate must be > 0")
+        _check(0 < self.fraction <= 1, f"fraction {self.fraction} is invalid: use a value in (0, 1]")
+        _check(0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)")
+        _check(self.target in ("auto", "binary", "semantic", "instance"),
+               "target must be one of auto, binary, semantic, instance")
+        _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+        self.data.validate()
+        self.model.validate()
+
+
+@dataclass
+class PredictConfig:
+    """Tiled prediction."""
+
+    tile: int = 512
+    overlap: int = 64
+    batch: int = 4
+    device: str = "auto"
+    instances: bool = False
+    min_size: int = 16
+    normalise: str = "image"  # per-image percentiles, or "model": the training statistics
+
+    def validate(self) -> None:
+        _check(self.tile >= 32 and self.tile % 16 == 0, f"tile {self.tile} is invalid: use a multiple of 16, >= 32")
+        _check(0 <= self.overlap < self.tile // 2, "overlap must be >= 0 and less than half the tile")
+        _check(self.normalise in ("image", "model"), "normalise must be 'image' or 'model'")
+        _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict of a config (tuples become lists) for checkpoints and JSON."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a config dataclass from `to_dict` output, ignoring unknown keys (newer versions)."""
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        sub = {"data": DataConfig, "model": ModelConfig}.get(f.name)
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value)
+        elif f.name == "tasks" and isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)

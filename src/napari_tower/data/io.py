@@ -1,0 +1,227 @@
+"""Reading images from disk into arrays with known axes.
+
+Every reader returns an `Image`: an array-like (numpy, zarr or memory-mapped)
+in (planes, channels, Y, X) order plus where it came from. Z and T planes are
+independent 2D samples for training, so both fold into one `planes` axis.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import TowerError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".zarr")
+
+
+@dataclass
+class Image:
+    """An image as (planes, channels, Y, X) and the axes it was read with."""
+
+    data: Any  # array-like of shape (P, C, Y, X)
+    source: str
+    axes: str  # original axes, e.g. "ZYX", "YXC"
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def channels(self) -> int:
+        return int(self.data.shape[1])
+
+
+def guess_axes(shape: Sequence[int], rgb: bool | None = None) -> str:
+    """Axes for an array of this shape, the way napari would show it.
+
+    A trailing axis of 3 or 4 is read as RGB(A)/channels when `rgb` is not False.
+    """
+    nd = len(shape)
+    trailing_rgb = shape[-1] in (3, 4) if rgb is None else rgb
+    if nd == 2:
+        return "YX"
+    if nd == 3:
+        return "YXC" if trailing_rgb else "ZYX"
+    if nd == 4:
+        if trailing_rgb:
+            return "ZYXC"
+        if shape[1] <= 8 < min(shape[2], shape[3]):
+            return "ZCYX"  # ImageJ hyperstack order
+        return "TZYX"
+    if nd == 5:
+        return "TZYXC" if trailing_rgb else "TZCYX"
+    raise TowerError(
+        f"an array with {nd} dimension(s) {tuple(shape)} cannot be read as an image: "
+        "give a 2D image, a 2D+channel image, or a stack of 2D planes (up to 5 dimensions)"
+    )
+
+
+def to_pcyx(array: Any, axes: str) -> Any:
+    """Reorder an array with `axes` into (planes, channels, Y, X), folding Z/T into planes."""
+    axes = axes.upper()
+    if len(axes) != array.ndim:
+        raise TowerError(f"axes '{axes}' do not match an array with {array.ndim} dimensions")
+    if "Y" not in axes or "X" not in axes:
+        raise TowerError(f"axes '{axes}' lack Y and X: the image must have two spatial axes")
+    plane_axes = [i for i, a in enumerate(axes) if a not in "CYXS"]
+    chan = [i for i, a in enumerate(axes) if a in "CS"]
+    order = plane_axes + chan + [axes.index("Y"), axes.index("X")]
+    arr = array.transpose(order) if hasattr(array, "transpose") else np.transpose(array, order)
+    shape = arr.shape
+    n_planes = int(np.prod(shape[: len(plane_axes)])) if plane_axes else 1
+    n_chan = int(np.prod(shape[len(plane_axes): len(plane_axes) + len(chan)])) if chan else 1
+    return arr.reshape(n_planes, n_chan, shape[-2], shape[-1])
+
+
+def check_array(array: Any, source: str) -> None:
+    """Reject arrays no model can learn from, with a message that says why."""
+    if array.size == 0 or min(array.shape) == 0:
+        raise TowerError(f"{source} is empty (shape {tuple(array.shape)}): give an image with pixels")
+    if array.dtype.kind not in "biuf":
+        raise TowerError(f"{source} has data type {array.dtype}, not numbers: convert it to an integer or float image")
+
+
+def from_array(array: Any, source: str = "array", axes: str | None = None, rgb: bool | None = None) -> Image:
+    """Wrap an in-memory or lazy array (numpy, zarr, dask) as an `Image`."""
+    if not hasattr(array, "shape"):
+        array = np.asarray(array)
+    check_array(array, source)
+    axes = axes or guess_axes(array.shape, rgb)
+    return Image(to_pcyx(array, axes), source, axes)
+
+
+def _read_tiff(path: Path) -> tuple[Any, str | None]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise TowerError(f"{path} holds no image data: check the file is a TIFF image")
+        series = tif.series[0]
+        axes = series.axes.upper().replace("Q", "Z").replace("I", "Z")
+        data = series.asarray()
+    if any(a not in "TZCYXS" for a in axes) or len(axes) != data.ndim:
+        axes = None
+    if axes == "YXS" and data.shape[-1] not in (3, 4):
+        axes = "YXC"
+    return data, axes
+
+
+def _read_zarr(path: Path) -> Any:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if hasattr(node, "shape"):
+        return node
+    # OME-Zarr multiscale group: take the full-resolution level.
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if multiscales:
+        return node[multiscales[0]["datasets"][0]["path"]]
+    arrays = [name for name, _ in node.arrays()] if hasattr(node, "arrays") else []
+    if arrays:
+        return node[sorted(arrays)[0]]
+    raise TowerError(f"{path} is a zarr group with no array: point to the array inside it")
+
+
+def _read_raw(path: Path) -> tuple[Any, str | None]:
+    """The array in a file and the axes the file declares (TIFF), without reordering."""
+    if not path.exists():
+        raise TowerError(f"{path} does not exist: check the path")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise TowerError(f"{path} is not a supported image ({', '.join(IMAGE_SUFFIXES)}): convert it to TIFF")
+    file_axes: str | None = None
+    try:
+        if suffix in (".tif", ".tiff"):
+            data, file_axes = _read_tiff(path)
+        elif suffix == ".npy":
+            data = np.load(path, allow_pickle=False, mmap_mode="r")
+        elif suffix == ".zarr":
+            data = _read_zarr(path)
+        else:
+            import imageio.v3 as iio
+
+            data = iio.imread(path)
+    except TowerError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, EOFError, RuntimeError) as exc:
+        raise TowerError(
+            f"{path} could not be read ({type(exc).__name__}: {str(exc)[:120]}): the file may be truncated or not an image"
+        ) from None
+    check_array(data, str(path))
+    return data, file_axes
+
+
+def read_image(path: str | os.PathLike, axes: str | None = None) -> Image:
+    """Read one image file (TIFF, PNG/JPEG, NPY, zarr) as (planes, channels, Y, X)."""
+    path = Path(path)
+    data, file_axes = _read_raw(path)
+    return from_array(data, str(path), axes or file_axes)
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Read a label image as (planes, Y, X) integers; a trailing axis of 3 is a plane axis here, not RGB."""
+    path = Path(path)
+    data, file_axes = _read_raw(path)
+    axes = file_axes if file_axes and "C" not in file_axes and "S" not in file_axes else guess_axes(data.shape, rgb=False)
+    arr = np.asarray(to_pcyx(np.asarray(data), axes))
+    if arr.shape[1] != 1:
+        raise TowerError(f"{path} has {arr.shape[1]} channels: labels must be a single-channel integer image")
+    return labels_as_int(arr[:, 0], str(path))
+
+
+def labels_as_int(labels: np.ndarray, source: str) -> np.ndarray:
+    """Labels as int64, refusing negative, fractional or non-finite values."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
+            raise TowerError(f"{source} holds fractional or NaN values: labels must be whole numbers (0 = background)")
+    if labels.dtype.kind not in "biuf":
+        raise TowerError(f"{source} has data type {labels.dtype}: labels must be integers")
+    out = labels.astype(np.int64)
+    if out.min() < 0:
+        raise TowerError(f"{source} has negative labels: use 0 for background and positive ids for objects")
+    return out
+
+
+def expand_inputs(items: Sequence[str]) -> list[Path]:
+    """Turn files, folders and globs into a sorted list of image paths."""
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir() and p.suffix.lower() != ".zarr":
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise TowerError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif p.exists():
+            paths.append(p)
+        elif any(ch in item for ch in "*?["):
+            found = sorted(Path(q) for q in glob.glob(item))
+            if not found:
+                raise TowerError(f"the pattern {item} matches no files")
+            paths.extend(found)
+        else:
+            raise TowerError(f"{item} does not exist: check the path")
+    return paths
+
+
+def write_tiff(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a TIFF atomically (temp file + rename), so a crash never leaves half a file."""
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tifffile.imwrite(tmp, np.asarray(array), compression="zlib")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TowerError(f"could not write {path} ({exc.strerror or exc}): check the folder is writable and the disk has space") from None

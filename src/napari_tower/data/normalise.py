@@ -1,0 +1,65 @@
+"""Per-channel percentile normalisation, kept with the model (spec section 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import TowerError
+
+# Percentiles of a huge image are estimated from at most this many pixels per channel.
+_MAX_SAMPLES = 4_000_000
+
+
+@dataclass
+class Normalisation:
+    """Low and high percentile per channel; maps them to 0 and 1."""
+
+    low: list[float]
+    high: list[float]
+
+    def apply(self, x: np.ndarray, channel_axis: int = -3) -> np.ndarray:
+        """Scale `x` (…, C, Y, X) into [0, 1] as float32."""
+        shape = [1] * x.ndim
+        shape[channel_axis] = len(self.low)
+        lo = np.asarray(self.low, np.float32).reshape(shape)
+        hi = np.asarray(self.high, np.float32).reshape(shape)
+        out = (np.asarray(x, np.float32) - lo) / (hi - lo)
+        return np.clip(out, 0.0, 1.0, out=out)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"low": list(map(float, self.low)), "high": list(map(float, self.high))}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Normalisation":
+        return cls([float(v) for v in d["low"]], [float(v) for v in d["high"]])
+
+
+def _subsample(data: Any) -> np.ndarray:
+    """A strided view of a (P, C, Y, X) array-like small enough to take percentiles of."""
+    p, c, h, w = data.shape
+    per_plane = max(1, _MAX_SAMPLES // max(1, p))
+    step = max(1, int(np.sqrt(h * w / per_plane)))
+    plane_step = max(1, p // 64)
+    return np.asarray(data[::plane_step, :, ::step, ::step])
+
+
+def compute_normalisation(data: Any, source: str, low: float = 1.0, high: float = 99.8) -> Normalisation:
+    """Percentiles per channel of a (P, C, Y, X) array; refuses NaN/Inf and constant images."""
+    sample = _subsample(data).astype(np.float32, copy=False)
+    if not np.isfinite(sample).all():
+        raise TowerError(f"{source} contains NaN or infinite values: replace them (e.g. with 0) before training")
+    per_channel = sample.transpose(1, 0, 2, 3).reshape(sample.shape[1], -1)
+    lo = np.percentile(per_channel, low, axis=1)
+    hi = np.percentile(per_channel, high, axis=1)
+    flat = hi <= lo
+    if flat.any():
+        # Fall back to min/max before declaring the channel constant (sparse images).
+        lo = np.where(flat, per_channel.min(axis=1), lo)
+        hi = np.where(flat, per_channel.max(axis=1), hi)
+    if (hi <= lo).any():
+        bad = int(np.argmax(hi <= lo))
+        raise TowerError(f"{source} is constant (channel {bad} has a single value): it holds nothing to learn from")
+    return Normalisation(lo.tolist(), hi.tolist())

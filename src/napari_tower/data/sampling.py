@@ -1,0 +1,143 @@
+"""Seeded random patch sampling with an optional structure prior.
+
+The prior is our reading of TOWER's knowledge-based sample-space
+diversification: patch centres are drawn preferentially where the image has
+texture (local standard deviation), with a floor of uniform draws so
+background is still seen. Images stay as they are (numpy, zarr, memmap): only
+the patches drawn are read and normalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import TowerError
+from .io import Image
+from .normalise import Normalisation
+
+
+@dataclass
+class Source:
+    """One training image with its normalisation and, for fine-tuning, its targets."""
+
+    image: Image
+    norm: Normalisation
+    labels: Any | None = None  # (P, Y, X) integer targets, 0 = unannotated where sparse
+    weights: Any | None = None  # (P, Y, X) per-pixel loss weights
+
+
+def _score_grid(plane: np.ndarray, stride: int, window: int) -> np.ndarray:
+    """Local standard deviation on a coarse grid: how much structure surrounds each point."""
+    small = plane[:, ::stride, ::stride].mean(axis=0)
+    size = max(1, window // stride)
+    mean = ndimage.uniform_filter(small, size)
+    sq = ndimage.uniform_filter(small * small, size)
+    return np.sqrt(np.clip(sq - mean * mean, 0, None))
+
+
+class PatchSampler:
+    """Draws augmented (flip/rot90) patches from a list of sources, reproducibly from a seed."""
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        patch: int,
+        structure_prior: bool = True,
+        prior_floor: float = 0.25,
+        augment: bool = True,
+    ) -> None:
+        if not sources:
+            raise TowerError("no images to sample from: add at least one image")
+        self.sources = list(sources)
+        self.patch = patch
+        self.augment = augment
+        self.prior_floor = prior_floor if structure_prior else 1.0
+        channels = {s.image.channels for s in self.sources}
+        if len(channels) > 1:
+            raise TowerError(f"images have different channel counts {sorted(channels)}: use images with the same channels")
+        self.channels = channels.pop()
+        self._index_planes()
+
+    def _index_planes(self) -> None:
+        """List every plane and, for the prior, a coarse grid of structure scores per plane."""
+        planes: list[tuple[int, int]] = []
+        for si, s in enumerate(self.sources):
+            p, _, h, w = s.image.shape
+            if h < self.patch or w < self.patch:
+                raise TowerError(
+                    f"{s.image.source} is {h} x {w} pixels, smaller than the {self.patch} px patch: "
+                    f"choose a patch size of at most {min(h, w) // 16 * 16} (--patch)"
+                )
+            planes.extend((si, pi) for pi in range(p))
+        self.planes = planes
+        self.stride = max(4, self.patch // 8)
+        self.candidates: list[np.ndarray] = []  # per plane: flat indices of the coarse grid
+        cum: list[float] = []
+        total = 0.0
+        if self.prior_floor < 1.0:
+            for si, pi in planes:
+                s = self.sources[si]
+                coarse = s.norm.apply(np.asarray(s.image.data[pi, :, :: self.stride, :: self.stride]))
+                score = _score_grid(coarse, 1, self.patch // self.stride)
+                self.candidates.append(score)
+                total += float(score.sum())
+                cum.append(total)
+        self.plane_cum = np.asarray(cum)
+
+    def _pick_corner(self, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        p = self.patch
+        use_prior = self.prior_floor < 1.0 and rng.random() >= self.prior_floor and self.plane_cum[-1] > 0
+        if use_prior:
+            k = int(np.searchsorted(self.plane_cum, rng.random() * self.plane_cum[-1], side="right"))
+            k = min(k, len(self.planes) - 1)
+            si, pi = self.planes[k]
+            score = self.candidates[k]
+            flat = score.ravel()
+            idx = int(np.searchsorted(np.cumsum(flat), rng.random() * flat.sum(), side="right"))
+            cy, cx = np.unravel_index(min(idx, flat.size - 1), score.shape)
+            _, _, h, w = self.sources[si].image.shape
+            y = int(np.clip(cy * self.stride - p // 2 + rng.integers(self.stride), 0, h - p))
+            x = int(np.clip(cx * self.stride - p // 2 + rng.integers(self.stride), 0, w - p))
+        else:
+            si, pi = self.planes[int(rng.integers(len(self.planes)))]
+            _, _, h, w = self.sources[si].image.shape
+            y, x = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
+        return si, pi, y, x
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """`n` patches: "image" (n, C, P, P) float32 in [0, 1], plus "labels"/"weights" where sources have them."""
+        p = self.patch
+        images = np.empty((n, self.channels, p, p), np.float32)
+        has_labels = self.sources[0].labels is not None
+        labels = np.zeros((n, p, p), np.int64) if has_labels else None
+        weights = np.ones((n, p, p), np.float32) if has_labels else None
+        for i in range(n):
+            si, pi, y, x = self._pick_corner(rng)
+            s = self.sources[si]
+            img = s.norm.apply(np.asarray(s.image.data[pi, :, y: y + p, x: x + p]))
+            lab = np.asarray(s.labels[pi, y: y + p, x: x + p]) if has_labels else None
+            wts = np.asarray(s.weights[pi, y: y + p, x: x + p]) if has_labels and s.weights is not None else None
+            if self.augment:
+                k, flip = int(rng.integers(4)), bool(rng.integers(2))
+                img = _aug(img, k, flip)
+                lab = _aug(lab, k, flip) if lab is not None else None
+                wts = _aug(wts, k, flip) if wts is not None else None
+            images[i] = img
+            if labels is not None:
+                labels[i] = lab
+                if wts is not None:
+                    weights[i] = wts
+        out = {"image": images}
+        if labels is not None:
+            out["labels"] = labels
+            out["weights"] = weights
+        return out
+
+
+def _aug(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    a = np.rot90(a, k, axes=(-2, -1))
+    return a[..., ::-1] if flip else a

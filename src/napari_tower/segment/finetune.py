@@ -1,0 +1,224 @@
+"""Fine-tuning a segmenter from a few labels (spec section 6)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import FinetuneConfig, to_dict
+from ..data import Image, PatchSampler, Source, compute_normalisation
+from ..errors import CheckpointError, TowerError
+from ..train.checkpoint import load_checkpoint, save_checkpoint
+from ..train.engine import Loop, Progress, ProgressCallback, StopCheck, autocast, cosine_lr, resolve_device, step_rng
+from ..train.pretrain import load_unet_weights, model_normalisation
+from .model import Segmenter
+from .targets import check_labels, encode_targets, infer_target_kind, n_classes
+
+
+@dataclass
+class FinetuneResult:
+    checkpoint: dict[str, Any]
+    path: Path | None
+    last: Progress
+    best_val_dice: float | None
+
+
+def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted cross-entropy + soft Dice over annotated pixels; targets 0 = unannotated (no gradient)."""
+    logits = logits.float()
+    annotated = (targets > 0).float() * weights
+    cls = (targets - 1).clamp(min=0)
+    ce = F.cross_entropy(logits, cls, reduction="none")
+    ce = (ce * annotated).sum() / annotated.sum().clamp(min=1.0)
+    probs = logits.softmax(dim=1)
+    onehot = F.one_hot(cls, logits.shape[1]).permute(0, 3, 1, 2).float()
+    mask = (targets > 0).float()[:, None]
+    inter = (probs * onehot * mask).sum(dim=(0, 2, 3))
+    denom = ((probs + onehot) * mask).sum(dim=(0, 2, 3))
+    present = onehot.mul(mask).sum(dim=(0, 2, 3)) > 0
+    dice = (2 * inter + 1) / (denom + 1)
+    dice_loss = 1 - dice[present].mean() if present.any() else logits.sum() * 0
+    return ce + dice_loss
+
+
+def select_fraction(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Indices of a seeded subset of `n` items; subsets for smaller fractions nest inside larger ones."""
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[: max(1, int(math.ceil(fraction * n)))])
+
+
+def _planes(images: Sequence[Image], labels: Sequence[np.ndarray], weights: Sequence[np.ndarray | None] | None):
+    """Split everything into single planes: the unit of label fractions and validation splits."""
+    out = []
+    for i, (im, lab) in enumerate(zip(images, labels)):
+        w = weights[i] if weights is not None else None
+        for p in range(im.shape[0]):
+            out.append((i, p, lab[p: p + 1], None if w is None else np.asarray(w[p: p + 1], np.float32)))
+    return out
+
+
+def finetune(
+    images: Sequence[Image],
+    labels: Sequence[np.ndarray],
+    cfg: FinetuneConfig,
+    out: str | os.PathLike | None = None,
+    init: str | os.PathLike | dict[str, Any] | None = None,
+    weights: Sequence[np.ndarray | None] | None = None,
+    callback: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+    transfer: Sequence[str] | None = None,
+) -> FinetuneResult:
+    """Train a segmenter on (image, labels) pairs, labels as (planes, Y, X) integers.
+
+    `init` is a pretraining checkpoint (its transferable parts are loaded), a
+    segmenter checkpoint (training continues, e.g. from user corrections), or None
+    for random initialisation. `weights` give per-pixel loss weights.
+    `transfer` overrides which U-Net parts a pretraining checkpoint contributes.
+    """
+    if len(images) != len(labels) or not images:
+        raise TowerError(f"got {len(images)} image(s) and {len(labels)} label image(s): give one label image per image")
+    for im, lab in zip(images, labels):
+        check_labels(lab, im.shape, im.source)
+    channels = {im.channels for im in images}
+    if len(channels) > 1:
+        raise TowerError(f"images have different channel counts {sorted(channels)}: use images with the same channels")
+    cfg.model.in_channels = channels.pop()
+
+    ckpt: dict[str, Any] | None = None
+    if init is not None:
+        ckpt = init if isinstance(init, dict) else load_checkpoint(init)
+    kind = cfg.target if cfg.target != "auto" else infer_target_kind(list(labels))
+    if ckpt is not None and ckpt["kind"] == "segmenter":
+        kind = ckpt["target"]
+        saved_model = ckpt["config"]["model"]
+        cfg.model.base, cfg.model.depth = saved_model["base"], saved_model["depth"]
+        if saved_model["in_channels"] != cfg.model.in_channels:
+            raise TowerError(
+                f"the model was trained on {saved_model['in_channels']}-channel images but these have "
+                f"{cfg.model.in_channels}: use images with the same channels as the model's"
+            )
+    elif ckpt is not None:
+        pm = ckpt["config"]["model"]
+        cfg.model.base, cfg.model.depth = pm["base"], pm["depth"]
+    cfg.validate()
+    targets = [encode_targets(lab, kind) for lab in labels]
+    classes = n_classes(kind, targets)
+    if ckpt is not None and ckpt["kind"] == "segmenter":
+        if classes > int(ckpt["classes"]) and kind in ("semantic", "sparse"):
+            raise TowerError(
+                f"the labels use {classes - 1} classes but the model knows {int(ckpt['classes']) - 1}: "
+                "use label ids the model was trained with, or fine-tune a new model from a pretraining checkpoint"
+            )
+        classes = int(ckpt["classes"])
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = Segmenter(cfg.model.in_channels, classes, cfg.model.base, cfg.model.depth)
+    init_method = "scratch"
+    if ckpt is not None and ckpt["kind"] == "segmenter":
+        model.load_state_dict(ckpt["state"])
+        init_method = ckpt.get("init_method", "segmenter")
+    elif ckpt is not None:
+        load_unet_weights(model, ckpt, tuple(transfer or ckpt.get("transfers", ("encoder", "decoder"))), str(init))
+        init_method = ckpt["method"]
+    model.to(device)
+
+    norms = [compute_normalisation(im.data, im.source, cfg.data.low_percentile, cfg.data.high_percentile) for im in images]
+    planes = _planes(images, targets, weights)
+    chosen = [planes[i] for i in select_fraction(len(planes), cfg.fraction, cfg.seed)]
+    n_val = int(round(cfg.val_fraction * len(chosen))) if len(chosen) >= 3 else 0
+    val_idx = set(np.random.default_rng(cfg.seed + 1).permutation(len(chosen))[:n_val].tolist())
+    train_planes = [c for k, c in enumerate(chosen) if k not in val_idx]
+    val_planes = [c for k, c in enumerate(chosen) if k in val_idx]
+
+    def sources(items) -> list[Source]:
+        from ..data import from_array
+
+        return [Source(from_array(np.asarray(images[i].data[p: p + 1]), images[i].source, axes="ZCYX"), norms[i], t, w)
+                for i, p, t, w in items]
+
+    patch = min(cfg.data.patch, *(min(images[i].shape[2:]) // 16 * 16 for i, _, _, _ in chosen))
+    sampler = PatchSampler(sources(train_planes), patch, structure_prior=False)
+    val_batch = None
+    if val_planes:
+        vs = PatchSampler(sources(val_planes), patch, structure_prior=False, augment=False)
+        val_batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in vs.sample(4 * cfg.batch, np.random.default_rng(cfg.seed + 7)).items()}
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_dice = -1.0
+
+    def train_step(step: int) -> dict[str, float]:
+        model.train()
+        rng, _ = step_rng(cfg.seed, step)
+        b = sampler.sample(cfg.batch, rng)
+        x = torch.from_numpy(b["image"]).to(device)
+        t = torch.from_numpy(np.ascontiguousarray(b["labels"])).to(device)
+        w = torch.from_numpy(np.ascontiguousarray(b["weights"])).to(device)
+        cosine_lr(optimizer, cfg.lr, step, cfg.steps)
+        with autocast(device, cfg.mixed_precision):
+            logits = model(x)
+        loss = segmentation_loss(logits, t, w)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": float(loss.detach())}
+
+    def validate() -> float:
+        nonlocal best_state, best_dice
+        assert val_batch is not None
+        model.eval()
+        with torch.no_grad(), autocast(device, cfg.mixed_precision):
+            pred = torch.cat([model(chunk.to(device)).argmax(1).cpu() for chunk in val_batch["image"].split(cfg.batch)])
+        t = val_batch["labels"]
+        fg_pred, fg_true, annotated = pred > 0, t > 1, t > 0
+        inter = (fg_pred & fg_true & annotated).sum().item()
+        dice = (2 * inter + 1e-6) / ((fg_pred & annotated).sum().item() + fg_true.sum().item() + 1e-6)
+        if dice > best_dice:
+            best_dice, best_state = dice, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        return 1.0 - dice  # the loop minimises
+
+    norm = model_normalisation(norms)
+    saved: dict[str, Any] = {}
+
+    def save(step: int, final: bool) -> None:
+        nonlocal saved
+        state = best_state if (final and best_state is not None) else {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        saved = {
+            "kind": "segmenter",
+            "target": kind,
+            "classes": classes,
+            "init_method": init_method,
+            "config": to_dict(cfg),
+            "normalisation": norm.to_dict(),
+            "state": state,
+            "step": step,
+            "history": loop.history,
+            "best_val_dice": best_dice if best_dice >= 0 else None,
+        }
+        if out is not None:
+            save_checkpoint(out, saved)
+
+    loop = Loop("finetune", cfg.steps, cfg.batch, train_step, save, validate if val_batch is not None else None,
+                cfg.val_every, cfg.checkpoint_every, 0, callback, should_stop)
+    last = loop.run(0)
+    return FinetuneResult(saved, Path(out) if out is not None else None, last, best_dice if best_dice >= 0 else None)
+
+
+def require_segmenter(ckpt: dict[str, Any], source: str) -> None:
+    if ckpt.get("kind") != "segmenter":
+        raise CheckpointError(
+            f"{source} is a {ckpt.get('kind')} checkpoint, but prediction needs a segmenter: "
+            "fine-tune it first (napari-tower finetune IMAGE --labels LABELS --init CKPT --out MODEL)"
+        )
+
+
+__all__ = ["FinetuneResult", "finetune", "require_segmenter", "segmentation_loss", "select_fraction"]

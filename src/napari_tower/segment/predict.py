@@ -1,0 +1,111 @@
+"""Prediction with a fine-tuned segmenter: tiled, plane by plane, normalised as in training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import PredictConfig
+from ..data import Image, Normalisation, compute_normalisation
+from ..errors import TowerError
+from ..train.engine import resolve_device
+from .instances import instances_from_probabilities
+from .model import Segmenter, segmenter_from_checkpoint
+from .tiling import predict_tiled
+
+
+@dataclass
+class Prediction:
+    """Per-plane class probabilities (P, K, Y, X) and labels (P, Y, X)."""
+
+    probabilities: Any
+    labels: Any
+
+
+class Predictor:
+    """A loaded segmenter ready to predict images of any size."""
+
+    def __init__(self, ckpt: dict[str, Any], cfg: PredictConfig | None = None) -> None:
+        from .finetune import require_segmenter
+
+        require_segmenter(ckpt, "the model")
+        self.ckpt = ckpt
+        self.cfg = cfg or PredictConfig()
+        self.cfg.validate()
+        self.device = resolve_device(self.cfg.device)
+        self.model: Segmenter = segmenter_from_checkpoint(ckpt).to(self.device)
+        self.target = str(ckpt["target"])
+        self.classes = int(ckpt["classes"])
+        self.in_channels = int(ckpt["config"]["model"]["in_channels"])
+        self.stored_norm = Normalisation.from_dict(ckpt["normalisation"])
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            x = x.to(self.device, non_blocking=True)
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return self.model(x).float().softmax(1).cpu()
+            return self.model(x).softmax(1).cpu()
+
+    def normalisation_for(self, image: Image) -> Normalisation:
+        if self.cfg.normalise == "model":
+            return self.stored_norm
+        low, high = self.ckpt["config"]["data"]["low_percentile"], self.ckpt["config"]["data"]["high_percentile"]
+        return compute_normalisation(image.data, image.source, low, high)
+
+    def check_image(self, image: Image) -> None:
+        if image.channels != self.in_channels:
+            hint = ("it looks like RGB while the model was trained on single-channel images; convert it to grayscale"
+                    if image.channels in (3, 4) and self.in_channels == 1 else
+                    f"give an image with {self.in_channels} channel(s)")
+            raise TowerError(f"{image.source} has {image.channels} channel(s) but the model expects {self.in_channels}: {hint}")
+
+    def probabilities(self, plane: Any, norm: Normalisation, out: Any = None) -> np.ndarray:
+        """Class probabilities (K, Y, X) of one (C, Y, X) plane, tiled."""
+
+        class _Normalised:
+            """Normalises tiles as they are read, so a lazy plane is never loaded whole."""
+
+            shape = plane.shape
+            ndim = 3
+
+            def __getitem__(self, key):  # noqa: ANN001
+                return norm.apply(np.asarray(plane[key]), channel_axis=0)
+
+        cfg = self.cfg
+        return predict_tiled(_Normalised(), self._forward, self.classes, tile=cfg.tile, overlap=cfg.overlap,
+                             batch=cfg.batch, out=out)
+
+    def labels_from(self, probs: np.ndarray) -> np.ndarray:
+        """Labels of one plane: instance ids, or class ids (0 = background)."""
+        if self.target == "instance":
+            fg = 1.0 - probs[0]
+            if self.cfg.instances:
+                return instances_from_probabilities(fg, probs[2], min_size=self.cfg.min_size)
+            return (fg > 0.5).astype(np.int32)
+        labels = probs.argmax(0).astype(np.int32)
+        if self.cfg.instances:
+            return instances_from_probabilities((labels > 0).astype(np.float32), None, min_size=self.cfg.min_size)
+        return labels
+
+    def predict(self, image: Image, planes: list[int] | None = None,
+                progress: Callable[[int, int], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> Prediction:
+        """Predict every plane (or the listed ones) of `image` into in-memory arrays."""
+        self.check_image(image)
+        norm = self.normalisation_for(image)
+        p, _, h, w = image.shape
+        planes = list(range(p)) if planes is None else planes
+        probs = np.zeros((len(planes), self.classes, h, w), np.float32)
+        labels = np.zeros((len(planes), h, w), np.int32)
+        for k, pi in enumerate(planes):
+            if should_stop is not None and should_stop():
+                raise TowerError("prediction stopped")
+            probs[k] = self.probabilities(image.data[pi], norm)
+            labels[k] = self.labels_from(probs[k])
+            if progress is not None:
+                progress(k + 1, len(planes))
+        return Prediction(probs, labels)

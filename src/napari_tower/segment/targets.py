@@ -1,0 +1,70 @@
+"""Turning the user's labels into training targets.
+
+Internally every target follows napari's sparse-painting convention:
+0 = not annotated (ignored by the loss), 1 = background, 2.. = classes.
+Dense masks are shifted into it; instance masks become background /
+interior / boundary so touching objects can be split after prediction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import TowerError
+
+TARGET_KINDS = ("binary", "semantic", "instance", "sparse")
+
+
+def infer_target_kind(labels: list[np.ndarray]) -> str:
+    """'binary' for 0/1 (or 0/255) masks, 'instance' when ids look like objects, else 'semantic'."""
+    values = np.unique(np.concatenate([np.unique(lab) for lab in labels]))
+    fg = values[values > 0]
+    if fg.size == 1:
+        return "binary"
+    # Many ids, or few ids each forming one blob, read as instances.
+    return "instance" if fg.size > 8 else "semantic"
+
+
+def encode_targets(labels: np.ndarray, kind: str) -> np.ndarray:
+    """Labels (P, Y, X) as sparse-convention class maps (uint8: 0 ignore, 1 background, 2.. classes)."""
+    if kind == "sparse":
+        if labels.max() < 1:
+            raise TowerError("the sparse labels hold no annotation: paint 1 for background and 2, 3, ... for classes")
+        return labels.astype(np.uint8)
+    if kind == "binary":
+        return np.where(labels > 0, 2, 1).astype(np.uint8)
+    if kind == "semantic":
+        if labels.max() > 250:
+            raise TowerError(f"semantic labels go up to {labels.max()}: at most 250 classes are supported")
+        return (labels + 1).astype(np.uint8)
+    if kind == "instance":
+        from .instances import instance_to_targets
+
+        out = np.ones(labels.shape, np.uint8)
+        for i in range(labels.shape[0]):
+            fg, boundary = instance_to_targets(labels[i])
+            out[i][fg > 0] = 2
+            out[i][boundary > 0] = 3
+        return out
+    raise TowerError(f"unknown target kind '{kind}': choose one of {', '.join(TARGET_KINDS)}")
+
+
+def n_classes(kind: str, targets: list[np.ndarray]) -> int:
+    """Output channels of the segmentation head: background plus classes."""
+    if kind == "binary":
+        return 2
+    if kind == "instance":
+        return 3
+    return int(max(t.max() for t in targets))
+
+
+def check_labels(labels: np.ndarray, image_shape: tuple[int, ...], source: str) -> None:
+    """Labels must cover the image plane for plane and hold some foreground."""
+    p, _, h, w = image_shape
+    if labels.shape != (p, h, w):
+        raise TowerError(
+            f"labels {source} have shape {labels.shape} but the image has {p} plane(s) of {h} x {w}: "
+            "give labels of the same size as their image, in the same order"
+        )
+    if not (labels > 0).any():
+        raise TowerError(f"labels {source} have no foreground (all 0): annotate at least one object")

@@ -1,0 +1,155 @@
+"""Self-supervised pretraining: images + PretrainConfig -> pretrained checkpoint."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..config import PretrainConfig, from_dict, to_dict
+from ..data import Image, Normalisation, PatchSampler, Source, compute_normalisation
+from ..errors import CheckpointError, TowerError
+from ..methods import Method, build_method
+from .checkpoint import load_checkpoint, save_checkpoint
+from .engine import Loop, Progress, ProgressCallback, StopCheck, autocast, cosine_lr, resolve_device, step_rng
+
+VAL_SEED_OFFSET = 2**31 - 1
+
+
+@dataclass
+class PretrainResult:
+    """What a finished (or stopped) run leaves: the checkpoint path and its contents."""
+
+    checkpoint: dict[str, Any]
+    path: Path | None
+    last: Progress
+
+
+def pretrain_normalisation(images: Sequence[Image], cfg: PretrainConfig) -> list[Normalisation]:
+    return [compute_normalisation(im.data, im.source, cfg.data.low_percentile, cfg.data.high_percentile) for im in images]
+
+
+def model_normalisation(norms: Sequence[Normalisation]) -> Normalisation:
+    """The statistics stored with the model: the per-channel median over the training images."""
+    import numpy as np
+
+    return Normalisation(np.median([n.low for n in norms], axis=0).tolist(), np.median([n.high for n in norms], axis=0).tolist())
+
+
+def method_state(method: Method) -> dict[str, Any]:
+    return {k: v.detach().cpu() for k, v in method.state_dict().items()}
+
+
+def load_unet_weights(module: torch.nn.Module, ckpt: dict[str, Any], parts: Sequence[str], source: str) -> list[str]:
+    """Copy `unet.<part>.*` weights from a checkpoint into `module` (which has a `unet`); returns the parts loaded."""
+    state = ckpt.get("state", {})
+    wanted = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.") and k.split(".")[1] in parts}
+    if not wanted:
+        raise CheckpointError(f"{source} holds no U-Net weights for {', '.join(parts)}")
+    own = module.unet.state_dict()
+    mismatched = [k for k, v in wanted.items() if k not in own or own[k].shape != v.shape]
+    if mismatched:
+        raise CheckpointError(
+            f"{source} was trained with another model shape (e.g. {mismatched[0]}): "
+            "use the same --base, depth and channel count, or start without it"
+        )
+    module.unet.load_state_dict(wanted, strict=False)
+    return sorted({k.split(".")[0] for k in wanted})
+
+
+def pretrain(
+    images: Sequence[Image],
+    cfg: PretrainConfig,
+    out: str | os.PathLike | None = None,
+    callback: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+    resume: str | os.PathLike | None = None,
+    init: str | os.PathLike | None = None,
+) -> PretrainResult:
+    """Pretrain a U-Net on `images` with `cfg.method`, writing checkpoints to `out`.
+
+    `resume` continues a run from its checkpoint (same config, same schedule);
+    `init` warm-starts the network from an earlier checkpoint with a fresh schedule.
+    """
+    start = 0
+    history: dict[str, list[float]] = {}
+    resumed: dict[str, Any] | None = None
+    if resume is not None:
+        resumed = load_checkpoint(resume, "pretrained")
+        saved = from_dict(PretrainConfig, resumed["config"])
+        saved.steps, saved.device = cfg.steps or saved.steps, cfg.device
+        cfg = saved
+        start = int(resumed.get("step", 0))
+        history = {k: list(v) for k, v in resumed.get("history", {}).items()}
+    if not images:
+        raise TowerError("no images given: pass at least one image to pretrain on")
+    cfg.model.in_channels = images[0].channels
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    norms = pretrain_normalisation(images, cfg)
+    sampler = PatchSampler([Source(im, n) for im, n in zip(images, norms)], cfg.data.patch,
+                           cfg.data.structure_prior, cfg.data.prior_floor)
+    method = build_method(cfg).to(device)
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    if resumed is not None:
+        method.load_state_dict(resumed["state"])
+        if "optimizer" in resumed:
+            optimizer.load_state_dict(resumed["optimizer"])
+    elif init is not None:
+        load_unet_weights(method, load_checkpoint(init), ("encoder", "decoder"), str(init))
+
+    val_rng, _ = step_rng(cfg.seed, VAL_SEED_OFFSET)
+    val_batch = torch.from_numpy(sampler.sample(cfg.batch * max(1, cfg.val_batches), val_rng)["image"]).to(device)
+    norm = model_normalisation(norms)
+
+    def train_step(step: int) -> dict[str, float]:
+        method.train()
+        rng, gen = step_rng(cfg.seed, step)
+        x = torch.from_numpy(sampler.sample(cfg.batch, rng)["image"]).to(device, non_blocking=True)
+        cosine_lr(optimizer, cfg.lr, step, cfg.steps)
+        with autocast(device, cfg.mixed_precision):
+            losses = method.step(x, gen)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        method.after_step(step / max(1, cfg.steps))
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def validate() -> float:
+        method.eval()
+        gen = torch.Generator().manual_seed(cfg.seed + VAL_SEED_OFFSET)
+        with torch.no_grad(), autocast(device, cfg.mixed_precision):
+            vals = [method.validation_loss(chunk, gen) for chunk in val_batch.split(cfg.batch)]
+        return float(sum(vals) / len(vals))
+
+    def payload(step: int) -> dict[str, Any]:
+        return {
+            "kind": "pretrained",
+            "method": cfg.method,
+            "transfers": list(method.transfers),
+            "config": to_dict(cfg),
+            "normalisation": norm.to_dict(),
+            "state": method_state(method),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "history": loop.history,
+        }
+
+    saved_payload: dict[str, Any] = {}
+
+    def save(step: int, final: bool) -> None:
+        nonlocal saved_payload
+        saved_payload = payload(step)
+        if out is not None:
+            save_checkpoint(out, saved_payload)
+
+    loop = Loop("pretrain", cfg.steps, cfg.batch, train_step, save, validate, cfg.val_every, cfg.checkpoint_every,
+                cfg.early_stop_patience, callback, should_stop, history)
+    last = loop.run(start)
+    return PretrainResult(saved_payload, Path(out) if out is not None else None, last)

@@ -1,0 +1,50 @@
+"""Shared fixtures: small synthetic microscopy-like images and the real data in ../shared when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED = Path(os.environ.get("NAPARI_TOWER_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
+ISBI = SHARED / "isbi2012_em"
+DSB = SHARED / "dsb2018"
+
+torch.set_num_threads(2)
+
+
+def blobs(shape=(128, 128), n=12, seed=0, radius=(5, 11)) -> tuple[np.ndarray, np.ndarray]:
+    """A fluorescence-like image of round nuclei and its instance labels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for i in range(1, n + 1):
+        cy, cx = rng.integers(10, shape[0] - 10), rng.integers(10, shape[1] - 10)
+        r = rng.integers(*radius)
+        labels[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (labels == 0)] = i
+    image = (labels > 0) * 0.7 + 0.1 + rng.normal(0, 0.05, shape)
+    return (image * 1000).astype(np.uint16), labels
+
+
+@pytest.fixture
+def blob_image():
+    return blobs()
+
+
+@pytest.fixture
+def isbi_volume():
+    path = ISBI / "train-volume.tif"
+    if not path.exists():
+        pytest.skip("../shared/data/isbi2012_em is absent")
+    return path
+
+
+@pytest.fixture
+def isbi_labels():
+    path = ISBI / "train-labels.tif"
+    if not path.exists():
+        pytest.skip("../shared/data/isbi2012_em is absent")
+    return path
