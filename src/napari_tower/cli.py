@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plane", type=int, default=0, help="which plane of a stack (default 0)")
 
+    p = sub.add_parser("demo", help="run the whole chain on the built-in sample (napari, or --headless)")
+    p.add_argument("--headless", action="store_true", help="no GUI: pretrain, fine-tune, predict and print metrics")
+    p.add_argument("--steps", type=int, default=150, help="pretraining steps (default 150)")
+    p.add_argument("--finetune-steps", type=int, default=150)
+    p.add_argument("--out", help="folder for the models (default: a temporary folder)")
+    p.add_argument("--quiet", action="store_true")
+
     from .segment.cli import add_segment_commands
 
     add_segment_commands(sub, _add_common_training)
@@ -130,9 +137,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         model=ModelConfig(base=args.base, depth=args.depth),
     )
     cfg.validate()
+    from .train.checkpoint import check_writable
+
     out = Path(args.out)
-    if out.is_dir():
-        raise TowerError(f"--out {out} is a folder: give a file name such as {out / 'tower.pt'}")
+    check_writable(out)
     images = _read_images(args.images)
     stopper = StopOnSignal()
     with stopper as should_stop:
@@ -161,7 +169,18 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"pretrain": cmd_pretrain, "preview": cmd_preview}
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_gui, run_headless
+
+    if not args.headless:
+        return run_gui()
+    run_headless(args.steps, args.finetune_steps, args.out, args.quiet)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "pretrain": cmd_pretrain, "preview": cmd_preview, "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

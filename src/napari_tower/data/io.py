@@ -217,11 +217,14 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray) -> None:
     import tifffile
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(tmp, np.asarray(array), compression="zlib")
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
         raise TowerError(f"could not write {path} ({exc.strerror or exc}): check the folder is writable and the disk has space") from None

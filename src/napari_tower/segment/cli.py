@@ -55,6 +55,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                          data=DataConfig(patch=args.patch, structure_prior=not args.no_prior),
                          model=ModelConfig(base=args.base, depth=args.depth))
     cfg.validate()
+    from ..train.checkpoint import check_writable
+
+    check_writable(args.out)
     image_paths, label_paths = expand_inputs(args.images), expand_inputs(args.labels)
     if len(image_paths) != len(label_paths):
         raise TowerError(f"{len(image_paths)} image(s) but {len(label_paths)} label file(s): give one label file per image")

@@ -38,11 +38,35 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise TowerError(
             f"could not write checkpoint {path} ({exc.strerror or exc}): check the folder exists, is writable and has space"
         ) from None
     return path
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail before hours of training, not after, when the checkpoint cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise TowerError(f"{path} is a folder: give a file name such as {path / 'model.pt'}")
+    probe = path.with_name(f".{path.name}.probe")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+    except OSError as exc:
+        raise TowerError(
+            f"could not write checkpoint {path} ({exc.strerror or exc}): check the folder exists and is writable"
+        ) from None
+    finally:
+        _remove_quietly(probe)
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:

@@ -1,0 +1,502 @@
+"""Proxy-task corruptions T(x) of spec section 2, batched in torch.
+
+Every function takes a float batch ``x`` of shape (N, C, H, W) with values in [0, 1] and a
+``torch.Generator``; all randomness comes from that generator, so a seed reproduces the output
+exactly (on one device and torch version). Random numbers are drawn on the generator's device
+and moved to ``x.device``, so a CPU generator works for CUDA batches too. Each function returns
+a new tensor of the same shape, dtype and device and never modifies ``x``.
+
+Nothing here loops over samples in Python: the only Python loops are over small constant counts
+(the five in-painting blocks, the three or four shuffling rounds), each batched over N.
+
+Parameters are the spec's for a 128 x 128 patch (Models Genesis's 2D reading); block sizes scale
+with the patch side and the shuffling window count with the patch area.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from ..config import PROXY_TASKS
+from ..errors import TowerError
+
+REFERENCE_SIDE = 128  # the spec's parameters are for 128 x 128 patches
+TOWER_TASKS = ("nonlinear", "masking")
+GENESIS_TASKS = ("nonlinear", "shuffle", "inpaint", "outpaint")
+ORDER = ("nonlinear", "shuffle", "masking", "inpaint", "outpaint")
+
+# Models Genesis's probabilities.
+NONLINEAR_P = 0.9
+SHUFFLE_P = 0.5
+PAINT_P = 0.9
+INPAINT_SHARE = 0.2
+INPAINT_P = PAINT_P * INPAINT_SHARE
+OUTPAINT_P = PAINT_P * (1.0 - INPAINT_SHARE)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _check_batch(x: torch.Tensor, name: str = "x") -> tuple[int, int, int, int]:
+    if not isinstance(x, torch.Tensor):
+        raise TowerError(f"{name} must be a torch tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.ndim != 4:
+        raise TowerError(f"{name} must have shape (N, C, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TowerError(f"{name} must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
+    n, c, h, w = x.shape
+    return n, c, h, w
+
+
+def _check_p(p: float, name: str = "p") -> None:
+    if not 0.0 <= float(p) <= 1.0:
+        raise TowerError(f"{name}={p} is not a probability: use a value in [0, 1]")
+
+
+def _rand(gen: torch.Generator, shape: tuple[int, ...], device: torch.device,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Uniform [0, 1) numbers drawn with `gen` on its own device, then moved to `device`."""
+    u = torch.rand(shape, generator=gen, device=gen.device, dtype=dtype)
+    return u if u.device == device else u.to(device)
+
+
+def _randint(gen: torch.Generator, low, high, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Integers uniform in [low, high] (inclusive; `low`/`high` ints or broadcastable tensors)."""
+    u = _rand(gen, shape, device)
+    span = high - low + 1
+    value = low + torch.floor(u * span).long()
+    return torch.minimum(value, torch.as_tensor(high, device=device)) if isinstance(high, int) \
+        else torch.minimum(value, high)
+
+
+def _chance(gen: torch.Generator, n: int, p: float, device: torch.device) -> torch.Tensor:
+    """(N,) bool: which samples a task with probability `p` applies to."""
+    if p >= 1.0:
+        return torch.ones(n, dtype=torch.bool, device=device)
+    return _rand(gen, (n,), device) < p
+
+
+def _noise_like(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return _rand(gen, tuple(x.shape), x.device, torch.float32).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# non-linear intensity remap
+
+
+def _bezier_lut(p1: torch.Tensor, p2: torch.Tensor, invert: torch.Tensor, n_times: int,
+                lut_size: int) -> torch.Tensor:
+    """(N, lut_size) values of the Genesis curve on a uniform grid of intensities in [0, 1].
+
+    The curve is the cubic Bezier through (0, 0), P1, P2, (1, 1) sampled at `n_times` values of t.
+    As in Models Genesis, the non-inverted curve pairs sorted x with sorted y, and the inverted
+    one sorts x only, which pairs ascending x with the y values in reverse-t order.
+    """
+    dtype = torch.float64
+    t = torch.linspace(0.0, 1.0, n_times, device=p1.device, dtype=dtype)[None, :]
+    b1, b2, b3 = 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t ** 2, t ** 3
+    p1, p2 = p1.to(dtype), p2.to(dtype)
+    xv = b1 * p1[:, :1] + b2 * p2[:, :1] + b3
+    yv = b1 * p1[:, 1:] + b2 * p2[:, 1:] + b3
+    xs = torch.sort(xv, dim=1).values
+    ys = torch.where(invert[:, None], torch.flip(yv, dims=[1]), torch.sort(yv, dim=1).values)
+    # np.interp(grid, xs, ys), batched: locate each grid value among the sorted x samples.
+    grid = torch.linspace(0.0, 1.0, lut_size, device=p1.device, dtype=dtype).expand(xs.shape[0], -1).contiguous()
+    hi = torch.searchsorted(xs, grid).clamp(1, n_times - 1)
+    lo = hi - 1
+    x0, x1 = xs.gather(1, lo), xs.gather(1, hi)
+    y0, y1 = ys.gather(1, lo), ys.gather(1, hi)
+    frac = ((grid - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)
+    lut = y0 + frac * (y1 - y0)
+    # np.interp clamps outside [xs[0], xs[-1]] to the end values
+    lut = torch.where(grid <= xs[:, :1], ys[:, :1], lut)
+    lut = torch.where(grid >= xs[:, -1:], ys[:, -1:], lut)
+    return lut.clamp(0.0, 1.0)
+
+
+def nonlinear_remap(x: torch.Tensor, gen: torch.Generator, p: float = NONLINEAR_P, *,
+                    invert_p: float = 0.5, n_times: int = 1000, lut_size: int = 2049) -> torch.Tensor:
+    """Models Genesis's non-linear intensity transform, one random Bezier curve per sample.
+
+    P1, P2 are uniform in the unit square; with probability `invert_p` the curve is inverted
+    (intensity order reversed); the same curve maps every channel of a sample; each sample is
+    transformed with probability `p`. The curve is sampled at `n_times` points and tabulated on
+    a uniform grid of `lut_size` intensities, so mapping a pixel is one linear interpolation.
+    """
+    n, _, _, _ = _check_batch(x)
+    _check_p(p)
+    _check_p(invert_p, "invert_p")
+    dev = x.device
+    u = _rand(gen, (n, 6), dev, torch.float64)
+    apply = u[:, 4] < p
+    invert = u[:, 5] < invert_p
+    lut = _bezier_lut(u[:, 0:2], u[:, 2:4], invert, n_times, lut_size).to(torch.float32)
+
+    # Linear interpolation in the table: grid_sample on a (N, 1, 1, L) "image" of the curve.
+    flat = x.reshape(n, 1, 1, -1).float()
+    grid = torch.stack([flat.clamp(0.0, 1.0) * 2 - 1, torch.zeros_like(flat)], dim=-1)[:, 0]  # (N,1,P,2)
+    out = F.grid_sample(lut[:, None, None, :], grid, mode="bilinear", padding_mode="border",
+                        align_corners=True).reshape(n, -1)
+    out = torch.where(apply[:, None], out, flat.reshape(n, -1))
+    return out.clamp_(0.0, 1.0).reshape(x.shape).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# block masking and the structure prior
+
+
+def structure_weights(x: torch.Tensor, cell: int = 8) -> torch.Tensor:
+    """(N, 1, H, W) structure score in [0, 1]: local variance over `cell` x `cell` cells.
+
+    Variance is E[x^2] - E[x]^2 per cell (averaged over channels), broadcast to the cell's pixels
+    and divided by each sample's maximum. Flat samples get all zeros. This is the "prior
+    knowledge" of the spec: masking and patch sampling prefer cells with structure.
+    """
+    n, c, h, w = _check_batch(x)
+    if cell < 1:
+        raise TowerError(f"cell={cell} is invalid: use a positive cell size in pixels")
+    xf = x.float()
+    mean = F.avg_pool2d(xf, cell, stride=cell, ceil_mode=True)
+    sq = F.avg_pool2d(xf * xf, cell, stride=cell, ceil_mode=True)
+    var = (sq - mean * mean).clamp_min(0.0).mean(dim=1, keepdim=True)
+    peak = var.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None, None]
+    score = torch.where(peak > 1e-10, var / peak, torch.zeros_like(var))
+    score = score.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)[:, :, :h, :w]
+    return score.to(x.dtype).contiguous()
+
+
+def _mask_cells(gen: torch.Generator, n: int, gh: int, gw: int, k: int, device: torch.device,
+                cell_weights: torch.Tensor | None, floor: float) -> torch.Tensor:
+    """(N, gh, gw) bool with exactly k True cells per sample (weighted without replacement)."""
+    ncell = gh * gw
+    u = _rand(gen, (n, ncell), device)
+    if k <= 0:
+        return torch.zeros(n, gh, gw, dtype=torch.bool, device=device)
+    if k >= ncell:
+        return torch.ones(n, gh, gw, dtype=torch.bool, device=device)
+    if cell_weights is None:
+        keys = u
+    else:
+        # Efraimidis-Spirakis sampling without replacement: key = log(u) / pi, keep the k largest.
+        # pi mixes a uniform share `floor` with the normalised structure score.
+        wsum = cell_weights.sum(dim=1, keepdim=True)
+        share = torch.where(wsum > 0, cell_weights / wsum.clamp_min(1e-12),
+                            torch.full_like(cell_weights, 1.0 / ncell))
+        pi = floor / ncell + (1.0 - floor) * share
+        keys = torch.log(u.clamp_min(1e-30)) / pi.clamp_min(1e-30)
+    idx = torch.topk(keys, k, dim=1).indices
+    cells = torch.zeros(n, ncell, dtype=torch.bool, device=device)
+    cells.scatter_(1, idx, True)
+    return cells.view(n, gh, gw)
+
+
+def block_mask(x: torch.Tensor, gen: torch.Generator, cell: int = 8, ratio: float = 0.25,
+               fill: str = "zero", weights: torch.Tensor | None = None, floor: float = 0.25) -> torch.Tensor:
+    """Block masking: a grid of `cell`-pixel cells, `ratio` of them set to 0 or uniform noise.
+
+    Exactly round(ratio * cells) cells are masked in each sample (all channels). Without
+    `weights` the cells are uniform; with `weights` ((N, 1, H, W) non-negative, e.g.
+    `structure_weights(x)`), cells are drawn without replacement with probability proportional to
+    ``floor / cells + (1 - floor) * w_cell / sum(w)``, so structured cells are masked more often,
+    background still with a `floor` share, and the masked fraction stays `ratio`.
+    """
+    n, c, h, w = _check_batch(x)
+    if cell < 1:
+        raise TowerError(f"cell={cell} is invalid: use a positive cell size in pixels")
+    if not 0.0 <= ratio <= 1.0:
+        raise TowerError(f"ratio={ratio} is invalid: use the masked share of cells, in [0, 1]")
+    if fill not in ("zero", "noise"):
+        raise TowerError(f"fill='{fill}' is invalid: use 'zero' or 'noise'")
+    if not 0.0 <= floor <= 1.0:
+        raise TowerError(f"floor={floor} is invalid: use a value in [0, 1]")
+    dev = x.device
+    gh, gw = math.ceil(h / cell), math.ceil(w / cell)
+    cell_w = None
+    if weights is not None:
+        if not isinstance(weights, torch.Tensor) or weights.ndim != 4 or weights.shape[0] != n \
+                or weights.shape[1] != 1 or tuple(weights.shape[2:]) != (h, w):
+            got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+            raise TowerError(f"weights must have shape ({n}, 1, {h}, {w}) like the batch, got {got}")
+        wt = weights.to(device=dev, dtype=torch.float32).clamp_min(0.0)
+        cell_w = F.avg_pool2d(wt, cell, stride=cell, ceil_mode=True).reshape(n, gh * gw)
+    k = int(round(ratio * gh * gw))
+    cells = _mask_cells(gen, n, gh, gw, k, dev, cell_w, float(floor))
+    mask = cells[:, None, :, None, :, None].expand(n, 1, gh, cell, gw, cell)
+    mask = mask.reshape(n, 1, gh * cell, gw * cell)[:, :, :h, :w]
+    if fill == "zero":
+        return x.masked_fill(mask, 0.0)
+    return torch.where(mask, _noise_like(x, gen), x)
+
+
+# ----------------------------------------------------------------------------------------------
+# local pixel shuffling
+
+
+def _permutation_bank(gen: torch.Generator, side: int, width: int, bank: int,
+                      device: torch.device) -> torch.Tensor:
+    """Flat table of source offsets for window permutations, one row per (shape, bank entry).
+
+    Row ``((h - 1) * side + (w - 1)) * bank + b`` describes a uniformly random permutation of an
+    h x w window: at position ``dy * side + dx`` (dy < h, dx < w) it holds the flat offset, in an
+    image `width` pixels wide, from that pixel to the window pixel whose value it receives. Other
+    positions, and the extra last row (the identity, for cells left alone), hold 0. Shapes of
+    equal area share their random orderings (each is still a uniform permutation of its window).
+    """
+    s2 = side * side
+    shape_id = torch.arange(s2, device=device)
+    hs, ws = shape_id // side + 1, shape_id % side + 1
+    areas, area_of_shape = torch.unique(hs * ws, return_inverse=True)
+    j = torch.arange(s2, device=device)
+    keys = _rand(gen, (areas.numel(), bank, s2), device)
+    keys = torch.where(j < areas[:, None, None], keys, torch.full_like(keys, 2.0))  # padding sorts last
+    perm = keys.argsort(dim=-1)  # first `area` entries: a random permutation of 0..area-1
+    perm = perm.index_select(0, area_of_shape)  # (s2 shapes, bank, s2)
+    qy, qx = (j // side)[None, None, :], (j % side)[None, None, :]
+    hv, wv = hs[:, None, None], ws[:, None, None]
+    inside = (qy < hv) & (qx < wv)
+    src = perm.gather(2, torch.where(inside, qy * wv + qx, torch.zeros_like(qy)).expand_as(perm))
+    delta = (src // wv - qy) * width + (src % wv - qx)
+    delta = torch.where(inside, delta, torch.zeros_like(delta))
+    table = torch.cat([delta.reshape(s2 * bank, s2), torch.zeros(1, s2, dtype=delta.dtype, device=device)])
+    return table.reshape(-1)
+
+
+def _random_partition(gen: torch.Generator, m: int, length: int, side: int, slots: int,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split [0, length) into consecutive pieces of random size 1..side with a random phase.
+
+    Returns per sample (M, slots) piece starts and clipped sizes (0 for unused slots), and
+    (M, length) the piece index of each coordinate.
+    """
+    sizes = _randint(gen, 1, side, (m, slots), device)
+    phase = torch.floor(_rand(gen, (m, 1), device) * sizes[:, :1]).long().clamp_max(sizes[:, :1] - 1)
+    ends = sizes.cumsum(dim=1) - phase
+    short = ends[:, -1:] < length  # practically never (slots is generous); then use full-size pieces
+    sizes = torch.where(short, torch.full_like(sizes, side), sizes)
+    ends = torch.where(short, sizes.cumsum(dim=1) - phase, ends)
+    starts = (ends - sizes).clamp(0, length)
+    clipped = ends.clamp(0, length) - starts
+    coords = torch.arange(length, device=device).expand(m, length).contiguous()
+    piece = torch.searchsorted(ends, coords, right=True)
+    return starts, clipped, piece
+
+
+def local_shuffle(x: torch.Tensor, gen: torch.Generator, p: float = SHUFFLE_P, n_windows: int = 1250,
+                  max_side: int = 12, *, bank: int = 8) -> torch.Tensor:
+    """Local pixel shuffling: about `n_windows` windows of side 1..`max_side` shuffled in place.
+
+    Applied per sample with probability `p`. The window count is for a 128 x 128 patch and scales
+    with the patch area (at least one window). Windows are applied in rounds: each round cuts the
+    image into a random grid of windows (row bands and column pieces of independent random sizes
+    1..max_side, random phase), and a random subset of them, so that each sample gets exactly its
+    window count over all rounds, has its pixels permuted. Windows of one round are disjoint and
+    later rounds shuffle the result of earlier ones (overlapping windows, applied in sequence, as
+    in Models Genesis), so the whole image is always a permutation of the input: every window
+    keeps the histogram of its content at the time it is shuffled, in every channel alike.
+
+    Each window's permutation is uniformly random: it is drawn from a bank of `bank` fresh random
+    permutations per window shape made for this call (several windows of a batch may share one).
+    """
+    n, c, h, w = _check_batch(x)
+    _check_p(p)
+    if max_side < 1:
+        raise TowerError(f"max_side={max_side} is invalid: use a window side of at least 1 pixel")
+    if n_windows < 0:
+        raise TowerError(f"n_windows={n_windows} is invalid: use a count >= 0")
+    if bank < 1:
+        raise TowerError(f"bank={bank} is invalid: use at least 1 permutation per window shape")
+    dev = x.device
+    apply = _chance(gen, n, p, dev)
+    n_eff = 0 if n_windows == 0 else max(1, int(round(n_windows * h * w / REFERENCE_SIDE ** 2)))
+    side = max(1, min(max_side, h, w))
+    chosen = torch.nonzero(apply).flatten()
+    m = int(chosen.numel())
+    out = x.clone()
+    if m == 0 or n_eff == 0 or side * side == 1:
+        return out  # windows of one pixel change nothing
+
+    table = _permutation_bank(gen, side, w, bank, dev)
+    s2 = side * side
+    identity_row = s2 * bank * s2
+    mean_side = (1 + side) / 2
+    kb = int(math.ceil(1.5 * h / mean_side)) + 8
+    kc = int(math.ceil(1.5 * w / mean_side)) + 8
+    base = torch.arange(h * w, device=dev).view(1, h, w)
+    rows, cols = torch.arange(h, device=dev)[None, :], torch.arange(w, device=dev)[None, :]
+    source = None  # (M, H*W): pixel q of the result takes the input's pixel source[q]
+    remaining = torch.full((m,), n_eff, dtype=torch.long, device=dev)
+    # Each round holds at least ceil(h/side)*ceil(w/side) windows, so this many rounds suffice.
+    max_rounds = int(math.ceil(n_eff / (math.ceil(h / side) * math.ceil(w / side))))
+    for _ in range(max_rounds):
+        if not bool((remaining > 0).any()):
+            break
+        top, hc, band = _random_partition(gen, m, h, side, kb, dev)  # (M,kb), (M,kb), (M,H)
+        left, wc, piece = _random_partition(gen, m, w, side, kc, dev)  # (M,kc), (M,kc), (M,W)
+        valid = ((hc[:, :, None] > 0) & (wc[:, None, :] > 0)).flatten(1)  # (M, kb*kc)
+        count = valid.sum(dim=1)
+        need = torch.minimum(remaining, count)
+        remaining = remaining - need
+        active = valid
+        if bool((need < count).any()):  # shuffle a random subset of `need` windows of this round
+            keys = torch.where(valid, _rand(gen, (m, kb * kc), dev), torch.full(valid.shape, 2.0, device=dev))
+            kth = keys.sort(dim=1).values.gather(1, (need - 1).clamp_min(0)[:, None])
+            active = valid & (keys <= kth) & (need > 0)[:, None]
+        # table row offset of each cell's permutation; cells left alone use the identity row
+        shape_id = ((hc - 1).clamp_min(0)[:, :, None] * side + (wc - 1).clamp_min(0)[:, None, :]).flatten(1)
+        pick = _randint(gen, 0, bank - 1, (m, kb * kc), dev)
+        row = torch.where(active, (shape_id * bank + pick) * s2, torch.full_like(pick, identity_row))
+        # per pixel (y, x): row[band(y), piece(x)] + dy * side + dx
+        dy_side = (rows - top.gather(1, band)) * side  # (M, H)
+        dx = cols - left.gather(1, piece)  # (M, W)
+        by_row = row.view(m, kb, kc).gather(1, band[:, :, None].expand(m, h, kc)) + dy_side[:, :, None]
+        index = by_row.gather(2, piece[:, None, :].expand(m, h, w)) + dx[:, None, :]
+        src = (table.take(index) + base).view(m, h * w)
+        source = src if source is None else source.gather(1, src)
+    if source is None:
+        return out
+    picked = x.index_select(0, chosen).reshape(m, c, h * w)
+    shuffled = picked.gather(2, source[:, None, :].expand(m, c, h * w))
+    out.index_copy_(0, chosen, shuffled.reshape(m, c, h, w))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# in-painting and out-painting
+
+
+def _box_mask(gen: torch.Generator, alive: torch.Tensor, h: int, w: int, lo_h: int, hi_h: int,
+              lo_w: int, hi_w: int) -> torch.Tensor:
+    """(N, 1, H, W) bool boxes of side lo..hi placed with Genesis's 3 px margin, where `alive`."""
+    dev = alive.device
+    n = alive.shape[0]
+    bh = _randint(gen, lo_h, hi_h, (n,), dev)
+    bw = _randint(gen, lo_w, hi_w, (n,), dev)
+    my = min(3, max(0, (h - hi_h) // 2))
+    mx = min(3, max(0, (w - hi_w) // 2))
+    y0 = _randint(gen, my, (h - bh - my).clamp_min(my), (n,), dev)
+    x0 = _randint(gen, mx, (w - bw - mx).clamp_min(mx), (n,), dev)
+    rows = torch.arange(h, device=dev)[None, :]
+    cols = torch.arange(w, device=dev)[None, :]
+    in_rows = (rows >= y0[:, None]) & (rows < (y0 + bh)[:, None])
+    in_cols = (cols >= x0[:, None]) & (cols < (x0 + bw)[:, None])
+    return (in_rows[:, :, None] & in_cols[:, None, :] & alive[:, None, None])[:, None]
+
+
+def _chain_boxes(gen: torch.Generator, first: torch.Tensor, extra: int, go_on: float, h: int, w: int,
+                 lo_h: int, hi_h: int, lo_w: int, hi_w: int) -> torch.Tensor:
+    """Union of boxes: box 0 where `first`, then up to `extra` more, each while a coin < go_on."""
+    mask = torch.zeros(first.shape[0], 1, h, w, dtype=torch.bool, device=first.device)
+    alive = first
+    for i in range(extra + 1):
+        if i > 0:
+            alive = alive & (_rand(gen, (first.shape[0],), first.device) < go_on)
+        mask |= _box_mask(gen, alive, h, w, lo_h, hi_h, lo_w, hi_w)
+    return mask
+
+
+def _inpaint_mask(gen: torch.Generator, apply: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    # Genesis: while count < 5 and random() < 0.95, a block of side rows//6 .. rows//3
+    first = apply & (_rand(gen, (apply.shape[0],), apply.device) < 0.95)
+    lo_h, hi_h = max(1, h // 6), max(1, h // 3)
+    lo_w, hi_w = max(1, w // 6), max(1, w // 3)
+    return _chain_boxes(gen, first, 4, 0.95, h, w, lo_h, hi_h, lo_w, hi_w)
+
+
+def _outpaint_mask(gen: torch.Generator, apply: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    # Genesis: keep one window of side rows - randint(3*rows//7, 4*rows//7), then up to 4 more
+    lo_h, hi_h = max(1, h - 4 * h // 7), max(1, h - 3 * h // 7)
+    lo_w, hi_w = max(1, w - 4 * w // 7), max(1, w - 3 * w // 7)
+    keep = _chain_boxes(gen, apply, 4, 0.95, h, w, lo_h, hi_h, lo_w, hi_w)
+    return apply[:, None, None, None] & ~keep
+
+
+def inpaint(x: torch.Tensor, gen: torch.Generator, p: float = INPAINT_P) -> torch.Tensor:
+    """In-painting: up to 5 blocks of side H/6..H/3 (21..42 px at 128) filled with uniform noise.
+
+    Applied per sample with probability `p` (Genesis: 0.9 x 0.2); as in Genesis each further block
+    is added while a 0.95 coin comes up, so a transformed sample has 0 to 5 blocks.
+    """
+    n, c, h, w = _check_batch(x)
+    _check_p(p)
+    mask = _inpaint_mask(gen, _chance(gen, n, p, x.device), h, w)
+    return torch.where(mask, _noise_like(x, gen), x)
+
+
+def outpaint(x: torch.Tensor, gen: torch.Generator, p: float = OUTPAINT_P) -> torch.Tensor:
+    """Out-painting: uniform noise everywhere except 1..5 windows of side 55..74 px (at 128) kept.
+
+    Applied per sample with probability `p` (Genesis: 0.9 x 0.8).
+    """
+    n, c, h, w = _check_batch(x)
+    _check_p(p)
+    mask = _outpaint_mask(gen, _chance(gen, n, p, x.device), h, w)
+    return torch.where(mask, _noise_like(x, gen), x)
+
+
+# ----------------------------------------------------------------------------------------------
+# composition
+
+
+def check_tasks(tasks: Iterable[str] | str) -> tuple[str, ...]:
+    """Validated task names as a tuple; unknown names raise TowerError listing the valid ones."""
+    if isinstance(tasks, str):
+        tasks = (tasks,)
+    tasks = tuple(tasks)
+    bad = [t for t in tasks if t not in PROXY_TASKS]
+    if bad:
+        raise TowerError(f"unknown proxy task(s) {', '.join(map(repr, bad))}: choose from {', '.join(PROXY_TASKS)}")
+    return tasks
+
+
+def compose(x: torch.Tensor, tasks: Iterable[str] | str, gen: torch.Generator,
+            weights: torch.Tensor | None = None, *, force: bool = False,
+            options: Mapping[str, Mapping[str, object]] | None = None) -> torch.Tensor:
+    """Apply the named proxy tasks to a batch in a fixed order; output clamped to [0, 1].
+
+    Order: nonlinear, shuffle, masking, then painting. With both "inpaint" and "outpaint" listed
+    they are exclusive as in Models Genesis: with probability 0.9 a sample is painted, in-painted
+    with probability 0.2 and out-painted otherwise; one of them alone uses its spec probability
+    (0.18 or 0.72). `weights` ((N, 1, H, W)) steers block masking to structured cells.
+    `force=True` applies every listed task to every sample (painting still picks in- or out-
+    painting at random) - for previews. `options` passes extra keyword arguments per task name,
+    e.g. ``{"masking": {"fill": "noise"}}``.
+
+    TOWER's default tasks are ("nonlinear", "masking"); Models Genesis uses
+    ("nonlinear", "shuffle", "inpaint", "outpaint").
+    """
+    n, c, h, w = _check_batch(x)
+    names = set(check_tasks(tasks))
+    opts = {k: dict(v) for k, v in (options or {}).items()}
+    unknown = set(opts) - set(PROXY_TASKS)
+    if unknown:
+        raise TowerError(f"options for unknown proxy task(s) {sorted(unknown)}: choose from {', '.join(PROXY_TASKS)}")
+    out = x
+    if "nonlinear" in names:
+        kw = {"p": 1.0 if force else NONLINEAR_P, **opts.get("nonlinear", {})}
+        out = nonlinear_remap(out, gen, **kw)
+    if "shuffle" in names:
+        kw = {"p": 1.0 if force else SHUFFLE_P, **opts.get("shuffle", {})}
+        out = local_shuffle(out, gen, **kw)
+    if "masking" in names:
+        out = block_mask(out, gen, weights=weights, **opts.get("masking", {}))
+    paint_in, paint_out = "inpaint" in names, "outpaint" in names
+    if paint_in or paint_out:
+        dev = x.device
+        if paint_in and paint_out:
+            painted = _chance(gen, n, 1.0 if force else PAINT_P, dev)
+            share = _rand(gen, (n,), dev) < INPAINT_SHARE
+            mask = _inpaint_mask(gen, painted & share, h, w) | _outpaint_mask(gen, painted & ~share, h, w)
+        elif paint_in:
+            p = 1.0 if force else float(opts.get("inpaint", {}).get("p", INPAINT_P))
+            mask = _inpaint_mask(gen, _chance(gen, n, p, dev), h, w)
+        else:
+            p = 1.0 if force else float(opts.get("outpaint", {}).get("p", OUTPAINT_P))
+            mask = _outpaint_mask(gen, _chance(gen, n, p, dev), h, w)
+        out = torch.where(mask, _noise_like(x, gen), out)
+    out = out.clamp(0.0, 1.0)
+    return out.clone() if out is x else out
