@@ -28,12 +28,15 @@ from napari_tower.train import pretrain
 
 
 def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
+    """Median milliseconds per call after warm-up (the VM shows occasional multi-second stalls)."""
+    for _ in range(3):
         fn()
-    return (time.perf_counter() - t0) / repeats * 1000
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1000
 
 
 def main() -> None:
@@ -46,6 +49,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="steps of the end-to-end pretrain() run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as the training engine does
 
     cfg = PretrainConfig(batch=args.batch, data=DataConfig(patch=args.patch), model=ModelConfig(base=args.base))
     method = build_method(cfg)

@@ -121,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the models (default: a temporary folder)")
     p.add_argument("--quiet", action="store_true")
 
+    from .bench import add_bench_command
     from .segment.cli import add_segment_commands
 
     add_segment_commands(sub, _add_common_training)
+    add_bench_command(sub)
     return parser
 
 
@@ -186,9 +188,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .bench import cmd_bench
     from .segment.cli import SEGMENT_COMMANDS
 
-    handler = {**COMMANDS, **SEGMENT_COMMANDS}[args.command]
+    handler = {**COMMANDS, **SEGMENT_COMMANDS, "bench": cmd_bench}[args.command]
     try:
         return handler(args)
     except TowerError as exc:

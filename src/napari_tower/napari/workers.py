@@ -41,6 +41,20 @@ def training_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+def warm_up_torch() -> None:
+    """Do torch's one-time lazy set-up now, on the calling (GUI) thread, while the widget opens.
+
+    torch imports its compiler stack (`torch._dynamo`, about a second) the first time an
+    optimiser is built. Done inside a job, that import holds the GIL in stretches of
+    ~200 ms and the viewer stutters during the first training step; done here it only
+    makes the widget open a moment later.
+    """
+    import torch
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    torch.optim.Adam([param])
+
+
 def user_message(exc: BaseException) -> str:
     """One line for the user, never a traceback (which goes to the log)."""
     if isinstance(exc, TowerError):

@@ -15,6 +15,7 @@ with the patch side and the shuffling window count with the patch area.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 
@@ -95,55 +96,49 @@ def _bezier_lut(p1: torch.Tensor, p2: torch.Tensor, invert: torch.Tensor, n_time
 
     The curve is the cubic Bezier through (0, 0), P1, P2, (1, 1) sampled at `n_times` values of t.
     As in Models Genesis, the non-inverted curve pairs sorted x with sorted y, and the inverted
-    one sorts x only, which pairs ascending x with the y values in reverse-t order.
+    one sorts x only, which pairs ascending x with the y values in reverse-t order. (With control
+    points in the unit square x(t) and y(t) are non-decreasing, so "sorted" is the t order.)
     """
-    dtype = torch.float64
-    t = torch.linspace(0.0, 1.0, n_times, device=p1.device, dtype=dtype)[None, :]
+    t = torch.linspace(0.0, 1.0, n_times, device=p1.device)[None, :]
     b1, b2, b3 = 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t ** 2, t ** 3
-    p1, p2 = p1.to(dtype), p2.to(dtype)
-    xv = b1 * p1[:, :1] + b2 * p2[:, :1] + b3
-    yv = b1 * p1[:, 1:] + b2 * p2[:, 1:] + b3
-    xs = torch.sort(xv, dim=1).values
-    ys = torch.where(invert[:, None], torch.flip(yv, dims=[1]), torch.sort(yv, dim=1).values)
-    # np.interp(grid, xs, ys), batched: locate each grid value among the sorted x samples.
-    grid = torch.linspace(0.0, 1.0, lut_size, device=p1.device, dtype=dtype).expand(xs.shape[0], -1).contiguous()
-    hi = torch.searchsorted(xs, grid).clamp(1, n_times - 1)
+    xs = torch.cummax(b1 * p1[:, :1] + b2 * p2[:, :1] + b3, dim=1).values  # guards rounding
+    yv = torch.cummax(b1 * p1[:, 1:] + b2 * p2[:, 1:] + b3, dim=1).values
+    ys = torch.where(invert[:, None], torch.flip(yv, dims=[1]), yv)
+    # np.interp(grid, xs, ys), batched; xs runs from exactly 0 to exactly 1
+    grid = torch.linspace(0.0, 1.0, lut_size, device=p1.device).expand(xs.shape[0], -1).contiguous()
+    hi = torch.searchsorted(xs, grid).clamp_(1, n_times - 1)
     lo = hi - 1
-    x0, x1 = xs.gather(1, lo), xs.gather(1, hi)
-    y0, y1 = ys.gather(1, lo), ys.gather(1, hi)
-    frac = ((grid - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)
-    lut = y0 + frac * (y1 - y0)
-    # np.interp clamps outside [xs[0], xs[-1]] to the end values
-    lut = torch.where(grid <= xs[:, :1], ys[:, :1], lut)
-    lut = torch.where(grid >= xs[:, -1:], ys[:, -1:], lut)
-    return lut.clamp(0.0, 1.0)
+    x0 = xs.gather(1, lo)
+    y0 = ys.gather(1, lo)
+    frac = ((grid - x0) / (xs.gather(1, hi) - x0).clamp_min(1e-12)).clamp_(0.0, 1.0)
+    return torch.lerp(y0, ys.gather(1, hi), frac).clamp_(0.0, 1.0)
 
 
 def nonlinear_remap(x: torch.Tensor, gen: torch.Generator, p: float = NONLINEAR_P, *,
-                    invert_p: float = 0.5, n_times: int = 1000, lut_size: int = 2049) -> torch.Tensor:
+                    invert_p: float = 0.5, n_times: int = 1000, lut_size: int = 1025) -> torch.Tensor:
     """Models Genesis's non-linear intensity transform, one random Bezier curve per sample.
 
     P1, P2 are uniform in the unit square; with probability `invert_p` the curve is inverted
     (intensity order reversed); the same curve maps every channel of a sample; each sample is
-    transformed with probability `p`. The curve is sampled at `n_times` points and tabulated on
-    a uniform grid of `lut_size` intensities, so mapping a pixel is one linear interpolation.
+    transformed with probability `p`. The curve is sampled at `n_times` points (as np.interp in
+    Genesis) and tabulated on a uniform grid of `lut_size` intensities, so mapping a pixel is one
+    linear interpolation (done by grid_sample).
     """
     n, _, _, _ = _check_batch(x)
     _check_p(p)
     _check_p(invert_p, "invert_p")
+    if n_times < 2 or lut_size < 2:
+        raise TowerError("n_times and lut_size must be at least 2")
     dev = x.device
-    u = _rand(gen, (n, 6), dev, torch.float64)
+    u = _rand(gen, (n, 6), dev)
     apply = u[:, 4] < p
     invert = u[:, 5] < invert_p
-    lut = _bezier_lut(u[:, 0:2], u[:, 2:4], invert, n_times, lut_size).to(torch.float32)
-
-    # Linear interpolation in the table: grid_sample on a (N, 1, 1, L) "image" of the curve.
-    flat = x.reshape(n, 1, 1, -1).float()
-    grid = torch.stack([flat.clamp(0.0, 1.0) * 2 - 1, torch.zeros_like(flat)], dim=-1)[:, 0]  # (N,1,P,2)
+    lut = _bezier_lut(u[:, 0:2], u[:, 2:4], invert, n_times, lut_size)
+    grid = torch.zeros(n, 1, x[0].numel(), 2, device=dev)
+    torch.mul(x.reshape(n, 1, -1).float(), 2.0, out=grid[..., 0]).sub_(1.0)
     out = F.grid_sample(lut[:, None, None, :], grid, mode="bilinear", padding_mode="border",
-                        align_corners=True).reshape(n, -1)
-    out = torch.where(apply[:, None], out, flat.reshape(n, -1))
-    return out.clamp_(0.0, 1.0).reshape(x.shape).to(x.dtype)
+                        align_corners=True).reshape(x.shape).to(x.dtype)
+    return torch.where(apply[:, None, None, None], out, x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,9 +158,10 @@ def structure_weights(x: torch.Tensor, cell: int = 8) -> torch.Tensor:
     xf = x.float()
     mean = F.avg_pool2d(xf, cell, stride=cell, ceil_mode=True)
     sq = F.avg_pool2d(xf * xf, cell, stride=cell, ceil_mode=True)
-    var = (sq - mean * mean).clamp_min(0.0).mean(dim=1, keepdim=True)
-    peak = var.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None, None]
-    score = torch.where(peak > 1e-10, var / peak, torch.zeros_like(var))
+    var = sq - mean * mean
+    var = torch.where(var > 1e-6 * sq, var, torch.zeros_like(var)).mean(dim=1, keepdim=True)  # rounding -> 0
+    peak = var.flatten(1).amax(dim=1)[:, None, None, None]
+    score = torch.where(peak > 0, var / peak.clamp_min(1e-30), torch.zeros_like(var))
     score = score.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)[:, :, :h, :w]
     return score.to(x.dtype).contiguous()
 
@@ -237,31 +233,46 @@ def block_mask(x: torch.Tensor, gen: torch.Generator, cell: int = 8, ratio: floa
 # local pixel shuffling
 
 
+@functools.lru_cache(maxsize=16)
+def _bank_layout(side: int, width: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Fixed index tensors for `_permutation_bank` (they depend on the sizes only)."""
+    s2 = side * side
+    shape_id = torch.arange(s2, device=device)
+    hs, ws = shape_id // side + 1, shape_id % side + 1
+    areas, area_of_shape = torch.unique(hs * ws, return_inverse=True)
+    q = torch.arange(s2, device=device)
+    qy, qx = q // side, q % side
+    # position q = (qy, qx) of an h x w window is its element qy * w + qx (if inside)
+    element = torch.where((qy[None, :] < hs[:, None]) & (qx[None, :] < ws[:, None]),
+                          qy[None, :] * ws[:, None] + qx[None, :], torch.zeros(1, dtype=torch.long, device=device))
+    # image offset of element j of an h x w window from the window's corner, for j < h*w
+    offset = (q[None, :] // ws[:, None]) * width + q[None, :] % ws[:, None]
+    return areas, area_of_shape, element, offset, qy * width + qx
+
+
 def _permutation_bank(gen: torch.Generator, side: int, width: int, bank: int,
                       device: torch.device) -> torch.Tensor:
     """Flat table of source offsets for window permutations, one row per (shape, bank entry).
 
     Row ``((h - 1) * side + (w - 1)) * bank + b`` describes a uniformly random permutation of an
     h x w window: at position ``dy * side + dx`` (dy < h, dx < w) it holds the flat offset, in an
-    image `width` pixels wide, from that pixel to the window pixel whose value it receives. Other
-    positions, and the extra last row (the identity, for cells left alone), hold 0. Shapes of
-    equal area share their random orderings (each is still a uniform permutation of its window).
+    image `width` pixels wide, from that pixel to the window pixel whose value it receives (other
+    positions are never read). The extra last row is the identity, for cells left alone. Shapes of
+    equal area share their random orderings; each is still a uniform permutation of its window.
     """
+    areas, area_of_shape, element, offset, own = _bank_layout(side, width, torch.device(device))
     s2 = side * side
-    shape_id = torch.arange(s2, device=device)
-    hs, ws = shape_id // side + 1, shape_id % side + 1
-    areas, area_of_shape = torch.unique(hs * ws, return_inverse=True)
-    j = torch.arange(s2, device=device)
-    keys = _rand(gen, (areas.numel(), bank, s2), device)
-    keys = torch.where(j < areas[:, None, None], keys, torch.full_like(keys, 2.0))  # padding sorts last
-    perm = keys.argsort(dim=-1)  # first `area` entries: a random permutation of 0..area-1
-    perm = perm.index_select(0, area_of_shape)  # (s2 shapes, bank, s2)
-    qy, qx = (j // side)[None, None, :], (j % side)[None, None, :]
-    hv, wv = hs[:, None, None], ws[:, None, None]
-    inside = (qy < hv) & (qx < wv)
-    src = perm.gather(2, torch.where(inside, qy * wv + qx, torch.zeros_like(qy)).expand_as(perm))
-    delta = (src // wv - qy) * width + (src % wv - qx)
-    delta = torch.where(inside, delta, torch.zeros_like(delta))
+    # `bank` random permutations of all s2 cells; restricting one to the values below k (keeping
+    # their order) gives a uniformly random ordering of 0..k-1 for every window area k at once.
+    base = _rand(gen, (bank, s2), device).argsort(dim=-1)  # (B, s2)
+    below = base[None, :, :] < areas[:, None, None]  # (A, B, s2)
+    slot = torch.where(below, below.cumsum(dim=-1) - 1, torch.full_like(base, s2 - 1)[None])
+    perm = torch.zeros(below.shape, dtype=torch.long, device=device)
+    perm.scatter_(2, slot, torch.where(below, base[None], torch.zeros_like(base)[None]))
+    # (slot s2 - 1 may receive junk where the area is < s2; it is never read)
+    # position q of shape s takes element perm[area(s), b, element(s, q)]
+    src = perm[area_of_shape[:, None, None], torch.arange(bank, device=device)[None, :, None], element[:, None, :]]
+    delta = offset.gather(1, src.reshape(s2, bank * s2)).view(s2, bank, s2) - own
     table = torch.cat([delta.reshape(s2 * bank, s2), torch.zeros(1, s2, dtype=delta.dtype, device=device)])
     return table.reshape(-1)
 
@@ -286,6 +297,23 @@ def _random_partition(gen: torch.Generator, m: int, length: int, side: int, slot
     return starts, clipped, piece
 
 
+def _shuffle_rounds(gen: torch.Generator, rounds: int, m: int, h: int, w: int, side: int, bank: int,
+                    device: torch.device) -> dict[str, torch.Tensor]:
+    """`rounds` random window grids for each of `m` samples (all rounds drawn at once)."""
+    mean_side = (1 + side) / 2
+    kb = int(math.ceil(1.5 * h / mean_side)) + 8
+    kc = int(math.ceil(1.5 * w / mean_side)) + 8
+    mr = rounds * m
+    top, hc, band = _random_partition(gen, mr, h, side, kb, device)  # (MR,kb), (MR,kb), (MR,H)
+    left, wc, piece = _random_partition(gen, mr, w, side, kc, device)  # (MR,kc), (MR,kc), (MR,W)
+    valid = ((hc[:, :, None] > 0) & (wc[:, None, :] > 0)).view(mr, kb * kc)
+    shape_id = ((hc - 1).clamp_min(0)[:, :, None] * side + (wc - 1).clamp_min(0)[:, None, :]).view(mr, kb * kc)
+    pick = _randint(gen, 0, bank - 1, (mr, kb * kc), device)
+    keys = _rand(gen, (mr, kb * kc), device)
+    return dict(top=top, band=band, left=left, piece=piece, valid=valid, count=valid.sum(dim=1).view(rounds, m),
+                cell=shape_id * bank + pick, keys=keys, kb=torch.tensor(kb), kc=torch.tensor(kc))
+
+
 def local_shuffle(x: torch.Tensor, gen: torch.Generator, p: float = SHUFFLE_P, n_windows: int = 1250,
                   max_side: int = 12, *, bank: int = 8) -> torch.Tensor:
     """Local pixel shuffling: about `n_windows` windows of side 1..`max_side` shuffled in place.
@@ -300,7 +328,7 @@ def local_shuffle(x: torch.Tensor, gen: torch.Generator, p: float = SHUFFLE_P, n
     keeps the histogram of its content at the time it is shuffled, in every channel alike.
 
     Each window's permutation is uniformly random: it is drawn from a bank of `bank` fresh random
-    permutations per window shape made for this call (several windows of a batch may share one).
+    permutations per window area made for this call (windows of a batch may share one).
     """
     n, c, h, w = _check_batch(x)
     _check_p(p)
@@ -316,47 +344,50 @@ def local_shuffle(x: torch.Tensor, gen: torch.Generator, p: float = SHUFFLE_P, n
     side = max(1, min(max_side, h, w))
     chosen = torch.nonzero(apply).flatten()
     m = int(chosen.numel())
-    out = x.clone()
-    if m == 0 or n_eff == 0 or side * side == 1:
-        return out  # windows of one pixel change nothing
+    if m == 0 or n_eff == 0 or side == 1:
+        return x.clone()  # windows of one pixel change nothing
 
     table = _permutation_bank(gen, side, w, bank, dev)
+    # 32-bit table positions save memory traffic (CPU index_select takes them; gather wants int64)
+    itype = torch.int32 if dev.type == "cpu" and h * w * 4 < 2 ** 31 else torch.long
     s2 = side * side
     identity_row = s2 * bank * s2
+    # Draw enough rounds at once (a round has about (h / mean side) * (w / mean side) windows),
+    # and more in the rare case some sample is still short.
     mean_side = (1 + side) / 2
-    kb = int(math.ceil(1.5 * h / mean_side)) + 8
-    kc = int(math.ceil(1.5 * w / mean_side)) + 8
-    base = torch.arange(h * w, device=dev).view(1, h, w)
-    rows, cols = torch.arange(h, device=dev)[None, :], torch.arange(w, device=dev)[None, :]
+    per_round = max(1.0, 0.85 * (h / mean_side) * (w / mean_side))
+    chunks = [_shuffle_rounds(gen, max(1, math.ceil(n_eff / per_round)), m, h, w, side, bank, dev)]
+    while bool((torch.cat([ch["count"] for ch in chunks]).sum(dim=0) < n_eff).any()):
+        chunks.append(_shuffle_rounds(gen, 1, m, h, w, side, bank, dev))
+    rd = {k: torch.cat([ch[k] for ch in chunks]) if k not in ("kb", "kc") else chunks[0][k] for k in chunks[0]}
+    kb, kc = int(rd["kb"]), int(rd["kc"])
+    count = rd["count"]  # (R, M)
+    rounds = count.shape[0]
+    need = torch.minimum((n_eff - (count.cumsum(dim=0) - count)).clamp_min(0), count)  # windows per round
+    valid, keys = rd["valid"], rd["keys"]
+    active = valid & (need.view(-1, 1) > 0)
+    partial = ((need > 0) & (need < count)).view(-1)
+    if bool(partial.any()):  # in a round with spare windows shuffle a random subset of `need`
+        rows = torch.nonzero(partial).flatten()
+        sub = torch.where(valid[rows], keys[rows], torch.full_like(keys[rows], 2.0))
+        kth = sub.sort(dim=1).values.gather(1, (need.view(-1)[rows] - 1)[:, None])
+        active[rows] = valid[rows] & (sub <= kth)
+    # table row offset of each cell's permutation; cells left alone use the identity row
+    row = torch.where(active, rd["cell"] * s2, torch.full_like(rd["cell"], identity_row)).to(itype)
+    band, piece, mr = rd["band"], rd["piece"], rounds * m
+    # per pixel (y, x): row[band(y), piece(x)] + dy * side + dx
+    dy_side = ((torch.arange(h, device=dev)[None, :] - rd["top"].gather(1, band)) * side).to(itype)  # (MR, H)
+    dx = (torch.arange(w, device=dev)[None, :] - rd["left"].gather(1, piece)).to(itype)  # (MR, W)
+    by_row = row.view(mr, kb, kc).gather(1, band[:, :, None].expand(mr, h, kc)).add_(dy_side[:, :, None])
+    index = by_row.gather(2, piece[:, None, :].expand(mr, h, w)).add_(dx[:, None, :])
+    src = table.index_select(0, index.view(-1)).view(mr, h, w)  # int64: used as gather indices
+    src = src.add_(torch.arange(h * w, device=dev).view(1, h, w)).view(rounds, m, h * w)
+    used = need.sum(dim=1).tolist()
     source = None  # (M, H*W): pixel q of the result takes the input's pixel source[q]
-    remaining = torch.full((m,), n_eff, dtype=torch.long, device=dev)
-    # Each round holds at least ceil(h/side)*ceil(w/side) windows, so this many rounds suffice.
-    max_rounds = int(math.ceil(n_eff / (math.ceil(h / side) * math.ceil(w / side))))
-    for _ in range(max_rounds):
-        if not bool((remaining > 0).any()):
-            break
-        top, hc, band = _random_partition(gen, m, h, side, kb, dev)  # (M,kb), (M,kb), (M,H)
-        left, wc, piece = _random_partition(gen, m, w, side, kc, dev)  # (M,kc), (M,kc), (M,W)
-        valid = ((hc[:, :, None] > 0) & (wc[:, None, :] > 0)).flatten(1)  # (M, kb*kc)
-        count = valid.sum(dim=1)
-        need = torch.minimum(remaining, count)
-        remaining = remaining - need
-        active = valid
-        if bool((need < count).any()):  # shuffle a random subset of `need` windows of this round
-            keys = torch.where(valid, _rand(gen, (m, kb * kc), dev), torch.full(valid.shape, 2.0, device=dev))
-            kth = keys.sort(dim=1).values.gather(1, (need - 1).clamp_min(0)[:, None])
-            active = valid & (keys <= kth) & (need > 0)[:, None]
-        # table row offset of each cell's permutation; cells left alone use the identity row
-        shape_id = ((hc - 1).clamp_min(0)[:, :, None] * side + (wc - 1).clamp_min(0)[:, None, :]).flatten(1)
-        pick = _randint(gen, 0, bank - 1, (m, kb * kc), dev)
-        row = torch.where(active, (shape_id * bank + pick) * s2, torch.full_like(pick, identity_row))
-        # per pixel (y, x): row[band(y), piece(x)] + dy * side + dx
-        dy_side = (rows - top.gather(1, band)) * side  # (M, H)
-        dx = cols - left.gather(1, piece)  # (M, W)
-        by_row = row.view(m, kb, kc).gather(1, band[:, :, None].expand(m, h, kc)) + dy_side[:, :, None]
-        index = by_row.gather(2, piece[:, None, :].expand(m, h, w)) + dx[:, None, :]
-        src = (table.take(index) + base).view(m, h * w)
-        source = src if source is None else source.gather(1, src)
+    for r in range(rounds):
+        if used[r] > 0:
+            source = src[r] if source is None else source.gather(1, src[r])
+    out = x.clone()
     if source is None:
         return out
     picked = x.index_select(0, chosen).reshape(m, c, h * w)
@@ -369,49 +400,46 @@ def local_shuffle(x: torch.Tensor, gen: torch.Generator, p: float = SHUFFLE_P, n
 # in-painting and out-painting
 
 
-def _box_mask(gen: torch.Generator, alive: torch.Tensor, h: int, w: int, lo_h: int, hi_h: int,
-              lo_w: int, hi_w: int) -> torch.Tensor:
-    """(N, 1, H, W) bool boxes of side lo..hi placed with Genesis's 3 px margin, where `alive`."""
+def _boxes(gen: torch.Generator, alive: torch.Tensor, h: int, w: int, lo_h: int, hi_h: int,
+           lo_w: int, hi_w: int) -> torch.Tensor:
+    """(N, 1, H, W) bool: union over k of boxes of side lo..hi where alive[:, k] ((N, K) bool).
+
+    Boxes are placed with Models Genesis's 3 px margin. The union is computed as a batched matrix
+    product of per-box row and column indicators (coverage count > 0).
+    """
     dev = alive.device
-    n = alive.shape[0]
-    bh = _randint(gen, lo_h, hi_h, (n,), dev)
-    bw = _randint(gen, lo_w, hi_w, (n,), dev)
+    n, k = alive.shape
+    bh = _randint(gen, lo_h, hi_h, (n, k), dev)
+    bw = _randint(gen, lo_w, hi_w, (n, k), dev)
     my = min(3, max(0, (h - hi_h) // 2))
     mx = min(3, max(0, (w - hi_w) // 2))
-    y0 = _randint(gen, my, (h - bh - my).clamp_min(my), (n,), dev)
-    x0 = _randint(gen, mx, (w - bw - mx).clamp_min(mx), (n,), dev)
-    rows = torch.arange(h, device=dev)[None, :]
-    cols = torch.arange(w, device=dev)[None, :]
-    in_rows = (rows >= y0[:, None]) & (rows < (y0 + bh)[:, None])
-    in_cols = (cols >= x0[:, None]) & (cols < (x0 + bw)[:, None])
-    return (in_rows[:, :, None] & in_cols[:, None, :] & alive[:, None, None])[:, None]
+    y0 = _randint(gen, my, (h - bh - my).clamp_min(my), (n, k), dev)
+    x0 = _randint(gen, mx, (w - bw - mx).clamp_min(mx), (n, k), dev)
+    rows = torch.arange(h, device=dev)[None, :, None]
+    cols = torch.arange(w, device=dev)[None, None, :]
+    in_rows = ((rows >= y0[:, None, :]) & (rows < (y0 + bh)[:, None, :]) & alive[:, None, :]).float()  # (N,H,K)
+    in_cols = ((cols >= x0[:, :, None]) & (cols < (x0 + bw)[:, :, None])).float()  # (N,K,W)
+    return (torch.bmm(in_rows, in_cols) > 0.5)[:, None]
 
 
-def _chain_boxes(gen: torch.Generator, first: torch.Tensor, extra: int, go_on: float, h: int, w: int,
-                 lo_h: int, hi_h: int, lo_w: int, hi_w: int) -> torch.Tensor:
-    """Union of boxes: box 0 where `first`, then up to `extra` more, each while a coin < go_on."""
-    mask = torch.zeros(first.shape[0], 1, h, w, dtype=torch.bool, device=first.device)
-    alive = first
-    for i in range(extra + 1):
-        if i > 0:
-            alive = alive & (_rand(gen, (first.shape[0],), first.device) < go_on)
-        mask |= _box_mask(gen, alive, h, w, lo_h, hi_h, lo_w, hi_w)
-    return mask
+def _chain(gen: torch.Generator, first: torch.Tensor, extra: int, go_on: float) -> torch.Tensor:
+    """(N, 1 + extra) bool: box 0 where `first`, then each further box while a `go_on` coin holds."""
+    coins = _rand(gen, (first.shape[0], extra), first.device) < go_on
+    return torch.cat([first[:, None], coins], dim=1).cumprod(dim=1).bool()
 
 
 def _inpaint_mask(gen: torch.Generator, apply: torch.Tensor, h: int, w: int) -> torch.Tensor:
     # Genesis: while count < 5 and random() < 0.95, a block of side rows//6 .. rows//3
     first = apply & (_rand(gen, (apply.shape[0],), apply.device) < 0.95)
-    lo_h, hi_h = max(1, h // 6), max(1, h // 3)
-    lo_w, hi_w = max(1, w // 6), max(1, w // 3)
-    return _chain_boxes(gen, first, 4, 0.95, h, w, lo_h, hi_h, lo_w, hi_w)
+    alive = _chain(gen, first, 4, 0.95)
+    return _boxes(gen, alive, h, w, max(1, h // 6), max(1, h // 3), max(1, w // 6), max(1, w // 3))
 
 
 def _outpaint_mask(gen: torch.Generator, apply: torch.Tensor, h: int, w: int) -> torch.Tensor:
     # Genesis: keep one window of side rows - randint(3*rows//7, 4*rows//7), then up to 4 more
-    lo_h, hi_h = max(1, h - 4 * h // 7), max(1, h - 3 * h // 7)
-    lo_w, hi_w = max(1, w - 4 * w // 7), max(1, w - 3 * w // 7)
-    keep = _chain_boxes(gen, apply, 4, 0.95, h, w, lo_h, hi_h, lo_w, hi_w)
+    alive = _chain(gen, apply, 4, 0.95)
+    keep = _boxes(gen, alive, h, w, max(1, h - 4 * h // 7), max(1, h - 3 * h // 7),
+                  max(1, w - 4 * w // 7), max(1, w - 3 * w // 7))
     return apply[:, None, None, None] & ~keep
 
 

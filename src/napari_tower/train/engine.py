@@ -101,6 +101,8 @@ class Loop:
             self.history.setdefault("val", []).append(float(val))
 
     def run(self, start: int = 0) -> Progress:
+        # Denormal floats (tiny Adam moments, masked activations) slow CPU kernels several-fold.
+        torch.set_flush_denormal(True)
         t0 = time.perf_counter()
         bad_rounds = 0
         last = Progress(self.phase, start, self.total)

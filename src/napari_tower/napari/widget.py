@@ -1,0 +1,926 @@
+"""The napari-tower dock widget: one section per step of the workflow.
+
+1. Data: the image layers to learn from.      2. Pretrain: self-supervised training, with progress and losses.
+3. Preview corruptions: what the proxy tasks do.  4. Segment: fine-tune on a Labels layer, predict.
+5. Correct and retrain: learn from the user's edits of a prediction.   Model: save / load checkpoints.
+
+Sections only hold controls and build configs; `TowerWidget` turns layers into
+arrays, starts jobs in thread workers (`workers.py`) and writes their results
+back into layers, checking first that the layers still hold the data the job
+read (`session.py`).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from napari.viewer import Viewer
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..config import DEVICES, METHODS, DataConfig, FinetuneConfig, ModelConfig, PredictConfig, PretrainConfig
+from ..errors import TowerError
+from ..train.engine import Progress
+from . import settings as remembered
+from .layers import current_plane, image_from_layer, label_shape, labels_to_planes
+from .plot import LossPlot
+from .session import LayerTag, PredictionRecord, Session
+from .workers import Outcome, progress_adapter, start_worker, warm_up_torch
+
+OWNED = "napari_tower"  # metadata key on the layers this widget creates
+PREVIEW_PREFIX = "tower preview: "
+SCOPES = ("current slice", "whole stack")
+
+
+def _unwrap(obj: Any) -> Any:
+    """The object behind napari's PublicOnlyProxy (identity checks and weak references need it)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
+def _owned(layer: Any) -> str | None:
+    return getattr(layer, "metadata", {}).get(OWNED)
+
+
+def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
+def _eta(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class LayerCombo(QComboBox):
+    """A choice among the viewer's layers of one type (not the widget's own previews)."""
+
+    def __init__(self, viewer: Any, layer_type: type, none_text: str = "(none)") -> None:
+        super().__init__()
+        self.viewer, self.layer_type, self.none_text = viewer, layer_type, none_text
+        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        self.refresh()
+
+    def candidates(self) -> list[Any]:
+        return [l for l in self.viewer.layers
+                if isinstance(l, self.layer_type) and _owned(l) not in ("preview", "probabilities")]
+
+    def refresh(self) -> None:
+        keep = self.layer()
+        layers = self.candidates()
+        self.blockSignals(True)
+        self.clear()
+        if not layers:
+            self.addItem(self.none_text, None)
+        for layer in layers:
+            self.addItem(layer.name, layer)
+        self.blockSignals(False)
+        if keep is not None and any(keep is l for l in layers):
+            self.set_layer(keep)
+
+    def layer(self) -> Any | None:
+        return self.currentData()
+
+    def set_layer(self, layer: Any) -> None:
+        for i in range(self.count()):
+            if self.itemData(i) is layer:
+                self.setCurrentIndex(i)
+                return
+        raise ValueError(f"{layer} is not a choice")
+
+
+class DataSection(QGroupBox):
+    """1. The image layers pretraining learns from, their size and what will be sampled."""
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__("1. Data")
+        self.viewer = viewer
+        self.list = QListWidget()
+        self.list.setMaximumHeight(90)
+        self.info = QLabel()
+        self.info.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Image layers to learn from:"))
+        layout.addWidget(self.list)
+        layout.addWidget(self.info)
+        self.patch = DataConfig.patch
+        self.list.itemChanged.connect(lambda _: self.describe())
+        self.refresh()
+
+    def refresh(self) -> None:
+        from napari.layers import Image as ImageLayer
+
+        checked = self.selected()
+        layers = [l for l in self.viewer.layers if isinstance(l, ImageLayer) and _owned(l) is None]
+        self.list.blockSignals(True)
+        self.list.clear()
+        for layer in layers:
+            item = QListWidgetItem(layer.name)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setData(Qt.UserRole, layer)
+            keep = any(layer is c for c in checked) or (not checked and layer is layers[0])
+            item.setCheckState(Qt.Checked if keep else Qt.Unchecked)
+            self.list.addItem(item)
+        self.list.blockSignals(False)
+        self.describe()
+
+    def selected(self) -> list[Any]:
+        items = [self.list.item(i) for i in range(self.list.count())]
+        return [it.data(Qt.UserRole) for it in items if it.checkState() == Qt.Checked]
+
+    def set_selected(self, layers: list[Any]) -> None:
+        for i in range(self.list.count()):
+            item = self.list.item(i)
+            item.setCheckState(Qt.Checked if any(item.data(Qt.UserRole) is l for l in layers) else Qt.Unchecked)
+
+    def describe(self) -> None:
+        lines, planes = [], 0
+        for layer in self.selected():
+            try:
+                image = image_from_layer(layer)
+            except TowerError as exc:
+                lines.append(f"{layer.name}: {exc}")
+                continue
+            p, c, h, w = image.shape
+            planes += p
+            kind = "RGB" if getattr(layer, "rgb", False) else f"{c} channel{'s' * (c > 1)}"
+            lines.append(f"{layer.name}: {p} plane{'s' * (p > 1)} of {h} x {w}, {kind}, {image.data.dtype}")
+        if not lines:
+            self.info.setText("Choose at least one image layer (open or drop a TIFF stack into napari).")
+            return
+        lines.append(f"Training samples {self.patch} x {self.patch} patches from {planes} plane(s), "
+                     "favouring structured regions.")
+        self.info.setText("\n".join(lines))
+
+
+class ProgressPanel(QWidget):
+    """Progress bar, one line of numbers with the ETA, and the live loss plot."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.text = QLabel("idle")
+        self.text.setWordWrap(True)
+        self.plot = LossPlot()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.text)
+        layout.addWidget(self.plot)
+        self.last: Progress | None = None
+
+    def start(self, title: str) -> None:
+        self.last = None
+        self.bar.setRange(0, 0)  # busy until the first record
+        self.text.setText(f"{title}: starting...")
+        if title != "predict":
+            self.plot.reset(title)
+
+    def render(self, p: Progress) -> None:
+        self.last = p
+        self.bar.setRange(0, max(1, p.total))
+        self.bar.setValue(min(p.step, p.total))
+        parts = [f"{p.phase} {p.step}/{p.total}"]
+        if p.losses:
+            main = p.losses.get("loss")
+            terms = ", ".join(f"{k} {v:.3g}" for k, v in p.losses.items() if k != "loss")
+            parts.append(f"loss {main:.4g}" + (f" ({terms})" if terms else "") if main is not None else terms)
+        if p.patches_per_s:
+            parts.append(f"{p.patches_per_s:.1f} {'planes' if p.phase == 'predict' else 'patches'}/s")
+        if not p.done:
+            parts.append(f"ETA {_eta(p.eta_s)}")
+        if p.message:
+            parts.append(p.message)
+        self.text.setText(" | ".join(parts))
+        if p.phase != "predict":
+            self.plot.add(p)
+
+    def finish(self, message: str) -> None:
+        self.bar.setRange(0, 1)
+        self.bar.setValue(1 if self.last is None or not self.last.stopped else 0)
+        self.text.setText(message)
+
+
+class PretrainSection(QGroupBox):
+    """2. Self-supervised pretraining settings, Pretrain / Stop and the progress panel."""
+
+    def __init__(self) -> None:
+        super().__init__("2. Pretrain")
+        d = PretrainConfig()
+        self.method = QComboBox()
+        self.method.addItems(METHODS)
+        self.steps = _spin(1, 1_000_000, d.steps, 50)
+        self.patch = _spin(16, 1024, d.data.patch, 16)
+        self.batch = _spin(2, 1024, d.batch)
+        self.base = _spin(4, 256, d.model.base, 4)
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        form = QFormLayout()
+        form.addRow("method", self.method)
+        form.addRow("steps", self.steps)
+        form.addRow("patch", self.patch)
+        form.addRow("batch", self.batch)
+        form.addRow("model size (base)", self.base)
+        form.addRow("device", self.device)
+        self.pretrain_button = QPushButton("Pretrain")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.pretrain_button)
+        buttons.addWidget(self.stop_button)
+        self.progress = ProgressPanel()
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+
+    def config(self) -> PretrainConfig:
+        cfg = PretrainConfig(method=self.method.currentText(), steps=self.steps.value(), batch=self.batch.value(),
+                             device=self.device.currentText(), data=DataConfig(patch=self.patch.value()),
+                             model=ModelConfig(base=self.base.value()))
+        cfg.val_every = max(1, min(cfg.val_every, cfg.steps))
+        cfg.validate()
+        return cfg
+
+
+class PreviewSection(QGroupBox):
+    """3. One layer per proxy-task corruption of the current slice."""
+
+    def __init__(self) -> None:
+        super().__init__("3. Preview corruptions")
+        self.seed = _spin(0, 2**31 - 1, 0)
+        self.button = QPushButton("Preview corruptions")
+        row = QHBoxLayout(self)
+        row.addWidget(QLabel("seed"))
+        row.addWidget(self.seed)
+        row.addWidget(self.button, 1)
+
+
+class SegmentSection(QGroupBox):
+    """4. Fine-tune a segmenter on a Labels layer, predict into a Labels layer."""
+
+    def __init__(self, viewer: Any) -> None:
+        from napari.layers import Image as ImageLayer
+        from napari.layers import Labels
+
+        super().__init__("4. Segment")
+        self.image = LayerCombo(viewer, ImageLayer)
+        self.labels = LayerCombo(viewer, Labels)
+        self.sparse = QCheckBox("sparse scribbles (0 = unannotated, 1 = background, 2.. = classes)")
+        self.steps = _spin(1, 1_000_000, FinetuneConfig.steps, 50)
+        self.finetune_button = QPushButton("Fine-tune")
+        self.scope = QComboBox()
+        self.scope.addItems(SCOPES)
+        self.instances = QCheckBox("instances (split touching objects)")
+        self.probabilities = QCheckBox("also add a probability image")
+        self.predict_button = QPushButton("Predict")
+        form = QFormLayout(self)
+        form.addRow("image", self.image)
+        form.addRow("annotations", self.labels)
+        form.addRow(self.sparse)
+        form.addRow("fine-tune steps", self.steps)
+        form.addRow(self.finetune_button)
+        form.addRow("predict on", self.scope)
+        form.addRow(self.instances)
+        form.addRow(self.probabilities)
+        form.addRow(self.predict_button)
+
+
+class CorrectSection(QGroupBox):
+    """5. Retrain from the user's corrections of a predicted Labels layer."""
+
+    def __init__(self, viewer: Any) -> None:
+        from napari.layers import Labels
+
+        super().__init__("5. Correct and retrain")
+        self.labels = LayerCombo(viewer, Labels)
+        self.steps = _spin(1, 100_000, 50, 10)
+        self.edit_weight = QDoubleSpinBox()
+        self.edit_weight.setRange(1.0, 100.0)
+        self.edit_weight.setValue(FinetuneConfig.edit_weight)
+        self.button = QPushButton("Retrain from corrections")
+        hint = QLabel("Edit the predicted Labels layer with napari's paint, fill and erase tools, then retrain: "
+                      "the pixels you changed weigh more.")
+        hint.setWordWrap(True)
+        form = QFormLayout(self)
+        form.addRow(hint)
+        form.addRow("corrected labels", self.labels)
+        form.addRow("retrain steps", self.steps)
+        form.addRow("weight of edits", self.edit_weight)
+        form.addRow(self.button)
+
+
+class ModelSection(QGroupBox):
+    """The models of this session: which exist, save and load."""
+
+    def __init__(self) -> None:
+        super().__init__("Model")
+        self.info = QLabel("no model yet")
+        self.info.setWordWrap(True)
+        self.save_button = QPushButton("Save model...")
+        self.load_button = QPushButton("Load model...")
+        row = QHBoxLayout()
+        row.addWidget(self.save_button)
+        row.addWidget(self.load_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.info)
+        layout.addLayout(row)
+
+
+class TowerWidget(QWidget):
+    """Pretrain, preview, fine-tune, predict, correct and retrain, without freezing the viewer."""
+
+    def __init__(self, napari_viewer: Viewer) -> None:
+        super().__init__()
+        warm_up_torch()
+        self.viewer = _unwrap(napari_viewer)
+        self.session = Session()
+        self.stop_event = threading.Event()
+        self.worker: Any = None
+        self.job = ""
+        self.last_dir = str(Path.home())
+
+        self.data = DataSection(self.viewer)
+        self.train = PretrainSection()
+        self.preview = PreviewSection()
+        self.segment = SegmentSection(self.viewer)
+        self.correct = CorrectSection(self.viewer)
+        self.models = ModelSection()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+
+        inner = QWidget()
+        column = QVBoxLayout(inner)
+        for section in (self.data, self.train, self.preview, self.segment, self.correct, self.models):
+            column.addWidget(section)
+        column.addWidget(self.status)
+        column.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        self.setMinimumWidth(340)
+
+        self.train.pretrain_button.clicked.connect(self.pretrain)
+        self.train.stop_button.clicked.connect(self.stop)
+        self.preview.button.clicked.connect(self.preview_corruptions)
+        self.segment.finetune_button.clicked.connect(self.finetune)
+        self.segment.predict_button.clicked.connect(self.predict)
+        self.correct.button.clicked.connect(self.retrain)
+        self.models.save_button.clicked.connect(self._save_clicked)
+        self.models.load_button.clicked.connect(self._load_clicked)
+        self.job_buttons = [self.train.pretrain_button, self.preview.button, self.segment.finetune_button,
+                            self.segment.predict_button, self.correct.button, self.models.load_button]
+
+        self._save_timer = QTimer(self)
+        self._save_timer.setSingleShot(True)
+        self._save_timer.setInterval(500)
+        self._save_timer.timeout.connect(self.save_settings)
+        self.apply_settings(remembered.load_settings())
+        for control in self._settings_controls().values():
+            signal = control.currentTextChanged if isinstance(control, QComboBox) else (
+                control.toggled if isinstance(control, QCheckBox) else control.valueChanged)
+            signal.connect(lambda *_: self._save_timer.start())
+        self.train.patch.valueChanged.connect(self._patch_changed)
+        self._patch_changed()
+
+        events = self.viewer.layers.events
+        for event in (events.inserted, events.removed, events.moved):
+            event.connect(self._layers_changed)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._layers_changed)
+        self._update_models()
+
+    # ----------------------------------------------------------------- layers and settings
+
+    def _layers_changed(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._layers_changed)
+        self.data.refresh()
+        for combo in (self.segment.image, self.segment.labels, self.correct.labels):
+            combo.refresh()
+        if event is not None and getattr(event, "type", "") == "inserted" and _owned(event.value) == "labels":
+            self.correct.labels.set_layer(event.value)
+
+    def _patch_changed(self, *_: Any) -> None:
+        self.data.patch = self.train.patch.value()
+        self.data.describe()
+
+    def _settings_controls(self) -> dict[str, QWidget]:
+        t, s, c = self.train, self.segment, self.correct
+        return {"method": t.method, "steps": t.steps, "patch": t.patch, "batch": t.batch, "base": t.base,
+                "device": t.device, "preview_seed": self.preview.seed, "finetune_steps": s.steps,
+                "sparse": s.sparse, "scope": s.scope, "instances": s.instances, "probabilities": s.probabilities,
+                "retrain_steps": c.steps, "edit_weight": c.edit_weight}
+
+    def settings(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"last_dir": self.last_dir}
+        for key, w in self._settings_controls().items():
+            out[key] = (w.currentText() if isinstance(w, QComboBox) else
+                        w.isChecked() if isinstance(w, QCheckBox) else w.value())
+        return out
+
+    def apply_settings(self, values: dict[str, Any]) -> None:
+        """Restore remembered settings; unknown keys and values that do not fit are ignored."""
+        self.last_dir = str(values.get("last_dir", self.last_dir))
+        for key, w in self._settings_controls().items():
+            if key not in values:
+                continue
+            value = values[key]
+            try:
+                if isinstance(w, QComboBox):
+                    if w.findText(str(value)) >= 0:
+                        w.setCurrentText(str(value))
+                elif isinstance(w, QCheckBox):
+                    w.setChecked(bool(value))
+                elif isinstance(w, QDoubleSpinBox):
+                    w.setValue(float(value))
+                else:
+                    w.setValue(int(value))
+            except (TypeError, ValueError):
+                continue
+
+    def save_settings(self) -> None:
+        remembered.save_settings(self.settings())
+
+    # ----------------------------------------------------------------- messages
+
+    def show_error(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.setStyleSheet("color: #e06c6c;")
+        self.status.setText(f"Error: {message}")
+        show_error(f"napari-tower: {message}")
+
+    def show_warning(self, message: str) -> None:
+        from napari.utils.notifications import show_warning
+
+        self.status.setStyleSheet("color: #e0b060;")
+        self.status.setText(message)
+        show_warning(f"napari-tower: {message}")
+
+    def show_info(self, message: str) -> None:
+        self.status.setStyleSheet("")
+        self.status.setText(message)
+
+    def _user_action(self, action: Callable[[], None]) -> None:
+        """Run a button's action; a user error becomes a message, never a traceback."""
+        try:
+            action()
+        except TowerError as exc:
+            self.show_error(str(exc))
+
+    # ----------------------------------------------------------------- jobs
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def _start(self, name: str, fn: Callable, on_value: Callable[[Any, bool], None]) -> None:
+        """Run `fn(callback, should_stop)` in a worker; `on_value(value, stopped)` gets its result."""
+        if self.busy:
+            raise TowerError(f"{self.job} is still running: wait for it or press Stop")
+        self.save_settings()
+        self.job = name
+        self.stop_event = threading.Event()
+        for b in self.job_buttons:
+            b.setEnabled(False)
+        self.train.stop_button.setEnabled(True)
+        self.train.progress.start(name)
+        self.show_info(f"{name} running...")
+
+        def done(outcome: Outcome) -> None:
+            self.worker = None
+            for b in self.job_buttons:
+                b.setEnabled(True)
+            self.train.stop_button.setEnabled(False)
+            if outcome.error is not None:
+                if outcome.stopped:
+                    self.train.progress.finish(f"{name} stopped")
+                    self.show_info(f"{name} stopped")
+                else:
+                    self.train.progress.finish(f"{name} failed")
+                    self.show_error(outcome.error)
+                return
+            self.train.progress.finish(f"{name} stopped" if outcome.stopped else f"{name} finished")
+            try:
+                on_value(outcome.value, outcome.stopped)
+            except TowerError as exc:
+                self.show_error(str(exc))
+
+        self.worker = start_worker(fn, self.stop_event, self.train.progress.render, done)
+
+    def stop(self) -> None:
+        """Ask the running job to stop at its next step (training keeps a checkpoint)."""
+        if self.busy:
+            self.stop_event.set()
+            self.show_info(f"stopping {self.job}...")
+
+    def _device(self) -> str:
+        return self.train.device.currentText()
+
+    # ----------------------------------------------------------------- 2. pretrain
+
+    def pretrain(self) -> None:
+        self._user_action(self._pretrain)
+
+    def _pretrain(self) -> None:
+        from ..train import pretrain
+
+        layers = self.data.selected()
+        if not layers:
+            raise TowerError("no image layer chosen: tick at least one image layer under 1. Data")
+        images = [image_from_layer(layer) for layer in layers]
+        cfg = self.train.config()
+
+        def job(callback, should_stop):
+            return pretrain(images, cfg, callback=callback, should_stop=should_stop)
+
+        def finished(result, stopped: bool) -> None:
+            self.session.pretrained = result.checkpoint
+            self._update_models()
+            what = f"stopped at step {result.last.step}; checkpoint kept" if stopped else "finished"
+            self.show_info(f"Pretraining ({cfg.method}) {what}. Next: fine-tune on a few labels (4. Segment).")
+
+        self._start("pretrain", job, finished)
+
+    # ----------------------------------------------------------------- 3. preview
+
+    def preview_corruptions(self) -> None:
+        self._user_action(self._preview)
+
+    def _preview(self) -> None:
+        from ..data import compute_normalisation
+        from ..proxy import preview
+
+        layers = self.data.selected() or self.segment.image.candidates()[:1]
+        if not layers:
+            raise TowerError("no image layer to preview: open an image first")
+        layer = layers[0]
+        image = image_from_layer(layer)
+        plane_index = current_plane(layer, self.viewer.dims.point)
+        y0, x0, crop = self._view_crop(layer, image.shape[2:])
+        plane = np.asarray(image.data[plane_index, :, y0:y0 + crop[0], x0:x0 + crop[1]])
+        tag = LayerTag.of(layer)
+        seed = self.preview.seed.value()
+
+        def job(callback, should_stop):
+            norm = compute_normalisation(image.data, image.source)
+            return preview(norm.apply(plane, channel_axis=0), seed=seed)
+
+        def finished(views: dict[str, np.ndarray], stopped: bool) -> None:
+            problem = tag.problem(self.viewer.layers)
+            if problem:
+                self.show_warning(f"{problem} while previewing: preview dropped")
+                return
+            self._show_previews(layer, views, (y0, x0))
+            self.show_info(f"Previewed {len(views)} corruptions of '{layer.name}' (plane {plane_index}).")
+
+        self._start("preview", job, finished)
+
+    def _view_crop(self, layer: Any, yx: tuple[int, int], most: int = 1024) -> tuple[int, int, tuple[int, int]]:
+        """Top-left corner and size of the (at most `most` square) region around the view's centre."""
+        h, w = yx
+        ch, cw = min(h, most), min(w, most)
+        if (ch, cw) == (h, w):
+            return 0, 0, (h, w)
+        point = list(self.viewer.dims.point)
+        for axis, c in zip(self.viewer.dims.displayed[-2:], self.viewer.camera.center[-2:]):
+            point[axis] = c
+        cy, cx = np.asarray(layer.world_to_data(point), float)[-2:]
+        y0 = int(np.clip(cy - ch / 2, 0, h - ch))
+        x0 = int(np.clip(cx - cw / 2, 0, w - cw))
+        return y0, x0, (ch, cw)
+
+    def _show_previews(self, layer: Any, views: dict[str, np.ndarray], offset: tuple[int, int]) -> None:
+        """One image layer per corruption, replacing this widget's earlier previews."""
+        scale = np.asarray(layer.scale)[-2:]
+        translate = np.asarray(layer.translate)[-2:] + np.asarray(offset) * scale
+        rgb = bool(getattr(layer, "rgb", False))
+        for name in list(self.session.previews):
+            old = self.session.previews[name]()
+            if name not in views and old is not None and any(old is l for l in self.viewer.layers):
+                self.viewer.layers.remove(old)
+        for name, view in views.items():
+            data = np.moveaxis(view, 0, -1) if rgb else (view[0] if view.shape[0] == 1 else view)
+            old = self.session.previews.get(name, lambda: None)()
+            if old is not None and any(old is l for l in self.viewer.layers) and old.data.shape == data.shape:
+                old.data = data
+                old.translate = translate
+                old.contrast_limits = (0.0, 1.0)
+                continue
+            if old is not None and any(old is l for l in self.viewer.layers):
+                self.viewer.layers.remove(old)
+            new = self.viewer.add_image(data, name=f"{PREVIEW_PREFIX}{name}", rgb=rgb, scale=scale,
+                                        translate=translate, contrast_limits=(0.0, 1.0), colormap="gray",
+                                        metadata={OWNED: "preview"}, visible=name == "tower")
+            self.session.previews[name] = weakref.ref(new)
+
+    # ----------------------------------------------------------------- 4. segment
+
+    def finetune(self) -> None:
+        self._user_action(self._finetune)
+
+    def _finetune_config(self, steps: int) -> FinetuneConfig:
+        t = self.train
+        return FinetuneConfig(steps=steps, batch=t.batch.value(), device=self._device(),
+                              data=DataConfig(patch=t.patch.value()), model=ModelConfig(base=t.base.value()))
+
+    def _finetune(self) -> None:
+        from ..data import from_array
+        from ..segment import finetune
+
+        image_layer, labels_layer = self.segment.image.layer(), self.segment.labels.layer()
+        if image_layer is None:
+            raise TowerError("no image layer: open an image and choose it under 4. Segment")
+        if labels_layer is None:
+            raise TowerError("no Labels layer with annotations: add one (New labels layer), paint a few objects, "
+                             "and choose it under 4. Segment > annotations")
+        image = image_from_layer(image_layer)
+        labels = labels_to_planes(labels_layer, image_layer)
+        # Planes without any annotation are unannotated, not background: train on the others only.
+        planes = [p for p in range(labels.shape[0]) if labels[p].any()]
+        if not planes:
+            raise TowerError(f"labels layer '{labels_layer.name}' is empty: paint a few objects"
+                             + (" (1 = background, 2.. = classes)" if self.segment.sparse.isChecked() else "")
+                             + ", then fine-tune")
+        if len(planes) < labels.shape[0]:
+            image = from_array(np.asarray(image.data[planes]), image.source, axes="ZCYX")
+            labels = labels[planes]
+        cfg = self._finetune_config(self.segment.steps.value())
+        if self.segment.sparse.isChecked():
+            cfg.target = "sparse"
+        init = self.session.pretrained
+
+        def job(callback, should_stop):
+            return finetune([image], [labels], cfg, init=init, callback=callback, should_stop=should_stop)
+
+        def finished(result, stopped: bool) -> None:
+            self.session.segmenter = result.checkpoint
+            self._update_models()
+            dice = f", best validation Dice {result.best_val_dice:.3f}" if result.best_val_dice is not None else ""
+            start = "from the pretrained model" if init is not None else "from scratch (no pretrained model)"
+            self.show_info(f"Fine-tuned {start} on {len(planes)} annotated plane(s){' (stopped)' if stopped else ''}"
+                           f"{dice}. Next: Predict.")
+
+        self._start("fine-tune", job, finished)
+
+    def predict(self) -> None:
+        self._user_action(self._predict)
+
+    def _predict_config(self) -> PredictConfig:
+        return PredictConfig(device=self._device(), instances=self.segment.instances.isChecked())
+
+    def _predict(self) -> None:
+        from ..segment import Predictor
+
+        ckpt = self.session.segmenter
+        if ckpt is None:
+            raise TowerError("no segmenter yet: fine-tune one (4. Segment > Fine-tune) or load a model")
+        image_layer = self.segment.image.layer()
+        if image_layer is None:
+            raise TowerError("no image layer to predict: choose one under 4. Segment")
+        image = image_from_layer(image_layer)
+        planes = ([current_plane(image_layer, self.viewer.dims.point)]
+                  if self.segment.scope.currentText() == SCOPES[0] else list(range(image.shape[0])))
+        tag = LayerTag.of(image_layer)
+        cfg = self._predict_config()
+        with_probabilities = self.segment.probabilities.isChecked()
+
+        def job(callback, should_stop):
+            predictor = Predictor(ckpt, cfg)
+            return predictor.predict(image, planes, progress_adapter(callback, "predict"), should_stop)
+
+        def finished(prediction, stopped: bool) -> None:
+            layer = self._write_prediction(tag, prediction, planes, str(ckpt["target"]))
+            if layer is not None and with_probabilities:
+                self._write_probabilities(tag.layer(self.viewer.layers), prediction, planes)
+            if layer is not None:
+                self.show_info(f"Predicted {len(planes)} plane(s) into '{layer.name}'. Correct it with the paint "
+                               "and erase tools, then Retrain from corrections.")
+
+        self._start("predict", job, finished)
+
+    def _write_prediction(self, tag: LayerTag, prediction: Any, planes: list[int], target: str,
+                          into: Any = None, expected: np.ndarray | None = None) -> Any | None:
+        """Write labels for `planes` into the image's output layer (or `into`), or a new layer.
+
+        Nothing is written when the image layer was removed or changed while the job ran; a layer the user
+        edited while the job ran (its content differs from `expected`) is left alone and a new layer is added.
+        """
+        problem = tag.problem(self.viewer.layers)
+        if problem:
+            self.show_warning(f"{problem} while the job ran: its result was dropped; run it again")
+            return None
+        image_layer = tag.layer(self.viewer.layers)
+        shape = label_shape(image_layer)
+        flat = (int(np.prod(shape[:-2])),) + shape[-2:]
+        layer = into if into is not None else self.session.output_for(image_layer, self.viewer.layers)
+        if layer is not None and (not any(layer is l for l in self.viewer.layers) or tuple(layer.data.shape) != shape):
+            layer = None
+        if layer is not None and expected is not None and not np.array_equal(np.asarray(layer.data).reshape(flat),
+                                                                               expected):
+            self.show_warning(f"'{layer.name}' was edited while retraining: the new prediction went into a new "
+                              "layer, your edits are untouched")
+            layer = None
+        old = self.session.record_for(layer) if layer is not None else None
+        if layer is None:
+            data = np.zeros(flat, np.int32)
+        else:
+            data = np.array(layer.data, dtype=np.int32).reshape(flat)
+        data[planes] = prediction.labels
+        if layer is None:
+            layer = self.viewer.add_labels(data.reshape(shape), name=f"{image_layer.name} tower labels",
+                                           scale=image_layer.scale, translate=image_layer.translate,
+                                           metadata={OWNED: "labels"}, opacity=0.5)
+        else:
+            layer.data = data.reshape(shape)
+        written = old.written.copy() if old is not None and old.written.shape == flat else data.copy()
+        written[planes] = prediction.labels
+        done = sorted(set(old.planes if old is not None else ()) | set(planes))
+        self.session.record(layer, PredictionRecord(tag, weakref.ref(layer), written, done, target))
+        self.correct.labels.refresh()
+        self.correct.labels.set_layer(layer)
+        return layer
+
+    def _write_probabilities(self, image_layer: Any, prediction: Any, planes: list[int]) -> None:
+        shape = label_shape(image_layer)
+        flat = (int(np.prod(shape[:-2])),) + shape[-2:]
+        key = f"probabilities {id(image_layer)}"
+        old = self.session.previews.get(key, lambda: None)()
+        if old is not None and any(old is l for l in self.viewer.layers) and tuple(old.data.shape) == shape:
+            data = np.array(old.data, np.float32).reshape(flat)
+        else:
+            old, data = None, np.zeros(flat, np.float32)
+        data[planes] = 1.0 - prediction.probabilities[:, 0]
+        if old is not None:
+            old.data = data.reshape(shape)
+            return
+        new = self.viewer.add_image(data.reshape(shape), name=f"{image_layer.name} tower probabilities",
+                                    scale=image_layer.scale, translate=image_layer.translate, colormap="magma",
+                                    contrast_limits=(0.0, 1.0), blending="additive", visible=False,
+                                    metadata={OWNED: "probabilities"})
+        self.session.previews[key] = weakref.ref(new)
+
+    # ----------------------------------------------------------------- 5. correct and retrain
+
+    def retrain(self) -> None:
+        self._user_action(self._retrain)
+
+    def _retrain(self) -> None:
+        from ..data import from_array
+        from ..segment import Predictor, finetune
+
+        layer = self.correct.labels.layer()
+        if layer is None:
+            raise TowerError("no predicted Labels layer: Predict first, correct the result, then retrain")
+        record = self.session.record_for(layer)
+        if record is None:
+            raise TowerError(f"'{layer.name}' holds no napari-tower prediction: Predict first, correct its result "
+                             "with napari's tools, then retrain")
+        ckpt = self.session.segmenter
+        if ckpt is None:
+            raise TowerError("no segmenter to retrain: fine-tune or load one first")
+        problem = record.image.problem(self.viewer.layers)
+        if problem:
+            raise TowerError(f"cannot retrain: {problem} since the prediction; Predict again, then correct")
+        image_layer = record.image.layer(self.viewer.layers)
+        current = labels_to_planes(layer, image_layer)
+        changed = record.changed(current)
+        planes = record.planes
+        n_changed = int(changed[planes].sum())
+        if n_changed == 0:
+            raise TowerError(f"no corrections in '{layer.name}' yet: fix the prediction with napari's paint, "
+                             "fill or erase tools, then retrain")
+        target = str(ckpt["target"])
+        labels = retrain_targets(current[planes], target)
+        edit_weight = self.correct.edit_weight.value()
+        weights = (1.0 + (edit_weight - 1.0) * changed[planes]).astype(np.float32)
+        image = image_from_layer(image_layer)
+        subset = from_array(np.asarray(image.data[planes]), image.source, axes="ZCYX")
+        cfg = self._finetune_config(self.correct.steps.value())
+        cfg.val_fraction, cfg.edit_weight = 0.0, edit_weight
+        pcfg = self._predict_config()
+
+        def job(callback, should_stop):
+            result = finetune([subset], [labels], cfg, init=ckpt, weights=[weights], callback=callback,
+                              should_stop=should_stop)
+            if result.last.stopped:
+                return result, None
+            prediction = Predictor(result.checkpoint, pcfg).predict(
+                subset, None, progress_adapter(callback, "predict"), should_stop)
+            return result, prediction
+
+        def finished(value, stopped: bool) -> None:
+            result, prediction = value
+            self.session.segmenter = result.checkpoint
+            self._update_models()
+            if prediction is None:
+                self.show_info("Retraining stopped; the model so far is kept. Retrain again or Predict.")
+                return
+            out = self._write_prediction(record.image, prediction, planes, target, into=layer, expected=current)
+            if out is not None:
+                self.show_info(f"Retrained on {n_changed} corrected pixel(s) and predicted again into '{out.name}'.")
+
+        self._start("retrain", job, finished)
+
+    # ----------------------------------------------------------------- models
+
+    def _update_models(self) -> None:
+        parts = []
+        for name, ckpt in (("pretrained", self.session.pretrained), ("segmenter", self.session.segmenter)):
+            if ckpt is not None:
+                what = ckpt.get("method") if name == "pretrained" else ckpt.get("target")
+                parts.append(f"{name}: {what}, step {ckpt.get('step')}, base {ckpt['config']['model']['base']}")
+        self.models.info.setText("; ".join(parts) if parts else "no model yet")
+
+    def save_model(self, path: str | Path, kind: str | None = None) -> Path:
+        """Save the segmenter (or, without one, the pretrained model); `kind` picks one explicitly."""
+        from ..train import save_checkpoint
+
+        ckpt = {"segmenter": self.session.segmenter, "pretrained": self.session.pretrained}.get(kind or "") if kind \
+            else (self.session.segmenter or self.session.pretrained)
+        if ckpt is None:
+            raise TowerError("no model to save yet: pretrain or fine-tune first")
+        out = save_checkpoint(path, ckpt)
+        self.last_dir = str(Path(path).parent)
+        self.show_info(f"Saved the {ckpt['kind']} model to {out}")
+        return out
+
+    def load_model(self, path: str | Path) -> str:
+        """Load a checkpoint as the session's pretrained model or segmenter; returns its kind."""
+        from ..train import load_checkpoint
+
+        if self.busy:
+            raise TowerError(f"{self.job} is running: wait for it or press Stop before loading a model")
+        kind = self.session.set_model(load_checkpoint(path))
+        self.last_dir = str(Path(path).parent)
+        self._update_models()
+        self.show_info(f"Loaded a {kind} model from {path}")
+        return kind
+
+    def _save_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save model", str(Path(self.last_dir) / "tower.pt"),
+                                              "napari-tower model (*.pt)")
+        if path:
+            self._user_action(lambda: self.save_model(path))
+
+    def _load_clicked(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load model", self.last_dir, "napari-tower model (*.pt)")
+        if path:
+            self._user_action(lambda: self.load_model(path))
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
+        self.stop_event.set()
+        self.save_settings()
+        super().closeEvent(event)
+
+
+def retrain_targets(labels: np.ndarray, target: str) -> np.ndarray:
+    """A corrected prediction (planes, Y, X) as dense training labels for a model with `target`.
+
+    Predictions use 0 = background and 1.. = classes or objects. A model trained on
+    instances learns them from object ids (a foreground mask is split into its
+    connected components); one trained on sparse scribbles reads 1 = background.
+    """
+    if target == "instance" and labels.max() <= 1:
+        from skimage.measure import label
+
+        return np.stack([label(plane > 0) for plane in labels]).astype(np.int64)
+    if target == "sparse":
+        return labels + 1
+    return labels
+
+
+def open_from_menu(viewer: Viewer) -> None:
+    """Layers > Segment > napari-tower: open (or show) the dock widget."""
+    viewer.window.add_plugin_dock_widget("napari-tower", "TOWER segmentation")
