@@ -43,11 +43,14 @@ def bezier_curve(points, n_times: int = 1000):
     return np.dot(x_points, polynomial_array), np.dot(y_points, polynomial_array)
 
 
+CURVE_SAMPLES = 1000  # the batched version's default; Models Genesis's own code uses 100000
+
+
 def ref_nonlinear(x: np.ndarray, rng: random.Random, prob: float = 0.9) -> np.ndarray:
     if rng.random() >= prob:
         return x
     points = [[0, 0], [rng.random(), rng.random()], [rng.random(), rng.random()], [1, 1]]
-    xvals, yvals = bezier_curve(points, n_times=1000)
+    xvals, yvals = bezier_curve(points, n_times=CURVE_SAMPLES)
     if rng.random() < 0.5:
         xvals = np.sort(xvals)  # inverted curve: only x sorted
     else:
@@ -118,13 +121,12 @@ def ref_block_mask(x: np.ndarray, rng: random.Random, weights: np.ndarray | None
 
 
 def ref_structure_weights(x: np.ndarray, cell: int = 8) -> np.ndarray:
-    _, rows, cols = x.shape
+    """Per-cell local variance, normalised to [0, 1] (numpy, vectorised within the sample)."""
+    c, rows, cols = x.shape
     gh, gw = -(-rows // cell), -(-cols // cell)
-    var = np.zeros((gh, gw))
-    for cy in range(gh):
-        for cx in range(gw):
-            block = x[:, cy * cell:(cy + 1) * cell, cx * cell:(cx + 1) * cell]
-            var[cy, cx] = block.var(axis=(1, 2)).mean()
+    pad = np.zeros((c, gh * cell, gw * cell))
+    pad[:, :rows, :cols] = x
+    var = pad.reshape(c, gh, cell, gw, cell).var(axis=(2, 4)).mean(axis=0)
     var = var / var.max() if var.max() > 1e-10 else var * 0
     return np.kron(var, np.ones((cell, cell)))[:rows, :cols]
 
@@ -146,33 +148,40 @@ def ref_tower(x: np.ndarray, rng: random.Random, nprng: np.random.Generator, pri
 # ----------------------------------------------------------------------------------------------
 
 
-def timed(fn, repeats: int, warmup: int = 2) -> float:
-    """Median seconds per call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
+def timed_pair(ref_fn, fast_fn, repeats: int) -> tuple[float, float]:
+    """Median seconds per call of each, measured alternately so both see the same machine load."""
+    ref_fn(), fast_fn(), fast_fn()  # warm-up
+    ref_times, fast_times = [], []
+    for i in range(repeats):
+        if i % 3 == 0 or i < 3:
+            start = time.perf_counter()
+            ref_fn()
+            ref_times.append(time.perf_counter() - start)
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        fast_fn()
+        fast_times.append(time.perf_counter() - start)
+    return float(np.median(ref_times)), float(np.median(fast_times))
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CURVE_SAMPLES
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=30, help="batched calls per case (reference: a third)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--curve-samples", type=int, default=CURVE_SAMPLES,
+                        help="Bezier samples in the reference (Models Genesis's code: 100000)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    CURVE_SAMPLES = args.curve_samples
 
     rng_np = np.random.default_rng(args.seed)
-    batch = rng_np.random((args.batch, args.channels, args.size, args.size)).astype(np.float32)
-    x = torch.from_numpy(batch).to(args.device)
+    batch = rng_np.random((args.batch, args.channels, args.size, args.size))
+    x = torch.from_numpy(batch.astype(np.float32)).to(args.device)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     rng, nprng = random.Random(args.seed), np.random.default_rng(args.seed)
 
@@ -181,19 +190,22 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
 
     cases = [
-        ("genesis", lambda: [ref_genesis(s.astype(np.float64), rng, nprng) for s in batch],
+        ("genesis", lambda: [ref_genesis(s.copy(), rng, nprng) for s in batch],
          lambda: (compose(x, GENESIS_TASKS, gen), sync())),
-        ("tower", lambda: [ref_tower(s.astype(np.float64), rng, nprng, False) for s in batch],
+        ("tower", lambda: [ref_tower(s.copy(), rng, nprng, False) for s in batch],
          lambda: (compose(x, TOWER_TASKS, gen), sync())),
-        ("tower+prior", lambda: [ref_tower(s.astype(np.float64), rng, nprng, True) for s in batch],
+        ("tower+prior", lambda: [ref_tower(s.copy(), rng, nprng, True) for s in batch],
          lambda: (compose(x, TOWER_TASKS, gen, weights=structure_weights(x)), sync())),
     ]
-    print(f"batch {args.batch} x {args.channels} x {args.size} x {args.size}, {args.threads} threads, "
-          f"device {args.device}, median of {args.repeats}")
+    try:
+        load = Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        load = "n/a"
+    print(f"batch {args.batch} x {args.channels} x {args.size} x {args.size}, torch threads {args.threads}, "
+          f"device {args.device}, reference curve samples {args.curve_samples}, load average {load}")
     print(f"{'tasks':<13}{'reference patches/s':>22}{'batched patches/s':>20}{'speed-up':>10}")
     for name, ref_fn, fast_fn in cases:
-        t_ref = timed(ref_fn, max(3, args.repeats // 3), warmup=1)
-        t_fast = timed(fast_fn, args.repeats)
+        t_ref, t_fast = timed_pair(ref_fn, fast_fn, args.repeats)
         print(f"{name:<13}{args.batch / t_ref:>22.0f}{args.batch / t_fast:>20.0f}{t_ref / t_fast:>9.1f}x")
     return 0
 

@@ -25,6 +25,15 @@ from napari_tower.proxy import (
 from napari_tower.proxy.tasks import _bezier_lut
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are small: on a busy machine waking a second thread costs more than it saves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -168,7 +177,7 @@ def test_shuffle_is_a_local_permutation_shared_by_channels():
 
 def test_single_window_keeps_its_multiset_and_the_rest():
     x = batch(6, 1, 128, 128)
-    for seed in range(4):
+    for seed in range(3):
         out = local_shuffle(x, gen(seed), p=1.0, n_windows=1)
         for i in range(6):
             changed = (out[i, 0] != x[i, 0]).nonzero()
@@ -332,7 +341,7 @@ def test_preview_rejects_non_images():
 # property: any batch shape
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(16, 80), w=st.integers(16, 80),
        seed=st.integers(0, 2 ** 31 - 1), force=st.booleans())
 def test_compose_all_tasks_any_shape(n, c, h, w, seed, force):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import blobs
+from .conftest import ISBI, blobs
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
@@ -42,6 +42,8 @@ def errors(monkeypatch):
 def open_widget(make_napari_viewer, show: bool = False):
     viewer = make_napari_viewer(show=show or bool(os.environ.get("NAPARI_TOWER_SCREENSHOTS")))
     _, widget = viewer.window.add_plugin_dock_widget("napari-tower", WIDGET)
+    if os.environ.get("NAPARI_TOWER_SCREENSHOTS"):
+        viewer.window.resize(1500, 1300)
     return viewer, widget
 
 
@@ -49,9 +51,14 @@ def snap(viewer, widget, name: str) -> None:
     """Screenshot of the viewer and of the widget alone, only when NAPARI_TOWER_SCREENSHOTS is set."""
     if not os.environ.get("NAPARI_TOWER_SCREENSHOTS"):
         return
+    from qtpy.QtWidgets import QApplication
+
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):  # let the layout catch up with the last texts
+        QApplication.processEvents()
+        time.sleep(0.05)
     viewer.screenshot(str(SCREENSHOTS / f"{name}.png"), canvas_only=False)
-    widget.grab().save(str(SCREENSHOTS / f"{name}-widget.png"))
+    widget.content.grab().save(str(SCREENSHOTS / f"{name}-widget.png"))  # all sections, not just the visible part
 
 
 def configure(widget, steps=8, patch=64, batch=4, base=8, finetune_steps=10, retrain_steps=10) -> None:
@@ -244,13 +251,17 @@ def test_workflow_on_synthetic_stack(make_napari_viewer, qtbot, errors):
     assert new_agreement > old_agreement
     snap(viewer, widget, "4-retrain")
 
+    widget.preview.button.click()  # previews replace previews only, never the results
+    wait_idle(qtbot, widget, 30)
+    assert {"nuclei tower labels", "nuclei tower probabilities", "annotations"} <= {l.name for l in viewer.layers}
+
 
 @pytest.mark.gui
-def test_event_loop_never_stalls_while_pretraining(make_napari_viewer, qtbot, errors, request):
+def test_event_loop_never_stalls_while_pretraining(make_napari_viewer, qtbot, errors):
     """Pretraining (realistic patch and model) runs in a worker: the UI keeps ticking every few ms."""
     viewer, widget = open_widget(make_napari_viewer, show=True)  # shown, so the canvas and plot really paint
     configure(widget, steps=10_000, patch=128, batch=4, base=16)
-    path = Path(request.config.rootpath).parent / "shared" / "data" / "isbi2012_em" / "train-volume.tif"
+    path = ISBI / "train-volume.tif"
     if path.exists():
         viewer.open(str(path))
     else:
@@ -374,15 +385,17 @@ def test_models_and_settings_persist(make_napari_viewer, qtbot, errors, tmp_path
 
 
 @pytest.mark.gui
-def test_layers_menu_opens_the_widget(make_napari_viewer):
+def test_layers_menu_and_sample_data(make_napari_viewer):
     from napari_tower.napari.widget import TowerWidget, open_from_menu
 
     viewer = make_napari_viewer()
     open_from_menu(viewer)
     assert any(isinstance(w, TowerWidget) for w in viewer.window.dock_widgets.values())
+    viewer.open_sample("napari-tower", "nuclei_with_labels")
+    assert [l.name for l in viewer.layers] == ["nuclei (DSB 2018)", "nuclei ground truth"]
 
 
-def _round_trip(viewer, widget, qtbot, errors, image_layer, labels_layer, truth) -> float:
+def _round_trip(viewer, widget, qtbot, errors, image_layer, labels_layer, truth, shots: str = "") -> float:
     """Fine-tune (setup), predict the current slice, paint a correction, then time Retrain -> new prediction."""
     widget.segment.image.set_layer(image_layer)
     widget.segment.labels.set_layer(labels_layer)
@@ -395,6 +408,8 @@ def _round_trip(viewer, widget, qtbot, errors, image_layer, labels_layer, truth)
     assert not errors, errors
     out = viewer.layers[f"{image_layer.name} tower labels"]
     assert out.data.shape == labels_layer.data.shape
+    if shots:
+        snap(viewer, widget, f"{shots}-predict")
     plane = 0 if out.data.ndim == 2 else int(viewer.dims.current_step[0])
     window = (slice(128, 384), slice(128, 384))
     old_agreement = agreement(out.data, truth, plane, window)
@@ -442,7 +457,92 @@ def test_isbi_stack_dropped_in(make_napari_viewer, qtbot, errors, isbi_volume, i
     annotations[[0, 10]] = (truth[[0, 10]] > 0).astype(np.int32)
     labels_layer = viewer.add_labels(annotations, name="two annotated slices")
     viewer.dims.set_current_step(0, 20)
-    took = _round_trip(viewer, widget, qtbot, errors, image_layer, labels_layer, truth[20])
+    widget.preview.button.click()
+    wait_idle(qtbot, widget, 30)
+    assert viewer.layers["tower preview: masking"].data.shape == (512, 512)
+    snap(viewer, widget, "isbi-preview")
+    for layer in [l for l in viewer.layers if l.name.startswith("tower preview: ")]:
+        viewer.layers.remove(layer)
+    took = _round_trip(viewer, widget, qtbot, errors, image_layer, labels_layer, truth[20], shots="isbi")
     print(f"correct-and-retrain round trip on an ISBI 512 x 512 slice: {took:.1f} s")
     snap(viewer, widget, "isbi-retrain")
     assert took < 30
+
+
+def _sparse_supported() -> bool:
+    from napari_tower.config import FinetuneConfig
+    from napari_tower.errors import TowerError
+
+    try:
+        FinetuneConfig(target="sparse").validate()
+    except TowerError:
+        return False
+    return True
+
+
+@pytest.mark.gui
+@pytest.mark.skipif(not _sparse_supported(), reason="the core's FinetuneConfig.validate does not accept target='sparse' yet")
+def test_sparse_scribbles_then_retrain(make_napari_viewer, qtbot, errors):
+    """Scribbles (1 = background, 2 = nuclei) on one slice are enough to fine-tune, predict and retrain."""
+    viewer, widget = open_widget(make_napari_viewer)
+    configure(widget, **TINY, finetune_steps=15, retrain_steps=15)
+    image, truth = blobs((128, 128), seed=2)
+    viewer.add_image(image, name="nuclei")
+    scribbles = np.zeros_like(truth)
+    scribbles[::7, :][truth[::7, :] == 0] = 1  # background strokes
+    scribbles[truth > 0] = np.where(np.arange(truth[truth > 0].size) % 5 == 0, 2, 0)  # a few nucleus pixels
+    layer = viewer.add_labels(scribbles, name="scribbles")
+    widget.segment.labels.set_layer(layer)
+    widget.segment.sparse.setChecked(True)
+    widget.segment.finetune_button.click()
+    wait_idle(qtbot, widget, 60)
+    assert not errors, errors
+    assert widget.session.segmenter["target"] == "sparse"
+    widget.segment.predict_button.click()
+    wait_idle(qtbot, widget, 60)
+    out = viewer.layers["nuclei tower labels"]
+    assert out.data.shape == image.shape and set(np.unique(out.data)) <= {0, 1}
+    window = (slice(0, 64), slice(0, 64))
+    correct_region(out, 0, window, truth)
+    widget.correct.button.click()
+    wait_idle(qtbot, widget, 60)
+    assert not errors, errors
+    assert out.data.shape == image.shape
+
+
+@pytest.mark.gui
+def test_rgb_image_layer(make_napari_viewer, qtbot, errors):
+    """An RGB layer is one 3-channel plane: previews are RGB, labels have the layer's Y, X shape."""
+    viewer, widget = open_widget(make_napari_viewer)
+    configure(widget, **TINY)
+    gray, truth = blobs((96, 96), seed=4)
+    rgb = np.stack([gray // 4, gray // 8, gray // 4], axis=-1).astype(np.uint8)
+    layer = viewer.add_image(rgb, name="stained", rgb=True)
+    assert "RGB" in widget.data.info.text()
+    widget.preview.button.click()
+    wait_idle(qtbot, widget, 30)
+    assert not errors, errors
+    assert viewer.layers["tower preview: masking"].rgb and viewer.layers["tower preview: masking"].data.shape == rgb.shape
+    widget.segment.image.set_layer(layer)
+    widget.segment.labels.set_layer(viewer.add_labels(truth, name="truth"))
+    widget.segment.finetune_button.click()
+    wait_idle(qtbot, widget, 60)
+    widget.segment.predict_button.click()
+    wait_idle(qtbot, widget, 60)
+    assert not errors, errors
+    assert viewer.layers["stained tower labels"].data.shape == (96, 96)
+
+
+@pytest.mark.gui
+def test_preview_of_a_large_image_is_a_crop_around_the_view(make_napari_viewer, qtbot, errors):
+    viewer, widget = open_widget(make_napari_viewer)
+    big = np.tile(blobs((128, 128))[0], (9, 10))[:1100, :1250]
+    layer = viewer.add_image(big, name="big", scale=(0.5, 0.5))
+    viewer.camera.center = (0, 100.0, 500.0)  # world units: data row 200, column 1000
+    widget.preview.button.click()
+    wait_idle(qtbot, widget, 60)
+    assert not errors, errors
+    masked = viewer.layers["tower preview: masking"]
+    assert masked.data.shape == (1024, 1024)
+    assert tuple(masked.scale) == tuple(layer.scale)
+    assert np.allclose(masked.translate, (0.0, (1250 - 1024) * 0.5))  # clipped to the image's edges

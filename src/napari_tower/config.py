@@ -103,7 +103,8 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     fraction: float = 1.0
-    # "auto": instance masks -> foreground+boundary, binary -> foreground, else semantic classes.
+    # "auto": instance masks -> foreground+boundary, binary -> foreground, else semantic classes;
+    # "sparse": napari scribbles, 0 = unannotated, 1 = background, 2.. = classes.
     target: str = "auto"
     val_fraction: float = 0.2
     val_every: int = 50
@@ -119,8 +120,8 @@ class FinetuneConfig:
         _check(self.lr > 0, "learning rate must be > 0")
         _check(0 < self.fraction <= 1, f"fraction {self.fraction} is invalid: use a value in (0, 1]")
         _check(0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)")
-        _check(self.target in ("auto", "binary", "semantic", "instance"),
-               "target must be one of auto, binary, semantic, instance")
+        _check(self.target in ("auto", "binary", "semantic", "instance", "sparse"),
+               "target must be one of auto, binary, semantic, instance, sparse")
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
         self.data.validate()
         self.model.validate()

@@ -56,7 +56,7 @@ class LossPlot(QWidget):
         painter.setFont(font)
         painter.setPen(INK)
         w, h = self.width(), self.height()
-        painter.drawText(QRectF(0, 0, w, 14), Qt.AlignHCenter, self.title)
+        painter.drawText(QRectF(42, 0, w, 14), Qt.AlignLeft, self.title)
         plot = QRectF(42, 18, max(10, w - 52), max(10, h - 36))
         painter.drawRect(plot)
         points = [(x, y) for xs, ys in self.series.values() for x, y in zip(xs, ys)]
@@ -76,7 +76,7 @@ class LossPlot(QWidget):
         painter.drawText(QRectF(0, plot.bottom() - 6, 40, 12), Qt.AlignRight, _fmt(y0))
         painter.drawText(QRectF(plot.left(), plot.bottom() + 2, 60, 12), Qt.AlignLeft, "0")
         painter.drawText(QRectF(plot.right() - 90, plot.bottom() + 2, 90, 12), Qt.AlignRight, f"step {x1}")
-        legend_y = plot.top() + 2
+        legend_x = plot.right()  # legend along the top edge, right-aligned, away from the curves
         for i, (name, (xs, ys)) in enumerate(self.series.items()):
             color = QColor(COLORS[i % len(COLORS)])
             painter.setPen(QPen(color, 1.3))
@@ -89,5 +89,6 @@ class LossPlot(QWidget):
                 painter.setBrush(Qt.NoBrush)
             else:
                 painter.drawPolyline(QPolygonF(pts))
-            painter.drawText(QRectF(plot.right() - 84, legend_y, 80, 12), Qt.AlignRight, name)
-            legend_y += 11
+            width = painter.fontMetrics().horizontalAdvance(name) + 8
+            legend_x -= width
+            painter.drawText(QRectF(legend_x, 2, width, 12), Qt.AlignRight, name)

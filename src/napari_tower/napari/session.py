@@ -65,7 +65,8 @@ class Session:
     pretrained: dict[str, Any] | None = None
     segmenter: dict[str, Any] | None = None
     predictions: dict[int, PredictionRecord] = field(default_factory=dict)
-    previews: dict[str, weakref.ReferenceType] = field(default_factory=dict)
+    previews: dict[str, weakref.ReferenceType] = field(default_factory=dict)  # corruption name -> layer
+    probabilities: dict[int, weakref.ReferenceType] = field(default_factory=dict)  # id(image layer) -> layer
 
     def set_model(self, ckpt: dict[str, Any]) -> str:
         """Keep a checkpoint as the current pretrained model or segmenter; returns its kind."""

@@ -4,7 +4,7 @@
 3. Preview corruptions: what the proxy tasks do.  4. Segment: fine-tune on a Labels layer, predict.
 5. Correct and retrain: learn from the user's edits of a prediction.   Model: save / load checkpoints.
 
-Sections only hold controls and build configs; `TowerWidget` turns layers into
+The sections (`sections.py`) only hold controls and build configs; `TowerWidget` turns layers into
 arrays, starts jobs in thread workers (`workers.py`) and writes their results
 back into layers, checking first that the layers still hold the data the job
 read (`session.py`).
@@ -20,337 +20,32 @@ from typing import Any, Callable
 import numpy as np
 from napari.viewer import Viewer
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QListWidget,
-    QListWidgetItem,
-    QProgressBar,
-    QPushButton,
-    QScrollArea,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QLabel, QScrollArea, QVBoxLayout, QWidget
 
-from ..config import DEVICES, METHODS, DataConfig, FinetuneConfig, ModelConfig, PredictConfig, PretrainConfig
+from ..config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig
 from ..errors import TowerError
-from ..train.engine import Progress
 from . import settings as remembered
 from .layers import current_plane, image_from_layer, label_shape, labels_to_planes
-from .plot import LossPlot
+from .sections import (
+    OWNED,
+    SCOPES,
+    CorrectSection,
+    DataSection,
+    ModelSection,
+    PretrainSection,
+    PreviewSection,
+    SegmentSection,
+    owned,
+)
 from .session import LayerTag, PredictionRecord, Session
 from .workers import Outcome, progress_adapter, start_worker, warm_up_torch
 
-OWNED = "napari_tower"  # metadata key on the layers this widget creates
 PREVIEW_PREFIX = "tower preview: "
-SCOPES = ("current slice", "whole stack")
 
 
 def _unwrap(obj: Any) -> Any:
     """The object behind napari's PublicOnlyProxy (identity checks and weak references need it)."""
     return getattr(obj, "__wrapped__", obj)
-
-
-def _owned(layer: Any) -> str | None:
-    return getattr(layer, "metadata", {}).get(OWNED)
-
-
-def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
-
-
-def _eta(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-class LayerCombo(QComboBox):
-    """A choice among the viewer's layers of one type (not the widget's own previews)."""
-
-    def __init__(self, viewer: Any, layer_type: type, none_text: str = "(none)") -> None:
-        super().__init__()
-        self.viewer, self.layer_type, self.none_text = viewer, layer_type, none_text
-        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.setMinimumContentsLength(12)
-        self.refresh()
-
-    def candidates(self) -> list[Any]:
-        return [l for l in self.viewer.layers
-                if isinstance(l, self.layer_type) and _owned(l) not in ("preview", "probabilities")]
-
-    def refresh(self) -> None:
-        keep = self.layer()
-        layers = self.candidates()
-        self.blockSignals(True)
-        self.clear()
-        if not layers:
-            self.addItem(self.none_text, None)
-        for layer in layers:
-            self.addItem(layer.name, layer)
-        self.blockSignals(False)
-        if keep is not None and any(keep is l for l in layers):
-            self.set_layer(keep)
-
-    def layer(self) -> Any | None:
-        return self.currentData()
-
-    def set_layer(self, layer: Any) -> None:
-        for i in range(self.count()):
-            if self.itemData(i) is layer:
-                self.setCurrentIndex(i)
-                return
-        raise ValueError(f"{layer} is not a choice")
-
-
-class DataSection(QGroupBox):
-    """1. The image layers pretraining learns from, their size and what will be sampled."""
-
-    def __init__(self, viewer: Any) -> None:
-        super().__init__("1. Data")
-        self.viewer = viewer
-        self.list = QListWidget()
-        self.list.setMaximumHeight(90)
-        self.info = QLabel()
-        self.info.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("Image layers to learn from:"))
-        layout.addWidget(self.list)
-        layout.addWidget(self.info)
-        self.patch = DataConfig.patch
-        self.list.itemChanged.connect(lambda _: self.describe())
-        self.refresh()
-
-    def refresh(self) -> None:
-        from napari.layers import Image as ImageLayer
-
-        checked = self.selected()
-        layers = [l for l in self.viewer.layers if isinstance(l, ImageLayer) and _owned(l) is None]
-        self.list.blockSignals(True)
-        self.list.clear()
-        for layer in layers:
-            item = QListWidgetItem(layer.name)
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setData(Qt.UserRole, layer)
-            keep = any(layer is c for c in checked) or (not checked and layer is layers[0])
-            item.setCheckState(Qt.Checked if keep else Qt.Unchecked)
-            self.list.addItem(item)
-        self.list.blockSignals(False)
-        self.describe()
-
-    def selected(self) -> list[Any]:
-        items = [self.list.item(i) for i in range(self.list.count())]
-        return [it.data(Qt.UserRole) for it in items if it.checkState() == Qt.Checked]
-
-    def set_selected(self, layers: list[Any]) -> None:
-        for i in range(self.list.count()):
-            item = self.list.item(i)
-            item.setCheckState(Qt.Checked if any(item.data(Qt.UserRole) is l for l in layers) else Qt.Unchecked)
-
-    def describe(self) -> None:
-        lines, planes = [], 0
-        for layer in self.selected():
-            try:
-                image = image_from_layer(layer)
-            except TowerError as exc:
-                lines.append(f"{layer.name}: {exc}")
-                continue
-            p, c, h, w = image.shape
-            planes += p
-            kind = "RGB" if getattr(layer, "rgb", False) else f"{c} channel{'s' * (c > 1)}"
-            lines.append(f"{layer.name}: {p} plane{'s' * (p > 1)} of {h} x {w}, {kind}, {image.data.dtype}")
-        if not lines:
-            self.info.setText("Choose at least one image layer (open or drop a TIFF stack into napari).")
-            return
-        lines.append(f"Training samples {self.patch} x {self.patch} patches from {planes} plane(s), "
-                     "favouring structured regions.")
-        self.info.setText("\n".join(lines))
-
-
-class ProgressPanel(QWidget):
-    """Progress bar, one line of numbers with the ETA, and the live loss plot."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bar = QProgressBar()
-        self.bar.setRange(0, 1)
-        self.bar.setValue(0)
-        self.text = QLabel("idle")
-        self.text.setWordWrap(True)
-        self.plot = LossPlot()
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.bar)
-        layout.addWidget(self.text)
-        layout.addWidget(self.plot)
-        self.last: Progress | None = None
-
-    def start(self, title: str) -> None:
-        self.last = None
-        self.bar.setRange(0, 0)  # busy until the first record
-        self.text.setText(f"{title}: starting...")
-        if title != "predict":
-            self.plot.reset(title)
-
-    def render(self, p: Progress) -> None:
-        self.last = p
-        self.bar.setRange(0, max(1, p.total))
-        self.bar.setValue(min(p.step, p.total))
-        parts = [f"{p.phase} {p.step}/{p.total}"]
-        if p.losses:
-            main = p.losses.get("loss")
-            terms = ", ".join(f"{k} {v:.3g}" for k, v in p.losses.items() if k != "loss")
-            parts.append(f"loss {main:.4g}" + (f" ({terms})" if terms else "") if main is not None else terms)
-        if p.patches_per_s:
-            parts.append(f"{p.patches_per_s:.1f} {'planes' if p.phase == 'predict' else 'patches'}/s")
-        if not p.done:
-            parts.append(f"ETA {_eta(p.eta_s)}")
-        if p.message:
-            parts.append(p.message)
-        self.text.setText(" | ".join(parts))
-        if p.phase != "predict":
-            self.plot.add(p)
-
-    def finish(self, message: str) -> None:
-        self.bar.setRange(0, 1)
-        self.bar.setValue(1 if self.last is None or not self.last.stopped else 0)
-        self.text.setText(message)
-
-
-class PretrainSection(QGroupBox):
-    """2. Self-supervised pretraining settings, Pretrain / Stop and the progress panel."""
-
-    def __init__(self) -> None:
-        super().__init__("2. Pretrain")
-        d = PretrainConfig()
-        self.method = QComboBox()
-        self.method.addItems(METHODS)
-        self.steps = _spin(1, 1_000_000, d.steps, 50)
-        self.patch = _spin(16, 1024, d.data.patch, 16)
-        self.batch = _spin(2, 1024, d.batch)
-        self.base = _spin(4, 256, d.model.base, 4)
-        self.device = QComboBox()
-        self.device.addItems(DEVICES)
-        form = QFormLayout()
-        form.addRow("method", self.method)
-        form.addRow("steps", self.steps)
-        form.addRow("patch", self.patch)
-        form.addRow("batch", self.batch)
-        form.addRow("model size (base)", self.base)
-        form.addRow("device", self.device)
-        self.pretrain_button = QPushButton("Pretrain")
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setEnabled(False)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.pretrain_button)
-        buttons.addWidget(self.stop_button)
-        self.progress = ProgressPanel()
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-
-    def config(self) -> PretrainConfig:
-        cfg = PretrainConfig(method=self.method.currentText(), steps=self.steps.value(), batch=self.batch.value(),
-                             device=self.device.currentText(), data=DataConfig(patch=self.patch.value()),
-                             model=ModelConfig(base=self.base.value()))
-        cfg.val_every = max(1, min(cfg.val_every, cfg.steps))
-        cfg.validate()
-        return cfg
-
-
-class PreviewSection(QGroupBox):
-    """3. One layer per proxy-task corruption of the current slice."""
-
-    def __init__(self) -> None:
-        super().__init__("3. Preview corruptions")
-        self.seed = _spin(0, 2**31 - 1, 0)
-        self.button = QPushButton("Preview corruptions")
-        row = QHBoxLayout(self)
-        row.addWidget(QLabel("seed"))
-        row.addWidget(self.seed)
-        row.addWidget(self.button, 1)
-
-
-class SegmentSection(QGroupBox):
-    """4. Fine-tune a segmenter on a Labels layer, predict into a Labels layer."""
-
-    def __init__(self, viewer: Any) -> None:
-        from napari.layers import Image as ImageLayer
-        from napari.layers import Labels
-
-        super().__init__("4. Segment")
-        self.image = LayerCombo(viewer, ImageLayer)
-        self.labels = LayerCombo(viewer, Labels)
-        self.sparse = QCheckBox("sparse scribbles (0 = unannotated, 1 = background, 2.. = classes)")
-        self.steps = _spin(1, 1_000_000, FinetuneConfig.steps, 50)
-        self.finetune_button = QPushButton("Fine-tune")
-        self.scope = QComboBox()
-        self.scope.addItems(SCOPES)
-        self.instances = QCheckBox("instances (split touching objects)")
-        self.probabilities = QCheckBox("also add a probability image")
-        self.predict_button = QPushButton("Predict")
-        form = QFormLayout(self)
-        form.addRow("image", self.image)
-        form.addRow("annotations", self.labels)
-        form.addRow(self.sparse)
-        form.addRow("fine-tune steps", self.steps)
-        form.addRow(self.finetune_button)
-        form.addRow("predict on", self.scope)
-        form.addRow(self.instances)
-        form.addRow(self.probabilities)
-        form.addRow(self.predict_button)
-
-
-class CorrectSection(QGroupBox):
-    """5. Retrain from the user's corrections of a predicted Labels layer."""
-
-    def __init__(self, viewer: Any) -> None:
-        from napari.layers import Labels
-
-        super().__init__("5. Correct and retrain")
-        self.labels = LayerCombo(viewer, Labels)
-        self.steps = _spin(1, 100_000, 50, 10)
-        self.edit_weight = QDoubleSpinBox()
-        self.edit_weight.setRange(1.0, 100.0)
-        self.edit_weight.setValue(FinetuneConfig.edit_weight)
-        self.button = QPushButton("Retrain from corrections")
-        hint = QLabel("Edit the predicted Labels layer with napari's paint, fill and erase tools, then retrain: "
-                      "the pixels you changed weigh more.")
-        hint.setWordWrap(True)
-        form = QFormLayout(self)
-        form.addRow(hint)
-        form.addRow("corrected labels", self.labels)
-        form.addRow("retrain steps", self.steps)
-        form.addRow("weight of edits", self.edit_weight)
-        form.addRow(self.button)
-
-
-class ModelSection(QGroupBox):
-    """The models of this session: which exist, save and load."""
-
-    def __init__(self) -> None:
-        super().__init__("Model")
-        self.info = QLabel("no model yet")
-        self.info.setWordWrap(True)
-        self.save_button = QPushButton("Save model...")
-        self.load_button = QPushButton("Load model...")
-        row = QHBoxLayout()
-        row.addWidget(self.save_button)
-        row.addWidget(self.load_button)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.info)
-        layout.addLayout(row)
 
 
 class TowerWidget(QWidget):
@@ -376,7 +71,7 @@ class TowerWidget(QWidget):
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
 
-        inner = QWidget()
+        self.content = inner = QWidget()
         column = QVBoxLayout(inner)
         for section in (self.data, self.train, self.preview, self.segment, self.correct, self.models):
             column.addWidget(section)
@@ -384,11 +79,12 @@ class TowerWidget(QWidget):
         column.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         scroll.setWidget(inner)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
-        self.setMinimumWidth(340)
+        self.setMinimumWidth(380)
 
         self.train.pretrain_button.clicked.connect(self.pretrain)
         self.train.stop_button.clicked.connect(self.stop)
@@ -428,7 +124,7 @@ class TowerWidget(QWidget):
         self.data.refresh()
         for combo in (self.segment.image, self.segment.labels, self.correct.labels):
             combo.refresh()
-        if event is not None and getattr(event, "type", "") == "inserted" and _owned(event.value) == "labels":
+        if event is not None and getattr(event, "type", "") == "inserted" and owned(event.value) == "labels":
             self.correct.labels.set_layer(event.value)
 
     def _patch_changed(self, *_: Any) -> None:
@@ -775,8 +471,7 @@ class TowerWidget(QWidget):
     def _write_probabilities(self, image_layer: Any, prediction: Any, planes: list[int]) -> None:
         shape = label_shape(image_layer)
         flat = (int(np.prod(shape[:-2])),) + shape[-2:]
-        key = f"probabilities {id(image_layer)}"
-        old = self.session.previews.get(key, lambda: None)()
+        old = self.session.probabilities.get(id(image_layer), lambda: None)()
         if old is not None and any(old is l for l in self.viewer.layers) and tuple(old.data.shape) == shape:
             data = np.array(old.data, np.float32).reshape(flat)
         else:
@@ -789,7 +484,7 @@ class TowerWidget(QWidget):
                                     scale=image_layer.scale, translate=image_layer.translate, colormap="magma",
                                     contrast_limits=(0.0, 1.0), blending="additive", visible=False,
                                     metadata={OWNED: "probabilities"})
-        self.session.previews[key] = weakref.ref(new)
+        self.session.probabilities[id(image_layer)] = weakref.ref(new)
 
     # ----------------------------------------------------------------- 5. correct and retrain
 
@@ -867,8 +562,8 @@ class TowerWidget(QWidget):
         """Save the segmenter (or, without one, the pretrained model); `kind` picks one explicitly."""
         from ..train import save_checkpoint
 
-        ckpt = {"segmenter": self.session.segmenter, "pretrained": self.session.pretrained}.get(kind or "") if kind \
-            else (self.session.segmenter or self.session.pretrained)
+        models = {"segmenter": self.session.segmenter, "pretrained": self.session.pretrained}
+        ckpt = models.get(kind) if kind else (self.session.segmenter or self.session.pretrained)
         if ckpt is None:
             raise TowerError("no model to save yet: pretrain or fine-tune first")
         out = save_checkpoint(path, ckpt)

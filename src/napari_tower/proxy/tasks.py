@@ -68,11 +68,12 @@ def _rand(gen: torch.Generator, shape: tuple[int, ...], device: torch.device,
 
 def _randint(gen: torch.Generator, low, high, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """Integers uniform in [low, high] (inclusive; `low`/`high` ints or broadcastable tensors)."""
+    if isinstance(low, int) and isinstance(high, int):
+        value = torch.randint(low, high + 1, shape, generator=gen, device=gen.device)
+        return value if value.device == device else value.to(device)
     u = _rand(gen, shape, device)
-    span = high - low + 1
-    value = low + torch.floor(u * span).long()
-    return torch.minimum(value, torch.as_tensor(high, device=device)) if isinstance(high, int) \
-        else torch.minimum(value, high)
+    value = torch.floor(u * (high - low + 1)).long() + low
+    return torch.minimum(value, torch.as_tensor(high, device=device))
 
 
 def _chance(gen: torch.Generator, n: int, p: float, device: torch.device) -> torch.Tensor:
@@ -94,20 +95,26 @@ def _bezier_lut(p1: torch.Tensor, p2: torch.Tensor, invert: torch.Tensor, n_time
                 lut_size: int) -> torch.Tensor:
     """(N, lut_size) values of the Genesis curve on a uniform grid of intensities in [0, 1].
 
-    The curve is the cubic Bezier through (0, 0), P1, P2, (1, 1) sampled at `n_times` values of t.
-    As in Models Genesis, the non-inverted curve pairs sorted x with sorted y, and the inverted
-    one sorts x only, which pairs ascending x with the y values in reverse-t order. (With control
-    points in the unit square x(t) and y(t) are non-decreasing, so "sorted" is the t order.)
+    The curve is the cubic Bezier through (0, 0), P1, P2, (1, 1) sampled at `n_times` values of t
+    and linearly interpolated (np.interp in Genesis). As in Models Genesis, the non-inverted curve
+    pairs sorted x with sorted y, and the inverted one sorts x only, which pairs ascending x with
+    the y values in reverse-t order. (With control points in the unit square x(t) and y(t) are
+    non-decreasing, so "sorted" is the t order; cummax only guards against rounding.)
     """
+    n = p1.shape[0]
     t = torch.linspace(0.0, 1.0, n_times, device=p1.device)[None, :]
     b1, b2, b3 = 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t ** 2, t ** 3
-    xs = torch.cummax(b1 * p1[:, :1] + b2 * p2[:, :1] + b3, dim=1).values  # guards rounding
+    xs = torch.cummax(b1 * p1[:, :1] + b2 * p2[:, :1] + b3, dim=1).values  # from exactly 0 to 1
     yv = torch.cummax(b1 * p1[:, 1:] + b2 * p2[:, 1:] + b3, dim=1).values
     ys = torch.where(invert[:, None], torch.flip(yv, dims=[1]), yv)
-    # np.interp(grid, xs, ys), batched; xs runs from exactly 0 to exactly 1
-    grid = torch.linspace(0.0, 1.0, lut_size, device=p1.device).expand(xs.shape[0], -1).contiguous()
-    hi = torch.searchsorted(xs, grid).clamp_(1, n_times - 1)
+    # searchsorted(xs, grid) for the uniform grid i / (L - 1) by counting: the samples below
+    # grid point i are those whose bucket floor(x * (L - 1)) + 1 is <= i.
+    bucket = (xs * (lut_size - 1)).floor_().long().add_(1).clamp_(max=lut_size)
+    counts = torch.zeros(n, lut_size + 1, dtype=torch.long, device=p1.device)
+    counts.scatter_add_(1, bucket, torch.ones_like(bucket))
+    hi = counts.cumsum(dim=1)[:, :lut_size].clamp_(1, n_times - 1)
     lo = hi - 1
+    grid = torch.linspace(0.0, 1.0, lut_size, device=p1.device)[None, :]
     x0 = xs.gather(1, lo)
     y0 = ys.gather(1, lo)
     frac = ((grid - x0) / (xs.gather(1, hi) - x0).clamp_min(1e-12)).clamp_(0.0, 1.0)
@@ -121,8 +128,9 @@ def nonlinear_remap(x: torch.Tensor, gen: torch.Generator, p: float = NONLINEAR_
     P1, P2 are uniform in the unit square; with probability `invert_p` the curve is inverted
     (intensity order reversed); the same curve maps every channel of a sample; each sample is
     transformed with probability `p`. The curve is sampled at `n_times` points (as np.interp in
-    Genesis) and tabulated on a uniform grid of `lut_size` intensities, so mapping a pixel is one
-    linear interpolation (done by grid_sample).
+    Genesis) and tabulated on a uniform grid of `lut_size` intensities, so mapping a pixel is
+    one linear interpolation in that table. Transformed samples are in [0, 1] (inputs are
+    clipped first); the others are returned unchanged.
     """
     n, _, _, _ = _check_batch(x)
     _check_p(p)
@@ -134,11 +142,13 @@ def nonlinear_remap(x: torch.Tensor, gen: torch.Generator, p: float = NONLINEAR_
     apply = u[:, 4] < p
     invert = u[:, 5] < invert_p
     lut = _bezier_lut(u[:, 0:2], u[:, 2:4], invert, n_times, lut_size)
-    grid = torch.zeros(n, 1, x[0].numel(), 2, device=dev)
-    torch.mul(x.reshape(n, 1, -1).float(), 2.0, out=grid[..., 0]).sub_(1.0)
-    out = F.grid_sample(lut[:, None, None, :], grid, mode="bilinear", padding_mode="border",
-                        align_corners=True).reshape(x.shape).to(x.dtype)
-    return torch.where(apply[:, None, None, None], out, x)
+    lut = torch.cat([lut, lut[:, -1:]], dim=1)  # x == 1 reads entry L - 1 and a zero slope
+    slope = lut[:, 1:] - lut[:, :-1]
+    pos = x.reshape(n, -1).float().clamp(0.0, 1.0).mul_(lut_size - 1)
+    cell = pos.long()
+    out = torch.addcmul(lut.gather(1, cell), pos.frac_(), slope.gather(1, cell))
+    out = out.view(x.shape).to(x.dtype)
+    return out if bool(apply.all()) else torch.where(apply[:, None, None, None], out, x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,6 +232,8 @@ def block_mask(x: torch.Tensor, gen: torch.Generator, cell: int = 8, ratio: floa
         cell_w = F.avg_pool2d(wt, cell, stride=cell, ceil_mode=True).reshape(n, gh * gw)
     k = int(round(ratio * gh * gw))
     cells = _mask_cells(gen, n, gh, gw, k, dev, cell_w, float(floor))
+    if fill == "zero" and h % cell == 0 and w % cell == 0:  # one broadcast pass, no pixel mask
+        return x.reshape(n, c, gh, cell, gw, cell).masked_fill(cells[:, None, :, None, :, None], 0.0).view(x.shape)
     mask = cells[:, None, :, None, :, None].expand(n, 1, gh, cell, gw, cell)
     mask = mask.reshape(n, 1, gh * cell, gw * cell)[:, :, :h, :w]
     if fill == "zero":
@@ -234,47 +246,57 @@ def block_mask(x: torch.Tensor, gen: torch.Generator, cell: int = 8, ratio: floa
 
 
 @functools.lru_cache(maxsize=16)
-def _bank_layout(side: int, width: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Fixed index tensors for `_permutation_bank` (they depend on the sizes only)."""
+def _bank_layout(side: int, width: int, bank: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Fixed index tensors for `_permutation_bank` (they depend on the sizes only).
+
+    The table has one row per (window shape, bank entry); a row holds one entry per window
+    element (h * w of them, row-major), rows are stored back to back, shapes in the order
+    ``(h - 1) * side + (w - 1)``.
+    """
     s2 = side * side
     shape_id = torch.arange(s2, device=device)
     hs, ws = shape_id // side + 1, shape_id % side + 1
-    areas, area_of_shape = torch.unique(hs * ws, return_inverse=True)
-    q = torch.arange(s2, device=device)
-    qy, qx = q // side, q % side
-    # position q = (qy, qx) of an h x w window is its element qy * w + qx (if inside)
-    element = torch.where((qy[None, :] < hs[:, None]) & (qx[None, :] < ws[:, None]),
-                          qy[None, :] * ws[:, None] + qx[None, :], torch.zeros(1, dtype=torch.long, device=device))
-    # image offset of element j of an h x w window from the window's corner, for j < h*w
-    offset = (q[None, :] // ws[:, None]) * width + q[None, :] % ws[:, None]
-    return areas, area_of_shape, element, offset, qy * width + qx
+    area = hs * ws
+    areas, area_of_shape = torch.unique(area, return_inverse=True)
+    # orderings: one row per (area, b), `area` long, back to back
+    order_len = areas.repeat_interleave(bank)
+    order_start = torch.cumsum(order_len, 0) - order_len
+    # table rows (shape, b)
+    row_len = area.repeat_interleave(bank)
+    row_start = torch.cumsum(row_len, 0) - row_len
+    row_of_entry = torch.repeat_interleave(torch.arange(s2 * bank, device=device), row_len)
+    j = torch.arange(row_of_entry.numel(), device=device) - row_start[row_of_entry]  # element index
+    s, b = row_of_entry // bank, row_of_entry % bank
+    pick = order_start[area_of_shape[s] * bank + b] + j
+    w = ws[s]
+    own = (j // w) * width + j % w  # image offset of element j from the window corner
+    # image offset of element e of shape s from its corner, at [s * s2 + e]
+    e = torch.arange(s2, device=device)
+    offset = ((e[None, :] // ws[:, None]) * width + e[None, :] % ws[:, None]).reshape(-1)
+    return areas, pick, s * s2, own, offset, row_start
 
 
 def _permutation_bank(gen: torch.Generator, side: int, width: int, bank: int,
-                      device: torch.device) -> torch.Tensor:
-    """Flat table of source offsets for window permutations, one row per (shape, bank entry).
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random window permutations as a flat table of source offsets, and each row's start.
 
-    Row ``((h - 1) * side + (w - 1)) * bank + b`` describes a uniformly random permutation of an
-    h x w window: at position ``dy * side + dx`` (dy < h, dx < w) it holds the flat offset, in an
-    image `width` pixels wide, from that pixel to the window pixel whose value it receives (other
-    positions are never read). The extra last row is the identity, for cells left alone. Shapes of
-    equal area share their random orderings; each is still a uniform permutation of its window.
+    Row ``((h - 1) * side + (w - 1)) * bank + b`` (starting at ``starts[row]``) describes a
+    uniformly random permutation of an h x w window: entry ``dy * w + dx`` holds the flat offset,
+    in an image `width` pixels wide, from pixel (dy, dx) of the window to the window pixel whose
+    value it receives. After the rows come side * side zeros: the identity, for cells left alone.
     """
-    areas, area_of_shape, element, offset, own = _bank_layout(side, width, torch.device(device))
+    areas, pick, shape_base, own, offset, starts = _bank_layout(side, width, bank, torch.device(device))
     s2 = side * side
     # `bank` random permutations of all s2 cells; restricting one to the values below k (keeping
-    # their order) gives a uniformly random ordering of 0..k-1 for every window area k at once.
+    # their order) gives a uniformly random ordering of 0..k-1 for every window area k at once
+    # (so shapes of one area, and areas, share orderings; each window's is still uniform).
     base = _rand(gen, (bank, s2), device).argsort(dim=-1)  # (B, s2)
-    below = base[None, :, :] < areas[:, None, None]  # (A, B, s2)
-    slot = torch.where(below, below.cumsum(dim=-1) - 1, torch.full_like(base, s2 - 1)[None])
-    perm = torch.zeros(below.shape, dtype=torch.long, device=device)
-    perm.scatter_(2, slot, torch.where(below, base[None], torch.zeros_like(base)[None]))
-    # (slot s2 - 1 may receive junk where the area is < s2; it is never read)
-    # position q of shape s takes element perm[area(s), b, element(s, q)]
-    src = perm[area_of_shape[:, None, None], torch.arange(bank, device=device)[None, :, None], element[:, None, :]]
-    delta = offset.gather(1, src.reshape(s2, bank * s2)).view(s2, bank, s2) - own
-    table = torch.cat([delta.reshape(s2 * bank, s2), torch.zeros(1, s2, dtype=delta.dtype, device=device)])
-    return table.reshape(-1)
+    expanded = base.expand(areas.numel(), bank, s2)
+    orders = torch.masked_select(expanded, expanded < areas[:, None, None])  # rows (area, b), back to back
+    src = orders.index_select(0, pick).add_(shape_base)  # element each table entry receives
+    table = torch.zeros(pick.numel() + s2, dtype=torch.long, device=device)
+    torch.sub(offset.index_select(0, src), own, out=table[:-s2])
+    return table, starts
 
 
 def _random_partition(gen: torch.Generator, m: int, length: int, side: int, slots: int,
@@ -287,9 +309,10 @@ def _random_partition(gen: torch.Generator, m: int, length: int, side: int, slot
     sizes = _randint(gen, 1, side, (m, slots), device)
     phase = torch.floor(_rand(gen, (m, 1), device) * sizes[:, :1]).long().clamp_max(sizes[:, :1] - 1)
     ends = sizes.cumsum(dim=1) - phase
-    short = ends[:, -1:] < length  # practically never (slots is generous); then use full-size pieces
-    sizes = torch.where(short, torch.full_like(sizes, side), sizes)
-    ends = torch.where(short, sizes.cumsum(dim=1) - phase, ends)
+    short = ends[:, -1:] < length  # rare (slots is generous): then that sample gets full-size pieces
+    if bool(short.any()):
+        sizes = torch.where(short, torch.full_like(sizes, side), sizes)
+        ends = torch.where(short, sizes.cumsum(dim=1) - phase, ends)
     starts = (ends - sizes).clamp(0, length)
     clipped = ends.clamp(0, length) - starts
     coords = torch.arange(length, device=device).expand(m, length).contiguous()
@@ -297,12 +320,15 @@ def _random_partition(gen: torch.Generator, m: int, length: int, side: int, slot
     return starts, clipped, piece
 
 
+def _piece_slots(length: int, side: int) -> int:
+    """Room for the pieces of one axis: about 3.5 sd above the mean need at 128 px."""
+    return int(math.ceil(1.3 * length / ((1 + side) / 2))) + 6
+
+
 def _shuffle_rounds(gen: torch.Generator, rounds: int, m: int, h: int, w: int, side: int, bank: int,
                     device: torch.device) -> dict[str, torch.Tensor]:
     """`rounds` random window grids for each of `m` samples (all rounds drawn at once)."""
-    mean_side = (1 + side) / 2
-    kb = int(math.ceil(1.5 * h / mean_side)) + 8
-    kc = int(math.ceil(1.5 * w / mean_side)) + 8
+    kb, kc = _piece_slots(h, side), _piece_slots(w, side)
     mr = rounds * m
     top, hc, band = _random_partition(gen, mr, h, side, kb, device)  # (MR,kb), (MR,kb), (MR,H)
     left, wc, piece = _random_partition(gen, mr, w, side, kc, device)  # (MR,kc), (MR,kc), (MR,W)
@@ -310,8 +336,8 @@ def _shuffle_rounds(gen: torch.Generator, rounds: int, m: int, h: int, w: int, s
     shape_id = ((hc - 1).clamp_min(0)[:, :, None] * side + (wc - 1).clamp_min(0)[:, None, :]).view(mr, kb * kc)
     pick = _randint(gen, 0, bank - 1, (mr, kb * kc), device)
     keys = _rand(gen, (mr, kb * kc), device)
-    return dict(top=top, band=band, left=left, piece=piece, valid=valid, count=valid.sum(dim=1).view(rounds, m),
-                cell=shape_id * bank + pick, keys=keys, kb=torch.tensor(kb), kc=torch.tensor(kc))
+    return dict(top=top, band=band, left=left, piece=piece, wc=wc, valid=valid, count=valid.sum(dim=1).view(rounds, m),
+                cell=shape_id * bank + pick, keys=keys)
 
 
 def local_shuffle(x: torch.Tensor, gen: torch.Generator, p: float = SHUFFLE_P, n_windows: int = 1250,
@@ -347,11 +373,10 @@ def local_shuffle(x: torch.Tensor, gen: torch.Generator, p: float = SHUFFLE_P, n
     if m == 0 or n_eff == 0 or side == 1:
         return x.clone()  # windows of one pixel change nothing
 
-    table = _permutation_bank(gen, side, w, bank, dev)
-    # 32-bit table positions save memory traffic (CPU index_select takes them; gather wants int64)
-    itype = torch.int32 if dev.type == "cpu" and h * w * 4 < 2 ** 31 else torch.long
-    s2 = side * side
-    identity_row = s2 * bank * s2
+    table, starts = _permutation_bank(gen, side, w, bank, dev)
+    identity = table.numel() - side * side
+    # 32-bit pixel indices save memory traffic (index_select takes them on the CPU)
+    itype = torch.int32 if dev.type == "cpu" and n * h * w < 2 ** 31 else torch.long
     # Draw enough rounds at once (a round has about (h / mean side) * (w / mean side) windows),
     # and more in the rare case some sample is still short.
     mean_side = (1 + side) / 2
@@ -359,8 +384,8 @@ def local_shuffle(x: torch.Tensor, gen: torch.Generator, p: float = SHUFFLE_P, n
     chunks = [_shuffle_rounds(gen, max(1, math.ceil(n_eff / per_round)), m, h, w, side, bank, dev)]
     while bool((torch.cat([ch["count"] for ch in chunks]).sum(dim=0) < n_eff).any()):
         chunks.append(_shuffle_rounds(gen, 1, m, h, w, side, bank, dev))
-    rd = {k: torch.cat([ch[k] for ch in chunks]) if k not in ("kb", "kc") else chunks[0][k] for k in chunks[0]}
-    kb, kc = int(rd["kb"]), int(rd["kc"])
+    rd = chunks[0] if len(chunks) == 1 else {k: torch.cat([ch[k] for ch in chunks]) for k in chunks[0]}
+    kb, kc = _piece_slots(h, side), _piece_slots(w, side)
     count = rd["count"]  # (R, M)
     rounds = count.shape[0]
     need = torch.minimum((n_eff - (count.cumsum(dim=0) - count)).clamp_min(0), count)  # windows per round
@@ -372,26 +397,33 @@ def local_shuffle(x: torch.Tensor, gen: torch.Generator, p: float = SHUFFLE_P, n
         sub = torch.where(valid[rows], keys[rows], torch.full_like(keys[rows], 2.0))
         kth = sub.sort(dim=1).values.gather(1, (need.view(-1)[rows] - 1)[:, None])
         active[rows] = valid[rows] & (sub <= kth)
-    # table row offset of each cell's permutation; cells left alone use the identity row
-    row = torch.where(active, rd["cell"] * s2, torch.full_like(rd["cell"], identity_row)).to(itype)
+    # table row start of each cell's permutation; cells left alone use the identity
+    row = torch.where(active, starts[rd["cell"]], torch.full_like(rd["cell"], identity))
     band, piece, mr = rd["band"], rd["piece"], rounds * m
-    # per pixel (y, x): row[band(y), piece(x)] + dy * side + dx
-    dy_side = ((torch.arange(h, device=dev)[None, :] - rd["top"].gather(1, band)) * side).to(itype)  # (MR, H)
+    # per pixel (y, x) in cell (band(y), piece(x)) of width wc: row + dy * wc + dx
+    dy = torch.arange(h, device=dev)[None, :] - rd["top"].gather(1, band)  # (MR, H)
     dx = (torch.arange(w, device=dev)[None, :] - rd["left"].gather(1, piece)).to(itype)  # (MR, W)
-    by_row = row.view(mr, kb, kc).gather(1, band[:, :, None].expand(mr, h, kc)).add_(dy_side[:, :, None])
+    by_row = row.view(mr, kb, kc).gather(1, band[:, :, None].expand(mr, h, kc))
+    by_row = by_row.add_(dy[:, :, None] * rd["wc"][:, None, :]).to(itype)  # (MR, H, kc)
     index = by_row.gather(2, piece[:, None, :].expand(mr, h, w)).add_(dx[:, None, :])
-    src = table.index_select(0, index.view(-1)).view(mr, h, w)  # int64: used as gather indices
-    src = src.add_(torch.arange(h * w, device=dev).view(1, h, w)).view(rounds, m, h * w)
-    used = need.sum(dim=1).tolist()
-    source = None  # (M, H*W): pixel q of the result takes the input's pixel source[q]
-    for r in range(rounds):
-        if used[r] > 0:
-            source = src[r] if source is None else source.gather(1, src[r])
+    # source pixel of every pixel, as a flat index into the (M * H * W) pixels of the batch
+    src = table.to(itype).index_select(0, index.view(-1)).view(rounds, m * h * w)
+    src.add_(torch.arange(m * h * w, device=dev, dtype=itype))
+    used = [r for r, k in enumerate(need.sum(dim=1).tolist()) if k > 0]
+    if c == 1:  # apply the rounds to the pixel values directly
+        values = (x if m == n else x.index_select(0, chosen)).reshape(-1)
+        for r in used:
+            values = values.index_select(0, src[r])
+    else:  # compose the rounds, then move all channels at once
+        source = src[used[0]]  # pixel q of the result takes the input's pixel source[q]
+        for r in used[1:]:
+            source = source.index_select(0, src[r])
+        picked = (x if m == n else x.index_select(0, chosen)).transpose(0, 1).reshape(c, m * h * w)
+        values = picked.index_select(1, source).view(c, m, h * w).transpose(0, 1)
+    shuffled = values.reshape(m, c, h, w)
+    if m == n:
+        return shuffled  # a new tensor: every sample went through index_select
     out = x.clone()
-    if source is None:
-        return out
-    picked = x.index_select(0, chosen).reshape(m, c, h * w)
-    shuffled = picked.gather(2, source[:, None, :].expand(m, c, h * w))
     out.index_copy_(0, chosen, shuffled.reshape(m, c, h, w))
     return out
 
@@ -400,59 +432,62 @@ def local_shuffle(x: torch.Tensor, gen: torch.Generator, p: float = SHUFFLE_P, n
 # in-painting and out-painting
 
 
-def _boxes(gen: torch.Generator, alive: torch.Tensor, h: int, w: int, lo_h: int, hi_h: int,
-           lo_w: int, hi_w: int) -> torch.Tensor:
-    """(N, 1, H, W) bool: union over k of boxes of side lo..hi where alive[:, k] ((N, K) bool).
+def _paint_mask(gen: torch.Generator, inner: torch.Tensor, outer: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(N, 1, H, W) bool: the pixels to fill with noise, in-painting `inner` samples and
+    out-painting `outer` ones ((N,) bool each, exclusive), as in Models Genesis:
 
-    Boxes are placed with Models Genesis's 3 px margin. The union is computed as a batched matrix
-    product of per-box row and column indicators (coverage count > 0).
+    - in-painting: while fewer than 5 blocks and a 0.95 coin holds, a block of side H/6..H/3
+      (21..42 px at 128) is filled;
+    - out-painting: everything is filled except one window of side H - (3H/7..4H/7) (55..74 px
+      at 128) and up to 4 more, each while a 0.95 coin holds.
+
+    Boxes keep Genesis's 3 px margin. The union of a sample's 5 boxes is a batched matrix product
+    of per-box row and column indicators (coverage > 0).
     """
-    dev = alive.device
-    n, k = alive.shape
-    bh = _randint(gen, lo_h, hi_h, (n, k), dev)
-    bw = _randint(gen, lo_w, hi_w, (n, k), dev)
-    my = min(3, max(0, (h - hi_h) // 2))
-    mx = min(3, max(0, (w - hi_w) // 2))
-    y0 = _randint(gen, my, (h - bh - my).clamp_min(my), (n, k), dev)
-    x0 = _randint(gen, mx, (w - bw - mx).clamp_min(mx), (n, k), dev)
-    rows = torch.arange(h, device=dev)[None, :, None]
-    cols = torch.arange(w, device=dev)[None, None, :]
-    in_rows = ((rows >= y0[:, None, :]) & (rows < (y0 + bh)[:, None, :]) & alive[:, None, :]).float()  # (N,H,K)
-    in_cols = ((cols >= x0[:, :, None]) & (cols < (x0 + bw)[:, :, None])).float()  # (N,K,W)
-    return (torch.bmm(in_rows, in_cols) > 0.5)[:, None]
+    dev = inner.device
+    n, k = inner.shape[0], 5
+    u = _rand(gen, (n, k, 5), dev)
+    coins = u[..., 4] < 0.95
+    first = outer | (inner & coins[:, 0])
+    alive = torch.cat([first[:, None], coins[:, 1:]], dim=1).cumprod(dim=1).bool()  # (N, K)
+
+    def axis(size: int, lo_in: int, hi_in: int, lo_out: int, hi_out: int, u_side, u_pos):
+        lo = torch.where(outer, lo_out, lo_in)[:, None]
+        hi = torch.where(outer, hi_out, hi_in)[:, None]
+        margin = torch.where(outer, min(3, max(0, (size - hi_out) // 2)), min(3, max(0, (size - hi_in) // 2)))[:, None]
+        side = torch.minimum(lo + (u_side * (hi - lo + 1)).long(), hi)
+        room = (size - side - 2 * margin).clamp_min(0)
+        start = margin + torch.minimum((u_pos * (room + 1)).long(), room)
+        coords = torch.arange(size, device=dev)[None, :, None]
+        return (coords >= start[:, None, :]) & (coords < (start + side)[:, None, :])  # (N, size, K)
+
+    in_rows = axis(h, max(1, h // 6), max(1, h // 3), max(1, h - 4 * h // 7), max(1, h - 3 * h // 7),
+                   u[..., 0], u[..., 1]) & alive[:, None, :]
+    in_cols = axis(w, max(1, w // 6), max(1, w // 3), max(1, w - 4 * w // 7), max(1, w - 3 * w // 7),
+                   u[..., 2], u[..., 3])
+    covered = torch.bmm(in_rows.float(), in_cols.transpose(1, 2).float()) > 0.5  # (N, H, W)
+    return ((covered ^ outer[:, None, None]) & (inner | outer)[:, None, None])[:, None]
 
 
-def _chain(gen: torch.Generator, first: torch.Tensor, extra: int, go_on: float) -> torch.Tensor:
-    """(N, 1 + extra) bool: box 0 where `first`, then each further box while a `go_on` coin holds."""
-    coins = _rand(gen, (first.shape[0], extra), first.device) < go_on
-    return torch.cat([first[:, None], coins], dim=1).cumprod(dim=1).bool()
-
-
-def _inpaint_mask(gen: torch.Generator, apply: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    # Genesis: while count < 5 and random() < 0.95, a block of side rows//6 .. rows//3
-    first = apply & (_rand(gen, (apply.shape[0],), apply.device) < 0.95)
-    alive = _chain(gen, first, 4, 0.95)
-    return _boxes(gen, alive, h, w, max(1, h // 6), max(1, h // 3), max(1, w // 6), max(1, w // 3))
-
-
-def _outpaint_mask(gen: torch.Generator, apply: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    # Genesis: keep one window of side rows - randint(3*rows//7, 4*rows//7), then up to 4 more
-    alive = _chain(gen, apply, 4, 0.95)
-    keep = _boxes(gen, alive, h, w, max(1, h - 4 * h // 7), max(1, h - 3 * h // 7),
-                  max(1, w - 4 * w // 7), max(1, w - 3 * w // 7))
-    return apply[:, None, None, None] & ~keep
+def _fill_noise(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """`x` with uniform noise where `mask` ((N, 1, H, W)) is set, drawing only the noise needed."""
+    mask = mask.expand(x.shape)
+    count = int(torch.count_nonzero(mask))
+    if count == 0:
+        return x.clone()
+    return x.masked_scatter(mask, _rand(gen, (count,), x.device).to(x.dtype))
 
 
 def inpaint(x: torch.Tensor, gen: torch.Generator, p: float = INPAINT_P) -> torch.Tensor:
     """In-painting: up to 5 blocks of side H/6..H/3 (21..42 px at 128) filled with uniform noise.
 
-    Applied per sample with probability `p` (Genesis: 0.9 x 0.2); as in Genesis each further block
-    is added while a 0.95 coin comes up, so a transformed sample has 0 to 5 blocks.
+    Applied per sample with probability `p` (Genesis: 0.9 x 0.2); as in Genesis each block
+    (the first included) is added while a 0.95 coin comes up, so a sample gets 0 to 5 blocks.
     """
     n, c, h, w = _check_batch(x)
     _check_p(p)
-    mask = _inpaint_mask(gen, _chance(gen, n, p, x.device), h, w)
-    return torch.where(mask, _noise_like(x, gen), x)
+    chosen = _chance(gen, n, p, x.device)
+    return _fill_noise(x, _paint_mask(gen, chosen, torch.zeros_like(chosen), h, w), gen)
 
 
 def outpaint(x: torch.Tensor, gen: torch.Generator, p: float = OUTPAINT_P) -> torch.Tensor:
@@ -462,8 +497,8 @@ def outpaint(x: torch.Tensor, gen: torch.Generator, p: float = OUTPAINT_P) -> to
     """
     n, c, h, w = _check_batch(x)
     _check_p(p)
-    mask = _outpaint_mask(gen, _chance(gen, n, p, x.device), h, w)
-    return torch.where(mask, _noise_like(x, gen), x)
+    chosen = _chance(gen, n, p, x.device)
+    return _fill_noise(x, _paint_mask(gen, torch.zeros_like(chosen), chosen, h, w), gen)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -518,13 +553,11 @@ def compose(x: torch.Tensor, tasks: Iterable[str] | str, gen: torch.Generator,
         if paint_in and paint_out:
             painted = _chance(gen, n, 1.0 if force else PAINT_P, dev)
             share = _rand(gen, (n,), dev) < INPAINT_SHARE
-            mask = _inpaint_mask(gen, painted & share, h, w) | _outpaint_mask(gen, painted & ~share, h, w)
-        elif paint_in:
-            p = 1.0 if force else float(opts.get("inpaint", {}).get("p", INPAINT_P))
-            mask = _inpaint_mask(gen, _chance(gen, n, p, dev), h, w)
+            inner, outer = painted & share, painted & ~share
         else:
-            p = 1.0 if force else float(opts.get("outpaint", {}).get("p", OUTPAINT_P))
-            mask = _outpaint_mask(gen, _chance(gen, n, p, dev), h, w)
-        out = torch.where(mask, _noise_like(x, gen), out)
-    out = out.clamp(0.0, 1.0)
-    return out.clone() if out is x else out
+            default = INPAINT_P if paint_in else OUTPAINT_P
+            p = 1.0 if force else float(opts.get("inpaint" if paint_in else "outpaint", {}).get("p", default))
+            chosen = _chance(gen, n, p, dev)
+            inner, outer = (chosen, torch.zeros_like(chosen)) if paint_in else (torch.zeros_like(chosen), chosen)
+        out = _fill_noise(out, _paint_mask(gen, inner, outer, h, w), gen)
+    return x.clamp(0.0, 1.0) if out is x else out.clamp_(0.0, 1.0)

@@ -1,0 +1,136 @@
+"""Fine-tuning, prediction and the segmentation CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig
+from napari_tower.data import from_array
+from napari_tower.errors import TowerError
+from napari_tower.samples import synthetic_nuclei
+from napari_tower.segment import Predictor, evaluate, finetune
+from napari_tower.segment.finetune import segmentation_loss, select_fraction
+from napari_tower.segment.targets import encode_targets, infer_target_kind
+
+
+def _cfg(steps=60, **kw):
+    return FinetuneConfig(steps=steps, batch=4, lr=3e-3, seed=0, val_every=0, checkpoint_every=0,
+                          data=DataConfig(patch=64), model=ModelConfig(base=8, depth=3), **kw)
+
+
+def test_unannotated_pixels_get_no_gradient():
+    logits = torch.randn(2, 3, 16, 16, requires_grad=True)
+    targets = torch.randint(0, 4, (2, 16, 16))
+    segmentation_loss(logits, targets, torch.ones(2, 16, 16)).backward()
+    unannotated = (targets == 0)[:, None].expand_as(logits)
+    assert torch.all(logits.grad[unannotated] == 0)
+    assert torch.any(logits.grad[~unannotated] != 0)
+
+
+def test_edited_pixels_weigh_more():
+    logits = torch.zeros(1, 2, 8, 8, requires_grad=True)
+    targets = torch.full((1, 8, 8), 2)
+    weights = torch.ones(1, 8, 8)
+    weights[0, :4] = 5.0
+    segmentation_loss(logits, targets, weights).backward()
+    g = logits.grad.abs()[0, 0]
+    assert g[:4].mean() > 2 * g[4:].mean()
+
+
+def test_label_fractions_are_nested_and_seeded():
+    small, mid, full = (set(select_fraction(200, f, 3)) for f in (0.01, 0.1, 1.0))
+    assert small < mid < full and len(small) == 2 and len(mid) == 20 and len(full) == 200
+    assert set(select_fraction(200, 0.1, 3)) == mid and set(select_fraction(200, 0.1, 4)) != mid
+
+
+def test_targets():
+    inst = np.zeros((1, 12, 12), np.int64)
+    inst[0, 2:6, 2:6], inst[0, 2:6, 6:10] = 1, 2
+    enc = encode_targets(inst, "instance")
+    assert set(np.unique(enc)) == {1, 2, 3}  # background, interior, boundary
+    assert (enc[0, 2:6, 5:7] == 3).all(), "touching objects are separated by boundary pixels"
+    assert set(np.unique(encode_targets((inst > 0).astype(int), "binary"))) == {1, 2}
+    assert infer_target_kind([np.arange(20).reshape(1, 4, 5)]) == "instance"
+    assert infer_target_kind([(inst > 0).astype(int) * 255]) == "binary"
+
+
+def _nuclei(n_images=3, seed=0):
+    pairs = [synthetic_nuclei((128, 128), 14, seed=seed + s) for s in range(n_images)]
+    return [from_array(im, f"img{i}") for i, (im, _) in enumerate(pairs)], [lab[None] for _, lab in pairs]
+
+
+def test_finetuned_model_beats_an_untrained_one():
+    images, labels = _nuclei(3)
+    test_images, test_labels = _nuclei(2, seed=10)
+    trained = finetune(images, labels, _cfg(80))
+    untrained = finetune(images, labels, _cfg(0))
+
+    def score(ckpt):
+        predictor = Predictor(ckpt, PredictConfig(tile=128, overlap=16, instances=True))
+        preds = [predictor.predict(im).labels[0] for im in test_images]
+        return evaluate(preds, [lab[0] for lab in test_labels])["mean"]
+
+    good, bad = score(trained.checkpoint), score(untrained.checkpoint)
+    assert good["dice"] > 0.8 and good["dice"] > bad["dice"] + 0.2, (good, bad)
+    assert trained.checkpoint["target"] == "instance" and trained.checkpoint["classes"] == 3
+
+
+def test_sparse_scribbles_train_a_segmenter():
+    images, labels = _nuclei(2)
+    sparse = []
+    for lab in labels:
+        s = np.zeros_like(lab)
+        s[(lab > 0) & (np.random.default_rng(0).random(lab.shape) < 0.3)] = 2  # a few object pixels
+        s[(lab == 0) & (np.random.default_rng(1).random(lab.shape) < 0.1)] = 1  # a few background pixels
+        sparse.append(s)
+    result = finetune(images, sparse, _cfg(60, target="sparse"))
+    predictor = Predictor(result.checkpoint, PredictConfig(tile=128, overlap=16))
+    pred = predictor.predict(images[0]).labels[0]
+    assert evaluate([pred], [labels[0][0] > 0])["mean"]["dice"] > 0.7
+
+
+def test_bad_labels_are_refused():
+    images, labels = _nuclei(1)
+    with pytest.raises(TowerError, match="no foreground"):
+        finetune(images, [np.zeros_like(labels[0])], _cfg(1))
+    with pytest.raises(TowerError, match="same size"):
+        finetune(images, [labels[0][:, :64]], _cfg(1))
+
+
+def test_channel_mismatch_names_rgb():
+    images, labels = _nuclei(1)
+    ckpt = finetune(images, labels, _cfg(1)).checkpoint
+    rgb = from_array(np.zeros((64, 64, 3), np.uint8) + np.arange(64, dtype=np.uint8)[:, None, None])
+    with pytest.raises(TowerError, match="RGB"):
+        Predictor(ckpt).predict(rgb)
+
+
+def test_cli_finetune_predict_evaluate(tmp_path):
+    images, labels = _nuclei(2)
+    for i, (im, lab) in enumerate(zip(images, labels)):
+        tifffile.imwrite(tmp_path / f"img{i}.tif", np.asarray(im.data)[0, 0])
+        tifffile.imwrite(tmp_path / f"lab{i}.tif", lab[0].astype(np.uint16))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "napari_tower", *map(str, a)],  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    r = run("finetune", tmp_path / "img*.tif", "--labels", tmp_path / "lab*.tif", "--out", tmp_path / "m.pt",
+            "--steps", "40", "--patch", "64", "--base", "8", "--depth", "3", "--batch", "4", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run("predict", tmp_path / "m.pt", tmp_path / "img0.tif", "--out", tmp_path / "pred", "--instances",
+            "--tile", "128", "--quiet")
+    assert r.returncode == 0, r.stderr
+    pred = tifffile.imread(tmp_path / "pred" / "img0.tif")
+    assert pred.shape == (128, 128) and pred.max() >= 3
+    r = run("evaluate", "--pred", tmp_path / "pred" / "img0.tif", "--truth", tmp_path / "lab0.tif", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["mean"]["dice"] > 0.6
+    # Shape mismatch and a pretraining checkpoint where a segmenter is needed.
+    tifffile.imwrite(tmp_path / "small.tif", np.ones((10, 10), np.uint16))
+    r = run("evaluate", "--pred", tmp_path / "pred" / "img0.tif", "--truth", tmp_path / "small.tif")
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "shape" in r.stderr
