@@ -141,7 +141,8 @@ class PredictConfig:
 
     def validate(self) -> None:
         _check(self.tile >= 32 and self.tile % 16 == 0, f"tile {self.tile} is invalid: use a multiple of 16, >= 32")
-        _check(0 <= self.overlap < self.tile // 2, "overlap must be >= 0 and less than half the tile")
+        _check(0 <= self.overlap <= self.tile // 2,
+               f"overlap {self.overlap} is invalid: use 0..{self.tile // 2} (at most half the {self.tile} px tile)")
         _check(self.normalise in ("image", "model"), "normalise must be 'image' or 'model'")
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
 
