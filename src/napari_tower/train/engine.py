@@ -101,8 +101,15 @@ class Loop:
             self.history.setdefault("val", []).append(float(val))
 
     def run(self, start: int = 0) -> Progress:
-        # Denormal floats (tiny Adam moments, masked activations) slow CPU kernels several-fold.
+        # Denormal floats (tiny Adam moments, masked activations) slow CPU kernels several-fold;
+        # the flag is process-visible state, so it is restored when the run ends.
         torch.set_flush_denormal(True)
+        try:
+            return self._run(start)
+        finally:
+            torch.set_flush_denormal(False)
+
+    def _run(self, start: int) -> Progress:
         t0 = time.perf_counter()
         bad_rounds = 0
         last = Progress(self.phase, start, self.total)
