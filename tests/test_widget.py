@@ -439,8 +439,9 @@ def test_correct_and_retrain_round_trip_512(make_napari_viewer, qtbot, errors):
 
 
 @pytest.mark.gui
-def test_isbi_stack_dropped_in(make_napari_viewer, qtbot, errors, isbi_volume, isbi_labels):
+def test_isbi_stack_dropped_in(isbi_volume, isbi_labels, make_napari_viewer, qtbot, errors):
     """The real EM stack opened like a drag-and-drop, two annotated slices, and one correction round."""
+    # The data fixtures come first so a missing ../shared skips before napari's viewer fixture is set up.
     import tifffile
 
     viewer, widget = open_widget(make_napari_viewer)
