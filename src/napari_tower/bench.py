@@ -244,6 +244,7 @@ def add_bench_command(sub: Any) -> None:
     p.add_argument("--pretrain-steps", type=int)
     p.add_argument("--finetune-steps", type=int)
     p.add_argument("--base", type=int)
+    p.add_argument("--depth", type=int)
     p.add_argument("--patch", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--test-planes", help="planes held out for testing, e.g. 20:30 (ISBI); default a seeded 20%% split")
@@ -258,7 +259,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "methods": tuple(args.methods.split(",")) if args.methods else None,
         "fractions": tuple(float(f) for f in args.fractions.split(",")) if args.fractions else None,
         "seeds": args.seeds, "pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
-        "base": args.base, "patch": args.patch, "batch": args.batch,
+        "base": args.base, "depth": args.depth, "patch": args.patch, "batch": args.batch,
     }
     preset = Preset(**{**asdict(preset), **{k: v for k, v in overrides.items() if v is not None}})
     unknown = [m for m in preset.methods if m not in BENCH_METHODS]
