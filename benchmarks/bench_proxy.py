@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         ("tower", lambda: [ref_tower(s.copy(), rng, nprng, False) for s in batch],
          lambda: (compose(x, TOWER_TASKS, gen), sync())),
         ("tower+prior", lambda: [ref_tower(s.copy(), rng, nprng, True) for s in batch],
-         lambda: (compose(x, TOWER_TASKS, gen, weights=structure_weights(x)), sync())),
+         lambda: (compose(x, TOWER_TASKS, gen, weights=structure_weights(x, per_cell=True)), sync())),
     ]
     try:
         load = Path("/proc/loadavg").read_text().split()[0]

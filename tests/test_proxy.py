@@ -353,3 +353,13 @@ def test_compose_all_tasks_any_shape(n, c, h, w, seed, force):
     assert out.min() >= 0 and out.max() <= 1
     shuffled = local_shuffle(x, gen(seed), p=1.0)
     assert torch.equal(shuffled.flatten(2).sort(dim=2).values, x.flatten(2).sort(dim=2).values)
+
+
+def test_cell_grid_weights_mask_exactly_like_pixel_weights():
+    """The training hot path passes the structure score on the cell grid; it must choose the same cells."""
+    x = torch.rand(4, 1, 64, 64)
+    x[:, :, :, :32] = 0.5  # flat left half
+    full = block_mask(x, torch.Generator().manual_seed(3), weights=structure_weights(x))
+    cells = block_mask(x, torch.Generator().manual_seed(3), weights=structure_weights(x, per_cell=True))
+    assert structure_weights(x, per_cell=True).shape == (4, 1, 8, 8)
+    assert torch.equal(full, cells)

@@ -22,7 +22,7 @@ class Tower(Method):
     use_con = True
 
     def corrupt(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        weights = structure_weights(x) if self.cfg.data.structure_prior else None
+        weights = structure_weights(x, per_cell=True) if self.cfg.data.structure_prior else None
         return compose(x, self.cfg.tasks, gen, weights=weights)
 
     def step(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:

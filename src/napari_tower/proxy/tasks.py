@@ -155,12 +155,14 @@ def nonlinear_remap(x: torch.Tensor, gen: torch.Generator, p: float = NONLINEAR_
 # block masking and the structure prior
 
 
-def structure_weights(x: torch.Tensor, cell: int = 8) -> torch.Tensor:
+def structure_weights(x: torch.Tensor, cell: int = 8, per_cell: bool = False) -> torch.Tensor:
     """(N, 1, H, W) structure score in [0, 1]: local variance over `cell` x `cell` cells.
 
     Variance is E[x^2] - E[x]^2 per cell (averaged over channels), broadcast to the cell's pixels
     and divided by each sample's maximum. Flat samples get all zeros. This is the "prior
     knowledge" of the spec: masking and patch sampling prefer cells with structure.
+    With `per_cell` the scores stay on the (N, 1, ceil(H / cell), ceil(W / cell)) cell grid, which
+    `block_mask` takes as it is (the training hot path: no upsampling and pooling back).
     """
     n, c, h, w = _check_batch(x)
     if cell < 1:
@@ -172,6 +174,8 @@ def structure_weights(x: torch.Tensor, cell: int = 8) -> torch.Tensor:
     var = torch.where(var > 1e-6 * sq, var, torch.zeros_like(var)).mean(dim=1, keepdim=True)  # rounding -> 0
     peak = var.flatten(1).amax(dim=1)[:, None, None, None]
     score = torch.where(peak > 0, var / peak.clamp_min(1e-30), torch.zeros_like(var))
+    if per_cell:
+        return score.to(x.dtype).contiguous()
     score = score.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)[:, :, :h, :w]
     return score.to(x.dtype).contiguous()
 
@@ -225,11 +229,14 @@ def block_mask(x: torch.Tensor, gen: torch.Generator, cell: int = 8, ratio: floa
     cell_w = None
     if weights is not None:
         if not isinstance(weights, torch.Tensor) or weights.ndim != 4 or weights.shape[0] != n \
-                or weights.shape[1] != 1 or tuple(weights.shape[2:]) != (h, w):
+                or weights.shape[1] != 1 or tuple(weights.shape[2:]) not in ((h, w), (gh, gw)):
             got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
-            raise TowerError(f"weights must have shape ({n}, 1, {h}, {w}) like the batch, got {got}")
+            raise TowerError(f"weights must have shape ({n}, 1, {h}, {w}) like the batch "
+                             f"or ({n}, 1, {gh}, {gw}) like its cells, got {got}")
         wt = weights.to(device=dev, dtype=torch.float32).clamp_min(0.0)
-        cell_w = F.avg_pool2d(wt, cell, stride=cell, ceil_mode=True).reshape(n, gh * gw)
+        if tuple(weights.shape[2:]) != (gh, gw) or (gh, gw) == (h, w):
+            wt = F.avg_pool2d(wt, cell, stride=cell, ceil_mode=True)
+        cell_w = wt.reshape(n, gh * gw)
     k = int(round(ratio * gh * gw))
     cells = _mask_cells(gen, n, gh, gw, k, dev, cell_w, float(floor))
     if fill == "zero" and h % cell == 0 and w % cell == 0:  # one broadcast pass, no pixel mask
