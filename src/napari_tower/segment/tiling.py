@@ -42,6 +42,21 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
+def balanced_tile(length: int, tile: int, overlap: int) -> int:
+    """The smallest tile side (a multiple of 16, at most `tile`) that covers `length` with as few tiles as `tile` does.
+
+    A fixed tile leaves the last one overlapping its neighbour by up to a whole
+    tile; shrinking every tile evenly spreads that slack, so no pixel is
+    computed more often than the overlap needs (about 10% less work at 4096 px
+    with 1024 px tiles).
+    """
+    if tile >= length:
+        return length
+    count = -(-(length - overlap) // (tile - overlap))
+    side = -(-(length - overlap) // count) + overlap
+    return min(tile, -(-side // MULTIPLE) * MULTIPLE)
+
+
 def _ramp(overlap: int) -> np.ndarray:
     """Rising weights over an overlap: 0 for the outer quarter, raised cosine, 1 for the inner quarter."""
     margin = overlap // 4
@@ -143,9 +158,9 @@ def predict_tiled(image: Any, fn: Callable[[Any], Any], out_channels: int, tile:
             f"output array has shape {tuple(getattr(out, 'shape', ()))} but the prediction needs "
             f"{(out_channels, height, width)}; create it as (out_channels, H, W) of the image")
 
-    th, tw = min(tile, height), min(tile, width)
-    ys = tile_starts(height, tile, overlap)
-    xs = tile_starts(width, tile, overlap)
+    th, tw = balanced_tile(height, tile, overlap), balanced_tile(width, tile, overlap)
+    ys = tile_starts(height, th, overlap)
+    xs = tile_starts(width, tw, overlap)
     ph, pw = _pad_to(th), _pad_to(tw)
     wx = [_window(x, tw, width, overlap) for x in xs]
     wy = [_window(y, th, height, overlap) for y in ys]
@@ -161,7 +176,10 @@ def predict_tiled(image: Any, fn: Callable[[Any], Any], out_channels: int, tile:
 
     total = len(ys) * len(xs)
     done = 0
-    acc = np.zeros((out_channels, th, width), dtype=np.float64)  # rows [lo, lo + th)
+    # float32 is exact enough for a weighted mean of a few probabilities and halves the memory traffic.
+    acc = np.zeros((out_channels, th, width), dtype=np.float32)  # rows [lo, lo + th)
+    inv_sum_x = (1.0 / sum_x).astype(np.float32)
+    inv_sum_y = (1.0 / sum_y).astype(np.float32)
     lo = 0
 
     def flush(upto: int) -> None:
@@ -170,14 +188,18 @@ def predict_tiled(image: Any, fn: Callable[[Any], Any], out_channels: int, tile:
         n = upto - lo
         if n <= 0:
             return
-        norm = acc[:, :n] / (sum_y[lo:upto, None] * sum_x[None, :])
-        out[:, lo:upto, :] = norm.astype(np.float32)
-        acc[:, :th - n] = acc[:, n:].copy()
+        norm = acc[:, :n]
+        norm *= inv_sum_y[lo:upto, None]
+        norm *= inv_sum_x[None, :]
+        out[:, lo:upto, :] = norm
+        acc[:, :th - n] = acc[:, n:]  # numpy handles the overlapping move
         acc[:, th - n:] = 0.0
         lo = upto
 
     with torch.no_grad():
+        wx32 = [w.astype(np.float32) for w in wx]
         for y, wyy in zip(ys, wy):
+            wyy32 = wyy.astype(np.float32)
             flush(y)
             strip = image[y:y + th, :] if two_d else image[:, y:y + th, :]
             strip = np.asarray(strip, dtype=np.float32)
@@ -195,9 +217,11 @@ def predict_tiled(image: Any, fn: Callable[[Any], Any], out_channels: int, tile:
                     raise TowerError(
                         f"the model returned shape {tuple(result.shape)} for tiles of shape {tuple(tiles.shape)} "
                         f"(expected {expected}); check that out_channels={out_channels} matches the model's head")
-                res = result.detach().to("cpu", torch.float64).numpy()[:, :, :th, :tw]
+                res = result.detach().to("cpu", torch.float32).numpy()[:, :, :th, :tw]
                 for k, x in enumerate(bxs):
-                    acc[:, :, x:x + tw] += res[k] * (wyy[:, None] * wx[b0 + k][None, :])
+                    weighted = res[k] * wyy32[:, None]
+                    weighted *= wx32[b0 + k][None, :]
+                    acc[:, :, x:x + tw] += weighted
                 done += len(bxs)
                 if progress is not None:
                     progress(done, total)
