@@ -44,15 +44,45 @@ def run_headless(pretrain_steps: int = 150, finetune_steps: int = 150, out: str 
     return metrics
 
 
-def run_gui() -> int:  # pragma: no cover - interactive
+# The widget's settings for a first look on a CPU: a couple of minutes per step, not hours.
+GUI_PRESET = {"method": "tower", "steps": 150, "patch": 128, "batch": 8, "base": 16, "device": "auto",
+              "finetune_steps": 150, "retrain_steps": 30, "scope": "whole stack", "instances": True}
+
+
+def demo_stack(planes: int = 4, size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A (planes, size, size) stack of synthetic nuclei and its instance labels (one plane per seed)."""
+    pairs = [synthetic_nuclei((size, size), int(40 * (size / 256) ** 2), seed=seed + s) for s in range(planes)]
+    return np.stack([im for im, _ in pairs]), np.stack([lab for _, lab in pairs])
+
+
+def setup_viewer(viewer) -> object:  # noqa: ANN001 - a napari.Viewer; napari is only imported by the caller
+    """Fill a napari viewer for the demo and return the docked widget.
+
+    Adds the sample stack and an "annotations" Labels layer with only its first plane
+    labelled (the widget fine-tunes on annotated planes and predicts the others),
+    docks the napari-tower widget with `GUI_PRESET` and points it at both layers.
+    """
+    stack, truth = demo_stack()
+    annotations = np.zeros_like(truth)
+    annotations[0] = truth[0]
+    image = viewer.add_image(stack, name="nuclei")
+    labels = viewer.add_labels(annotations, name="annotations", opacity=0.5)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-tower", "TOWER segmentation")
+    widget.apply_settings(GUI_PRESET)
+    widget.segment.image.set_layer(image)
+    widget.segment.labels.set_layer(labels)
+    widget.show_info("Demo: press Pretrain (2. Pretrain), then Fine-tune and Predict (4. Segment); fix a plane of "
+                     "the prediction with the paint tools, then Retrain from corrections (5.).")
+    return widget
+
+
+def run_gui() -> int:  # the blocking part (napari.run) is exercised by tests/test_demo.py with run stubbed
     try:
         import napari
     except ImportError:
         print("error: napari is not installed: pip install 'napari-tower[napari]'", file=sys.stderr)
         return 2
-    image, _ = synthetic_nuclei((512, 512), 120)
     viewer = napari.Viewer(title="napari-tower demo")
-    viewer.add_image(image, name="nuclei")
-    viewer.window.add_plugin_dock_widget("napari-tower")
+    setup_viewer(viewer)
     napari.run()
     return 0
