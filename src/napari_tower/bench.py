@@ -178,8 +178,15 @@ def paired_tests(cells: list[Cell], reference: str = "tower") -> list[dict[str, 
             t_p = float(stats.ttest_rel(a, b).pvalue) if np.any(diff != 0) and diff.size > 1 else 1.0
             rows.append({"fraction": fraction, "baseline": method, "dice_diff_points": float(diff.mean() * 100),
                          "n_pairs": int(diff.size), "wilcoxon_p": wilcoxon_p, "paired_t_p": t_p,
-                         "tower_wins": bool(diff.mean() > 0)})
+                         "tower_wins": bool(diff.mean() > 0), "verdict": _verdict(diff.mean(), wilcoxon_p)})
     return rows
+
+
+def _verdict(mean_diff: float, p: float, alpha: float = 0.05) -> str:
+    """Plain words for one paired test: a difference counts only when the Wilcoxon p is below `alpha`."""
+    if p >= alpha or mean_diff == 0:
+        return f"no significant difference (p >= {alpha:g})"
+    return "TOWER better" if mean_diff > 0 else "baseline better"
 
 
 def write_report(cells: list[Cell], out: Path, meta: dict[str, Any]) -> None:
@@ -198,11 +205,11 @@ def write_report(cells: list[Cell], out: Path, meta: dict[str, Any]) -> None:
             lines.append(f"| {method} | {fraction:g} | {_mean_sd([c.mean['dice'] for c in group])} | "
                          f"{_mean_sd([c.mean['iou'] for c in group])} | {f1} | {len(group)} |")
     lines += ["", "Paired tests, TOWER minus baseline, over (seed, test image) Dice pairs:", "",
-              "| fraction | baseline | Δ Dice (points) | pairs | Wilcoxon p | paired t p | TOWER better |",
+              "| fraction | baseline | Δ Dice (points) | pairs | Wilcoxon p | paired t p | verdict |",
               "|---|---|---|---|---|---|---|"]
     for t in tests:
         lines.append(f"| {t['fraction']:g} | {t['baseline']} | {t['dice_diff_points']:+.2f} | {t['n_pairs']} | "
-                     f"{t['wilcoxon_p']:.3g} | {t['paired_t_p']:.3g} | {'yes' if t['tower_wins'] else 'no'} |")
+                     f"{t['wilcoxon_p']:.3g} | {t['paired_t_p']:.3g} | {t['verdict']} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     _plot(cells, out / "dice_vs_fraction.png")
 
@@ -213,18 +220,35 @@ def _plot(cells: list[Cell], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    methods = list(dict.fromkeys(c.method for c in cells))
+    all_fractions = sorted({c.fraction for c in cells})
+
+    def stats(method: str, fraction: float) -> tuple[float, float]:
+        dice = [c.mean["dice"] for c in cells if c.method == method and c.fraction == fraction]
+        return float(np.mean(dice)), float(np.std(dice))
+
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for method in dict.fromkeys(c.method for c in cells):
-        fractions = sorted({c.fraction for c in cells if c.method == method})
-        means = [np.mean([c.mean["dice"] for c in cells if c.method == method and c.fraction == f]) for f in fractions]
-        sds = [np.std([c.mean["dice"] for c in cells if c.method == method and c.fraction == f]) for f in fractions]
-        ax.errorbar([f * 100 for f in fractions], means, yerr=sds, marker="o", capsize=3, label=method,
-                    linewidth=2.5 if method == "tower" else 1.2)
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled share of training images (%)")
-    ax.set_ylabel("mean Dice on held-out images")
+    if len(all_fractions) == 1:
+        # One label fraction: a line over fractions would be a single x; compare the methods side by side.
+        fraction = all_fractions[0]
+        means, sds = zip(*(stats(m, fraction) for m in methods))
+        colours = ["tab:red" if m == "tower" else "tab:blue" for m in methods]
+        ax.bar(range(len(methods)), means, yerr=sds, capsize=3, color=colours, alpha=0.8)
+        ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right", fontsize=8)
+        low = min(m - s for m, s in zip(means, sds))
+        ax.set_ylim(max(0.0, low - 0.02), min(1.0, max(m + s for m, s in zip(means, sds)) + 0.01))
+        ax.set_ylabel(f"mean Dice on held-out images ({fraction * 100:g}% labels)")
+    else:
+        for method in methods:
+            fractions = sorted({c.fraction for c in cells if c.method == method})
+            means, sds = zip(*(stats(method, f) for f in fractions))
+            ax.errorbar([f * 100 for f in fractions], means, yerr=sds, marker="o", capsize=3, label=method,
+                        linewidth=2.5 if method == "tower" else 1.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled share of training images (%)")
+        ax.set_ylabel("mean Dice on held-out images")
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
