@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_segment_commands(sub, _add_common_training)
     add_bench_command(sub)
+    from .bioimageio_package import add_export_command
+    from .device import add_doctor_command
+
+    add_export_command(sub)
+    add_doctor_command(sub)
     return parser
 
 
@@ -188,10 +193,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .bioimageio_package import cmd_export
+    from .device import cmd_doctor
     from .bench import cmd_bench
     from .segment.cli import SEGMENT_COMMANDS
 
-    handler = {**COMMANDS, **SEGMENT_COMMANDS, "bench": cmd_bench}[args.command]
+    handler = {**COMMANDS, **SEGMENT_COMMANDS, "bench": cmd_bench, "export": cmd_export, "doctor": cmd_doctor}[args.command]
     try:
         return handler(args)
     except TowerError as exc:

@@ -75,7 +75,9 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict[st
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: check the path")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        # A bioimage.io package written by `napari-tower export` is rebuilt into a checkpoint and checked below.
+        data = (_from_bioimageio(path) if _is_bioimageio(path)
+                else torch.load(path, map_location="cpu", weights_only=True))
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"checkpoint {path} was refused: it holds objects other than weights ({str(exc).splitlines()[0][:160]}), "
@@ -100,3 +102,15 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict[st
                 if have == "pretrained" else "give a pretraining checkpoint (napari-tower pretrain) instead")
         raise CheckpointError(f"{path} is a {have} checkpoint, but a {kind} checkpoint is needed here: {hint}")
     return data
+
+
+def _is_bioimageio(path: Path) -> bool:
+    from ..bioimageio_package import is_bioimageio_package
+
+    return is_bioimageio_package(path)
+
+
+def _from_bioimageio(path: Path) -> dict[str, Any]:
+    from ..bioimageio_package import checkpoint_from_bioimageio
+
+    return checkpoint_from_bioimageio(path)
