@@ -202,3 +202,30 @@ def test_bad_exports_and_foreign_packages_get_clear_messages(model_file, tmp_pat
     assert main(["predict", str(foreign), str(tmp_path / "tower.pt"), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "not one napari-tower exported" in err and "bioimageio predict" in err
+
+
+@pytest.mark.gui
+def test_widget_exports_a_package_and_loads_it_back(model_file, make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    pytest.importorskip("napari")
+    pytest.importorskip("pytestqt")
+    from napari_tower.device import device_report
+
+    from .test_widget import open_widget, wait_idle
+
+    monkeypatch.setenv("NAPARI_TOWER_CONFIG_DIR", str(tmp_path / "config"))
+    viewer, widget = open_widget(make_napari_viewer)
+    assert widget.models.doctor.text() == device_report().text()  # the device doctor
+    assert widget.load_model(model_file) == "segmenter"
+    image, _ = synthetic_nuclei((112, 96), 10, seed=4)
+    viewer.add_image(image, name="cells")
+    widget.export_bioimageio(tmp_path / "cells.zip")
+    assert widget.busy and not widget.models.export_button.isEnabled()
+    wait_idle(qtbot, widget, 300)
+    assert "bioimage.io's test passed" in widget.status.text(), widget.status.text()
+    assert np.array_equal(_read_npy(tmp_path / "cells.zip", "test_input.npy")[0, 0], image.astype(np.float32))
+
+    exported = widget.session.segmenter
+    widget.session.segmenter = None
+    assert widget.load_model(tmp_path / "cells.zip") == "segmenter"
+    assert all(torch.equal(widget.session.segmenter["state"][k], v) for k, v in exported["state"].items())
+    assert "segmenter: instance" in widget.models.info.text()

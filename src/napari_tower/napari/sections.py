@@ -178,7 +178,7 @@ class ProgressPanel(QWidget):
         self.last = None
         self.bar.setRange(0, 0)  # busy until the first record
         self.text.setText(f"{title}: starting...")
-        if title not in ("predict", "preview"):  # keep the last training curve on screen
+        if title not in ("predict", "preview", "export"):  # keep the last training curve on screen
             self.plot.reset(title)
 
     def render(self, p: Progress) -> None:
@@ -322,19 +322,32 @@ class CorrectSection(QGroupBox):
 
 
 class ModelSection(QGroupBox):
-    """The models of this session: which exist, save and load."""
+    """The models of this session (save, load, export to bioimage.io) and the device doctor."""
 
     def __init__(self) -> None:
+        from ..device import device_report
+
         super().__init__("Model")
         self.info = QLabel("no model yet")
         self.info.setWordWrap(True)
         self.save_button = QPushButton("Save model...")
         self.load_button = QPushButton("Load model...")
+        self.load_button.setToolTip("A napari-tower model (.pt), or a bioimage.io package (.zip) napari-tower exported")
+        self.export_button = QPushButton("Export bioimage.io...")
+        self.export_button.setToolTip("Write the segmenter as a bioimage.io model package (.zip) for other tools;\n"
+                                      "a crop of the image chosen under 4. Segment becomes its test input")
         row = QHBoxLayout()
         row.addWidget(self.save_button)
         row.addWidget(self.load_button)
+        # Device doctor: which torch build and device compute here, and how to get a GPU when it is the CPU.
+        self.doctor = QLabel(device_report().text())
+        self.doctor.setWordWrap(True)
+        self.doctor.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.doctor.setStyleSheet("color: #a0a0a0;")
         layout = QVBoxLayout(self)
         layout.addWidget(self.info)
         layout.addLayout(row)
+        layout.addWidget(self.export_button)
+        layout.addWidget(self.doctor)
 
 

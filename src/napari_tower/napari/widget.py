@@ -94,8 +94,9 @@ class TowerWidget(QWidget):
         self.correct.button.clicked.connect(self.retrain)
         self.models.save_button.clicked.connect(self._save_clicked)
         self.models.load_button.clicked.connect(self._load_clicked)
+        self.models.export_button.clicked.connect(self._export_clicked)
         self.job_buttons = [self.train.pretrain_button, self.preview.button, self.segment.finetune_button,
-                            self.segment.predict_button, self.correct.button, self.models.load_button]
+                            self.segment.predict_button, self.correct.button, self.models.load_button, self.models.export_button]
 
         self._save_timer = QTimer(self)
         self._save_timer.setSingleShot(True)
@@ -583,6 +584,47 @@ class TowerWidget(QWidget):
         self.show_info(f"Loaded a {kind} model from {path}")
         return kind
 
+    def export_bioimageio(self, path: str | Path) -> None:
+        """Write the segmenter as a bioimage.io package (in a worker), then run bioimage.io's own test on it.
+
+        A centred crop of the image chosen under 4. Segment becomes the package's test input
+        (the built-in sample when there is none, or its channels do not fit the model).
+        """
+        from ..bioimageio_package import BioimageioExportConfig, check_bioimageio_package, export_bioimageio
+
+        ckpt = self.session.segmenter
+        if ckpt is None:
+            raise TowerError("no segmenter to export: fine-tune one (4. Segment) or load one first")
+        layer = self.segment.image.layer()
+        test_image = image_from_layer(layer) if layer is not None else None
+        if test_image is not None and test_image.channels != int(ckpt["config"]["model"]["in_channels"]):
+            test_image = None
+        cfg = BioimageioExportConfig(name=f"napari-tower {ckpt['target']} segmenter"
+                                          + (f" ({layer.name})" if layer is not None else ""))
+        out = Path(path)
+
+        def job(callback, should_stop):
+            written = export_bioimageio(ckpt, out, cfg, test_image)
+            return written, check_bioimageio_package(written)
+
+        def finished(value, stopped: bool) -> None:
+            written, report = value
+            self.last_dir = str(written.parent)
+            if report.passed:
+                self.show_info(f"Exported {written}; bioimage.io's test passed. Add the authors' names "
+                               "(e.g. napari-tower export ... --author) before uploading it to bioimage.io.")
+            else:
+                self.show_warning(f"Exported {written}, but bioimage.io's test failed: {'; '.join(report.errors[:2])}")
+
+        self._start("export", job, finished)
+
+    def _export_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export bioimage.io package",
+                                              str(Path(self.last_dir) / "model.bioimageio.zip"),
+                                              "bioimage.io model package (*.zip)")
+        if path:
+            self._user_action(lambda: self.export_bioimageio(path))
+
     def _save_clicked(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save model", str(Path(self.last_dir) / "tower.pt"),
                                               "napari-tower model (*.pt)")
@@ -590,7 +632,8 @@ class TowerWidget(QWidget):
             self._user_action(lambda: self.save_model(path))
 
     def _load_clicked(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load model", self.last_dir, "napari-tower model (*.pt)")
+        path, _ = QFileDialog.getOpenFileName(self, "Load model", self.last_dir,
+                                              "napari-tower model or bioimage.io package (*.pt *.zip)")
         if path:
             self._user_action(lambda: self.load_model(path))
 
