@@ -138,12 +138,19 @@ class PredictConfig:
     instances: bool = False
     min_size: int = 16
     normalise: str = "image"  # per-image percentiles, or "model": the training statistics
+    # Block-wise (out-of-core) prediction: approximate block side, and context read around each block,
+    # which must hold the largest objects whole for instance ids to agree across block seams.
+    block: int = 4096
+    halo: int = 64
 
     def validate(self) -> None:
         _check(self.tile >= 32 and self.tile % 16 == 0, f"tile {self.tile} is invalid: use a multiple of 16, >= 32")
         _check(0 <= self.overlap <= self.tile // 2,
                f"overlap {self.overlap} is invalid: use 0..{self.tile // 2} (at most half the {self.tile} px tile)")
         _check(self.normalise in ("image", "model"), "normalise must be 'image' or 'model'")
+        _check(self.block >= 256 and self.block % 16 == 0, f"block {self.block} is invalid: use a multiple of 16, >= 256")
+        _check(0 <= self.halo <= self.block // 2,
+               f"halo {self.halo} is invalid: use 0..{self.block // 2} px (at least the largest object's diameter)")
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
 
 

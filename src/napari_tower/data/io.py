@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import TowerError
+from .lazy import AxesView
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".zarr")
 
@@ -35,6 +36,17 @@ class Image:
     @property
     def channels(self) -> int:
         return int(self.data.shape[1])
+
+    def select_planes(self, planes: Sequence[int]) -> "Image":
+        """The listed planes as an `Image`; nothing is read for data on disk or in dask."""
+        idx = [int(p) for p in planes]
+        if isinstance(self.data, AxesView):
+            data = self.data.select_planes(idx)
+        elif idx and idx == list(range(idx[0], idx[-1] + 1)):
+            data = self.data[idx[0]: idx[-1] + 1]  # a view, not a copy, for numpy
+        else:
+            data = self.data[idx]
+        return Image(data, self.source, self.axes)
 
 
 def guess_axes(shape: Sequence[int], rgb: bool | None = None) -> str:
@@ -88,23 +100,65 @@ def check_array(array: Any, source: str) -> None:
 
 
 def from_array(array: Any, source: str = "array", axes: str | None = None, rgb: bool | None = None) -> Image:
-    """Wrap an in-memory or lazy array (numpy, zarr, dask) as an `Image`."""
+    """Wrap an in-memory or lazy array (numpy, memmap, zarr, dask) as an `Image`, without reading a lazy one.
+
+    numpy and dask arrays are reordered with their own transpose/reshape (views,
+    or a lazy graph); arrays on disk (zarr, memory-mapped files, HDF5) get an
+    `AxesView`, which reads only what is indexed.
+    """
     if not hasattr(array, "shape"):
         array = np.asarray(array)
     check_array(array, source)
-    axes = axes or guess_axes(array.shape, rgb)
-    return Image(to_pcyx(array, axes), source, axes)
+    axes = (axes or guess_axes(array.shape, rgb)).upper()
+    in_memory = type(array) is np.ndarray or (hasattr(array, "dask") and hasattr(array, "compute"))
+    if in_memory or sum(a in "CS" for a in axes) > 1:
+        if not in_memory:
+            import dask.array as da
+
+            array = da.from_array(array, chunks=getattr(array, "chunks", None) or "auto")
+        return Image(to_pcyx(array, axes), source, axes)
+    return Image(AxesView(array, axes), source, axes)
 
 
-def _read_tiff(path: Path) -> tuple[Any, str | None]:
+# TIFFs that decode to more than this are read lazily (tile by tile) when they cannot be memory-mapped.
+EAGER_TIFF_BYTES = 256 * 2**20
+
+
+def _read_tiff(path: Path, level: int = 0) -> tuple[Any, str | None]:
+    """A TIFF's first series (pyramid `level`): memory-mapped when uncompressed, else decoded, lazily when large."""
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    tif = tifffile.TiffFile(path)
+    keep_open = False
+    try:
         if not tif.series:
             raise TowerError(f"{path} holds no image data: check the file is a TIFF image")
         series = tif.series[0]
+        levels = getattr(series, "levels", None) or [series]
+        if not 0 <= level < len(levels):
+            raise TowerError(f"{path} has {len(levels)} resolution level(s): choose --level 0..{len(levels) - 1}")
+        series = levels[level]
         axes = series.axes.upper().replace("Q", "Z").replace("I", "Z")
-        data = series.asarray()
+        nbytes = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
+        data: Any = None
+        if level == 0 and getattr(series, "dataoffset", None) is not None:
+            try:
+                data = tifffile.memmap(path, mode="r")
+            except (ValueError, OSError):
+                data = None
+            if data is not None and tuple(data.shape) != tuple(series.shape):
+                data = None
+        if data is None and (nbytes > EAGER_TIFF_BYTES or level > 0):
+            import zarr
+
+            # The store decodes tiles/strips on demand and needs the file kept open.
+            data = zarr.open(series.aszarr(), mode="r")
+            keep_open = True
+        if data is None:
+            data = series.asarray()
+    finally:
+        if not keep_open:
+            tif.close()
     if any(a not in "TZCYXS" for a in axes) or len(axes) != data.ndim:
         axes = None
     if axes == "YXS" and data.shape[-1] not in (3, 4):
@@ -112,25 +166,42 @@ def _read_tiff(path: Path) -> tuple[Any, str | None]:
     return data, axes
 
 
-def _read_zarr(path: Path) -> Any:
+_OME_AXES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
+
+
+def _ome_axes(multiscale: dict[str, Any]) -> str | None:
+    """Axes letters from OME-NGFF multiscale metadata (v0.3 names or v0.4+ dicts); unknown axes become planes."""
+    names = multiscale.get("axes")
+    if not names:
+        return None
+    names = [a.get("name", "") if isinstance(a, dict) else str(a) for a in names]
+    return "".join(_OME_AXES.get(n.lower(), "Q") for n in names)
+
+
+def _read_zarr(path: Path, level: int = 0) -> tuple[Any, str | None]:
+    """A zarr array (v2 or v3), or resolution `level` of an OME-Zarr multiscale group, unread."""
     import zarr
 
     node = zarr.open(str(path), mode="r")
     if hasattr(node, "shape"):
-        return node
-    # OME-Zarr multiscale group: take the full-resolution level.
+        if level != 0:
+            raise TowerError(f"{path} is a single zarr array with one resolution: use --level 0")
+        return node, None
     attrs = dict(node.attrs)
     multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
     if multiscales:
-        return node[multiscales[0]["datasets"][0]["path"]]
+        datasets = multiscales[0]["datasets"]
+        if not 0 <= level < len(datasets):
+            raise TowerError(f"{path} has {len(datasets)} resolution level(s): choose --level 0..{len(datasets) - 1}")
+        return node[datasets[level]["path"]], _ome_axes(multiscales[0])
     arrays = [name for name, _ in node.arrays()] if hasattr(node, "arrays") else []
     if arrays:
-        return node[sorted(arrays)[0]]
+        return node[sorted(arrays)[0]], None
     raise TowerError(f"{path} is a zarr group with no array: point to the array inside it")
 
 
-def _read_raw(path: Path) -> tuple[Any, str | None]:
-    """The array in a file and the axes the file declares (TIFF), without reordering."""
+def _read_raw(path: Path, level: int = 0) -> tuple[Any, str | None]:
+    """The array in a file and the axes the file declares (TIFF, OME-Zarr), without reordering or loading."""
     if not path.exists():
         raise TowerError(f"{path} does not exist: check the path")
     suffix = path.suffix.lower()
@@ -139,11 +210,11 @@ def _read_raw(path: Path) -> tuple[Any, str | None]:
     file_axes: str | None = None
     try:
         if suffix in (".tif", ".tiff"):
-            data, file_axes = _read_tiff(path)
+            data, file_axes = _read_tiff(path, level)
         elif suffix == ".npy":
             data = np.load(path, allow_pickle=False, mmap_mode="r")
         elif suffix == ".zarr":
-            data = _read_zarr(path)
+            data, file_axes = _read_zarr(path, level)
         else:
             import imageio.v3 as iio
 
@@ -158,10 +229,17 @@ def _read_raw(path: Path) -> tuple[Any, str | None]:
     return data, file_axes
 
 
-def read_image(path: str | os.PathLike, axes: str | None = None) -> Image:
-    """Read one image file (TIFF, PNG/JPEG, NPY, zarr) as (planes, channels, Y, X)."""
+def read_image(path: str | os.PathLike, axes: str | None = None, level: int = 0) -> Image:
+    """Open one image file (TIFF, PNG/JPEG, NPY, zarr) as (planes, channels, Y, X).
+
+    Zarr, uncompressed TIFF and NPY stay on disk (only what is indexed is read);
+    large compressed TIFFs are decoded tile by tile. `level` picks a resolution
+    of an OME-Zarr multiscale group or a pyramidal TIFF (0 = full resolution).
+    """
     path = Path(path)
-    data, file_axes = _read_raw(path)
+    if level < 0:
+        raise TowerError(f"level {level} is invalid: use 0 for full resolution, 1, 2, ... for coarser ones")
+    data, file_axes = _read_raw(path, level)
     return from_array(data, str(path), axes or file_axes)
 
 

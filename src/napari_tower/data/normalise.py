@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TowerError
+from .lazy import is_lazy, read_region
 
 # Percentiles of a huge image are estimated from at most this many pixels per channel.
 _MAX_SAMPLES = 4_000_000
@@ -37,13 +38,33 @@ class Normalisation:
         return cls([float(v) for v in d["low"]], [float(v) for v in d["high"]])
 
 
+# A strided sample of a lazy (on-disk) image reads every chunk of the planes it touches; above this many
+# pixels to touch, percentiles come from random windows instead, so the cost no longer grows with the image.
+_MAX_STRIDED_READ = 2**26
+_WINDOW = 256
+
+
 def _subsample(data: Any) -> np.ndarray:
-    """A strided view of a (P, C, Y, X) array-like small enough to take percentiles of."""
+    """A sample of a (P, C, Y, X) array-like small enough to take percentiles of."""
     p, c, h, w = data.shape
     per_plane = max(1, _MAX_SAMPLES // max(1, p))
     step = max(1, int(np.sqrt(h * w / per_plane)))
     plane_step = max(1, p // 64)
-    return np.asarray(data[::plane_step, :, ::step, ::step])
+    if is_lazy(data) and len(range(0, p, plane_step)) * h * w > _MAX_STRIDED_READ:
+        return _windows(data)
+    return read_region(data, (slice(None, None, plane_step), slice(None), slice(None, None, step), slice(None, None, step)))
+
+
+def _windows(data: Any) -> np.ndarray:
+    """Whole-resolution windows at seeded random places, about _MAX_SAMPLES pixels per channel in all."""
+    p, c, h, w = data.shape
+    wy, wx = min(_WINDOW, h), min(_WINDOW, w)
+    n = max(1, _MAX_SAMPLES // (wy * wx))
+    rng = np.random.default_rng(0)
+    planes = rng.integers(p, size=n)
+    ys, xs = rng.integers(h - wy + 1, size=n), rng.integers(w - wx + 1, size=n)
+    return np.stack([read_region(data, (int(k), slice(None), slice(y, y + wy), slice(x, x + wx)))
+                     for k, y, x in zip(planes, ys, xs)])
 
 
 def compute_normalisation(data: Any, source: str, low: float = 1.0, high: float = 99.8) -> Normalisation:

@@ -17,7 +17,12 @@ from scipy import ndimage
 
 from ..errors import TowerError
 from .io import Image
+from .lazy import read_region
 from .normalise import Normalisation
+
+# Bounds on the structure prior's index for huge data (see PatchSampler._index_planes).
+_MAX_GRID_CELLS = 2**18
+_MAX_SCORED_PLANES = 64
 
 
 @dataclass
@@ -63,7 +68,12 @@ class PatchSampler:
         self._index_planes()
 
     def _index_planes(self) -> None:
-        """List every plane and, for the prior, a coarse grid of structure scores per plane."""
+        """List every plane and, for the prior, a coarse grid of structure scores per plane.
+
+        Scoring reads a strided copy of each plane, so for huge data (whole slides, long stacks) the
+        grid is kept to about _MAX_GRID_CELLS cells per plane and at most _MAX_SCORED_PLANES evenly
+        spaced planes are scored; prior draws come from those, uniform draws from all planes.
+        """
         planes: list[tuple[int, int]] = []
         for si, s in enumerate(self.sources):
             p, _, h, w = s.image.shape
@@ -74,16 +84,26 @@ class PatchSampler:
                 )
             planes.extend((si, pi) for pi in range(p))
         self.planes = planes
-        self.stride = max(4, self.patch // 8)
-        self.candidates: list[np.ndarray] = []  # per plane: flat indices of the coarse grid
+        largest = max(s.image.shape[2] * s.image.shape[3] for s in self.sources)
+        self.stride = max(4, self.patch // 8, int(np.ceil(np.sqrt(largest / _MAX_GRID_CELLS))))
+        # Per scored plane: its index in self.planes, the grid shape, cumulative scores and their sum.
+        self.scored: list[int] = []
+        self.candidates: list[tuple[tuple[int, int], np.ndarray, float]] = []
         cum: list[float] = []
         total = 0.0
         if self.prior_floor < 1.0:
-            for si, pi in planes:
+            if len(planes) > _MAX_SCORED_PLANES:
+                self.scored = np.unique(np.linspace(0, len(planes) - 1, _MAX_SCORED_PLANES).round().astype(int)).tolist()
+            else:
+                self.scored = list(range(len(planes)))
+            for k in self.scored:
+                si, pi = planes[k]
                 s = self.sources[si]
-                coarse = s.norm.apply(np.asarray(s.image.data[pi, :, :: self.stride, :: self.stride]))
-                score = _score_grid(coarse, 1, self.patch // self.stride)
-                self.candidates.append(score)
+                coarse = s.norm.apply(read_region(s.image.data, (pi, slice(None), slice(None, None, self.stride),
+                                                                 slice(None, None, self.stride))))
+                score = _score_grid(coarse, 1, max(1, self.patch // self.stride))
+                flat = score.ravel()
+                self.candidates.append((score.shape, np.cumsum(flat), float(flat.sum())))
                 total += float(score.sum())
                 cum.append(total)
         self.plane_cum = np.asarray(cum)
@@ -93,12 +113,11 @@ class PatchSampler:
         use_prior = self.prior_floor < 1.0 and rng.random() >= self.prior_floor and self.plane_cum[-1] > 0
         if use_prior:
             k = int(np.searchsorted(self.plane_cum, rng.random() * self.plane_cum[-1], side="right"))
-            k = min(k, len(self.planes) - 1)
-            si, pi = self.planes[k]
-            score = self.candidates[k]
-            flat = score.ravel()
-            idx = int(np.searchsorted(np.cumsum(flat), rng.random() * flat.sum(), side="right"))
-            cy, cx = np.unravel_index(min(idx, flat.size - 1), score.shape)
+            k = min(k, len(self.scored) - 1)
+            si, pi = self.planes[self.scored[k]]
+            shape, cumulative, flat_sum = self.candidates[k]
+            idx = int(np.searchsorted(cumulative, rng.random() * flat_sum, side="right"))
+            cy, cx = np.unravel_index(min(idx, cumulative.size - 1), shape)
             _, _, h, w = self.sources[si].image.shape
             y = int(np.clip(cy * self.stride - p // 2 + rng.integers(self.stride), 0, h - p))
             x = int(np.clip(cx * self.stride - p // 2 + rng.integers(self.stride), 0, w - p))
@@ -118,7 +137,7 @@ class PatchSampler:
         for i in range(n):
             si, pi, y, x = self._pick_corner(rng)
             s = self.sources[si]
-            img = s.norm.apply(np.asarray(s.image.data[pi, :, y: y + p, x: x + p]))
+            img = s.norm.apply(read_region(s.image.data, (pi, slice(None), slice(y, y + p), slice(x, x + p))))
             lab = np.asarray(s.labels[pi, y: y + p, x: x + p]) if has_labels else None
             wts = np.asarray(s.weights[pi, y: y + p, x: x + p]) if has_labels and s.weights is not None else None
             if self.augment:

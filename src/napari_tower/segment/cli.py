@@ -36,6 +36,15 @@ def add_segment_commands(sub: Any, add_common: Callable[[argparse.ArgumentParser
     p.add_argument("--overlap", type=int, default=PredictConfig.overlap)
     p.add_argument("--min-size", type=int, default=PredictConfig.min_size)
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities (<name>_prob.tif)")
+    p.add_argument("--zarr", action="store_true",
+                   help="write <name>.zarr block by block in bounded memory (automatic for zarr and very large inputs)")
+    p.add_argument("--block", type=int, default=PredictConfig.block, help="block side for zarr output (default 4096)")
+    p.add_argument("--halo", type=int, default=PredictConfig.halo,
+                   help="context read around each block: at least the largest object's diameter (default 64)")
+    p.add_argument("--workers", type=int, default=1, help="blocks predicted at once in local threads (zarr output)")
+    p.add_argument("--scheduler", help="dask.distributed scheduler address (e.g. tcp://host:8786): predict the blocks "
+                   "on that cluster (inputs and --out on storage the workers share)")
+    p.add_argument("--level", type=int, default=0, help="resolution level of an OME-Zarr or pyramidal TIFF (0 = full)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--quiet", action="store_true")
 
@@ -88,7 +97,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise TowerError(f"--out {out} is a file: give a folder for the predictions")
     for path in expand_inputs(args.images):
-        image = read_image(path)
+        image = read_image(path, level=args.level)
+        if args.zarr or args.scheduler or path.suffix.lower() == ".zarr" or _pixels(image) > ZARR_OUTPUT_PIXELS:
+            _predict_zarr(predictor, image, out / (path.stem + ".zarr"), args)
+            continue
         result = predictor.predict(image)
         labels = result.labels[0] if image.shape[0] == 1 else result.labels
         target = out / (path.stem + ".tif")
@@ -99,6 +111,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"wrote {target}", file=sys.stderr)
     return 0
+
+
+# Above this many pixels an in-memory prediction (float32 probabilities) would need several GB: write zarr instead.
+ZARR_OUTPUT_PIXELS = 2**27
+
+
+def _pixels(image: Any) -> int:
+    p, _, h, w = image.shape
+    return p * h * w
+
+
+def _predict_zarr(predictor: Any, image: Any, target: Path, args: argparse.Namespace) -> None:
+    """Block-wise prediction into a chunked zarr group (labels, and probabilities with --probabilities)."""
+    from ..cli import StopOnSignal
+    from .blockwise import predict_blockwise
+
+    def progress(done: int, total: int) -> None:
+        if not args.quiet:
+            sys.stderr.write(f"\rpredict {image.source}: block {done}/{total}" + ("\n" if done == total else ""))
+            sys.stderr.flush()
+
+    with StopOnSignal() as should_stop:
+        result = predict_blockwise(predictor, image, target, block=args.block, halo=args.halo, workers=args.workers,
+                                   scheduler=args.scheduler, probabilities=args.probabilities, progress=progress,
+                                   should_stop=should_stop)
+    if not args.quiet:
+        objects = f", {sum(result.objects)} objects" if result.objects is not None else ""
+        print(f"wrote {target} ({result.blocks} blocks{objects}, {result.seconds:.1f} s)", file=sys.stderr)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

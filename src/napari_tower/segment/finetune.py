@@ -140,10 +140,8 @@ def finetune(
     val_planes = [c for k, c in enumerate(chosen) if k in val_idx]
 
     def sources(items) -> list[Source]:
-        from ..data import from_array
-
-        return [Source(from_array(np.asarray(images[i].data[p: p + 1]), images[i].source, axes="ZCYX"), norms[i], t, w)
-                for i, p, t, w in items]
+        # Planes stay where they are (zarr, dask, memmap): the sampler reads only the patches it draws.
+        return [Source(images[i].select_planes([p]), norms[i], t, w) for i, p, t, w in items]
 
     patch = min(cfg.data.patch, *(min(images[i].shape[2:]) // 16 * 16 for i, _, _, _ in chosen))
     sampler = PatchSampler(sources(train_planes), patch, structure_prior=False)
