@@ -72,10 +72,10 @@ class StopOnSignal:
             signal.signal(s, h)
 
 
-def _read_images(items: Sequence[str]):
+def _read_images(items: Sequence[str], level: int = 0):
     from .data import expand_inputs, read_image
 
-    return [read_image(p) for p in expand_inputs(items)]
+    return [read_image(p, level=level) for p in expand_inputs(items)]
 
 
 def _add_common_training(p: argparse.ArgumentParser, steps: int, batch: int) -> None:
@@ -88,6 +88,10 @@ def _add_common_training(p: argparse.ArgumentParser, steps: int, batch: int) -> 
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-prior", action="store_true", help="sample patches uniformly (switch off the structure prior)")
+    p.add_argument("--precision", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="mixed precision on CUDA (float16 adds loss scaling; float32: off); CPU trains in float32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow start, faster long GPU runs)")
+    p.add_argument("--level", type=int, default=0, help="resolution level of OME-Zarr or pyramidal TIFF images (0 = full)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -134,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def training_precision(args: argparse.Namespace) -> dict:
+    """PretrainConfig/FinetuneConfig keyword arguments for --precision and --compile."""
+    from .config import AcceleratorConfig
+
+    mixed = args.precision != "float32"
+    return {"mixed_precision": mixed,
+            "accel": AcceleratorConfig(amp_dtype=args.precision if mixed else "bfloat16", compile=args.compile)}
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .train import pretrain
 
@@ -141,17 +154,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         method=args.method, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, device=args.device,
         tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()), checkpoint_every=args.checkpoint_every,
         data=DataConfig(patch=args.patch, structure_prior=not args.no_prior),
-        model=ModelConfig(base=args.base, depth=args.depth),
+        model=ModelConfig(base=args.base, depth=args.depth), **training_precision(args),
     )
     cfg.validate()
     from .train.checkpoint import check_writable
 
     out = Path(args.out)
     check_writable(out)
-    images = _read_images(args.images)
+    images = _read_images(args.images, args.level)
     stopper = StopOnSignal()
     with stopper as should_stop:
         result = pretrain(images, cfg, out, ProgressBar(args.quiet), should_stop, args.resume, args.init)
+    if result.world_size > 1:  # under torchrun: one line per rank, so a rank that did not train shows
+        losses = " ".join(f"{k}={v:.4f}" for k, v in result.last.losses.items())
+        print(f"rank {result.rank}/{result.world_size}: {result.last.step} steps, {losses}", file=sys.stderr)
+        if result.rank != 0:
+            return EXIT_INTERRUPTED if result.last.stopped else 0
     if result.last.stopped:
         print(f"interrupted at step {result.last.step}; resume with: napari-tower pretrain ... --resume {out}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -32,6 +32,10 @@ class Method(nn.Module):
     def step(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def forward(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """The training step as `forward`, so DistributedDataParallel can wrap a method and sync its gradients."""
+        return self.step(x, gen)
+
     @torch.no_grad()
     def validation_loss(self, x: torch.Tensor, gen: torch.Generator) -> float:
         """The number early stopping watches; the restoration loss where a method has one."""

@@ -21,5 +21,5 @@ class SimCLR(Method):
     def step(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         a = self.project(self.unet.encoder(simclr_view(x, gen))[-1])
         b = self.project(self.unet.encoder(simclr_view(x, gen))[-1])
-        loss = nt_xent(a, b, TEMPERATURE)
+        loss = nt_xent(a, b, TEMPERATURE, gather=self.training)
         return {"con": loss, "loss": loss}

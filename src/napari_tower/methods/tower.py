@@ -35,7 +35,7 @@ class Tower(Method):
             r_plus = self.unet.encoder(x_plus)[-1]
         if self.use_con:
             r = self.unet.encoder(x)[-1]  # clean view: encoder only (spec: same loss, fewer FLOPs)
-            losses["con"] = nt_xent(self.project(r_plus), self.project(r), self.cfg.temperature)
+            losses["con"] = nt_xent(self.project(r_plus), self.project(r), self.cfg.temperature, gather=self.training)
         losses["loss"] = sum(losses.values())  # type: ignore[assignment]
         return losses
 

@@ -57,12 +57,12 @@ def add_segment_commands(sub: Any, add_common: Callable[[argparse.ArgumentParser
 def cmd_finetune(args: argparse.Namespace) -> int:
     from ..data import expand_inputs, read_image, read_labels
     from .finetune import finetune
-    from ..cli import ProgressBar, StopOnSignal, EXIT_INTERRUPTED
+    from ..cli import ProgressBar, StopOnSignal, EXIT_INTERRUPTED, training_precision
 
     cfg = FinetuneConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, device=args.device,
                          fraction=args.fraction, target=args.target,
                          data=DataConfig(patch=args.patch, structure_prior=not args.no_prior),
-                         model=ModelConfig(base=args.base, depth=args.depth))
+                         model=ModelConfig(base=args.base, depth=args.depth), **training_precision(args))
     cfg.validate()
     from ..train.checkpoint import check_writable
 
@@ -70,7 +70,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     image_paths, label_paths = expand_inputs(args.images), expand_inputs(args.labels)
     if len(image_paths) != len(label_paths):
         raise TowerError(f"{len(image_paths)} image(s) but {len(label_paths)} label file(s): give one label file per image")
-    images = [read_image(p) for p in image_paths]
+    images = [read_image(p, level=args.level) for p in image_paths]
     labels = [read_labels(p) for p in label_paths]
     transfer = None if args.transfer == "auto" else tuple(args.transfer.split("+"))
     stopper = StopOnSignal()

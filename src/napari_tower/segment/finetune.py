@@ -17,7 +17,8 @@ from ..config import FinetuneConfig, to_dict
 from ..data import Image, PatchSampler, Source, compute_normalisation
 from ..errors import CheckpointError, TowerError
 from ..train.checkpoint import load_checkpoint, save_checkpoint
-from ..train.engine import Loop, Progress, ProgressCallback, StopCheck, autocast, cosine_lr, resolve_device, step_rng
+from ..train.engine import (Loop, Optimise, Progress, ProgressCallback, StopCheck, autocast, batch_to_device, cosine_lr,
+                            prepare_module, resolve_device, step_rng)
 from ..train.pretrain import load_unet_weights, model_normalisation
 from .model import Segmenter
 from .targets import check_labels, encode_targets, infer_target_kind, n_classes
@@ -129,7 +130,7 @@ def finetune(
     elif ckpt is not None:
         load_unet_weights(model, ckpt, tuple(transfer or ckpt.get("transfers", ("encoder", "decoder"))), str(init))
         init_method = ckpt["method"]
-    model.to(device)
+    prepare_module(model.to(device), device, cfg.accel)
 
     norms = [compute_normalisation(im.data, im.source, cfg.data.low_percentile, cfg.data.high_percentile) for im in images]
     planes = _planes(images, targets, weights)
@@ -151,6 +152,7 @@ def finetune(
         val_batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in vs.sample(4 * cfg.batch, np.random.default_rng(cfg.seed + 7)).items()}
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimise = Optimise(optimizer, device, cfg.mixed_precision, cfg.accel)
     best_state: dict[str, torch.Tensor] | None = None
     best_dice = -1.0
 
@@ -158,23 +160,21 @@ def finetune(
         model.train()
         rng, _ = step_rng(cfg.seed, step)
         b = sampler.sample(cfg.batch, rng)
-        x = torch.from_numpy(b["image"]).to(device)
-        t = torch.from_numpy(np.ascontiguousarray(b["labels"])).to(device)
-        w = torch.from_numpy(np.ascontiguousarray(b["weights"])).to(device)
+        x = batch_to_device(b["image"], device, cfg.accel)
+        t = batch_to_device(b["labels"], device, cfg.accel)
+        w = batch_to_device(b["weights"], device, cfg.accel)
         cosine_lr(optimizer, cfg.lr, step, cfg.steps)
-        with autocast(device, cfg.mixed_precision):
+        with autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype):
             logits = model(x)
         loss = segmentation_loss(logits, t, w)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimise(loss)
         return {"loss": float(loss.detach())}
 
     def validate() -> float:
         nonlocal best_state, best_dice
         assert val_batch is not None
         model.eval()
-        with torch.no_grad(), autocast(device, cfg.mixed_precision):
+        with torch.no_grad(), autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype):
             pred = torch.cat([model(chunk.to(device)).argmax(1).cpu() for chunk in val_batch["image"].split(cfg.batch)])
         t = val_batch["labels"]
         fg_pred, fg_true, annotated = pred > 0, t > 1, t > 0

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..config import AcceleratorConfig
 from ..errors import TowerError
 
 
@@ -56,16 +57,71 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU autocast is slower for convolutions)."""
+def autocast(device: torch.device, enabled: bool, dtype: str = "bfloat16") -> contextlib.AbstractContextManager:
+    """bf16 (or fp16) autocast on CUDA when enabled; a no-op elsewhere (CPU autocast is slower for convolutions)."""
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=getattr(torch, dtype))
     return contextlib.nullcontext()
 
 
-def step_rng(seed: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
-    """Random sources for one step, derived from (seed, step) so resuming replays the same stream."""
-    return np.random.default_rng([seed, step]), torch.Generator().manual_seed(seed * 1_000_003 + step)
+def prepare_module(module: torch.nn.Module, device: torch.device, accel: AcceleratorConfig) -> torch.nn.Module:
+    """Apply the GPU-path options to a model already on `device`: channels_last and torch.compile.
+
+    channels_last only on CUDA (tensor-core convolutions want NHWC; on CPU it only adds copies).
+    `compile` compiles the U-Net in place (`nn.Module.compile`), so checkpoint keys do not change.
+    """
+    if accel.channels_last and device.type == "cuda":
+        module.to(memory_format=torch.channels_last)
+    if accel.compile:
+        getattr(module, "unet", module).compile()
+    return module
+
+
+def batch_to_device(array: np.ndarray, device: torch.device, accel: AcceleratorConfig) -> torch.Tensor:
+    """A numpy batch as a tensor on `device`: pinned and copied asynchronously, NHWC where the model is."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor.to(device)
+    if accel.pin_memory:
+        tensor = tensor.pin_memory()
+    tensor = tensor.to(device, non_blocking=accel.pin_memory)
+    if accel.channels_last and tensor.ndim == 4:
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    return tensor
+
+
+class Optimise:
+    """backward + optimiser step, with loss scaling when training in float16 on CUDA (bf16 needs none)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device, mixed_precision: bool,
+                 accel: AcceleratorConfig) -> None:
+        self.optimizer = optimizer
+        fp16 = mixed_precision and device.type == "cuda" and accel.amp_dtype == "float16"
+        scaler = getattr(torch.amp, "GradScaler", None)  # torch >= 2.3; torch.cuda.amp before
+        self.scaler = (scaler("cuda") if scaler is not None else torch.cuda.amp.GradScaler()) if fp16 else None
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+
+def step_rng(seed: int, step: int, rank: int = 0) -> tuple[np.random.Generator, torch.Generator]:
+    """Random sources for one step, derived from (seed, step) so resuming replays the same stream.
+
+    Each distributed rank gets its own stream (rank 0's is the single-process one), so ranks draw
+    different patches and corruptions: the sampler is sharded by rank.
+    """
+    if rank == 0:
+        return np.random.default_rng([seed, step]), torch.Generator().manual_seed(seed * 1_000_003 + step)
+    # torch's CPU generator keeps only 32 bits of a seed: hash (seed, step, rank) into them.
+    torch_seed = int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+    return np.random.default_rng([seed, step, rank]), torch.Generator().manual_seed(torch_seed)
 
 
 def cosine_lr(optimizer: torch.optim.Optimizer, base_lr: float, step: int, total: int) -> None:

@@ -14,7 +14,9 @@ from ..data import Image, Normalisation, PatchSampler, Source, compute_normalisa
 from ..errors import CheckpointError, TowerError
 from ..methods import Method, build_method
 from .checkpoint import load_checkpoint, save_checkpoint
-from .engine import Loop, Progress, ProgressCallback, StopCheck, autocast, cosine_lr, resolve_device, step_rng
+from .distributed import Distributed
+from .engine import (Loop, Optimise, Progress, ProgressCallback, StopCheck, autocast, batch_to_device, cosine_lr,
+                     prepare_module, resolve_device, step_rng)
 
 VAL_SEED_OFFSET = 2**31 - 1
 
@@ -26,6 +28,8 @@ class PretrainResult:
     checkpoint: dict[str, Any]
     path: Path | None
     last: Progress
+    rank: int = 0  # under torchrun: this process's rank (only rank 0 writes `path`)
+    world_size: int = 1
 
 
 def pretrain_normalisation(images: Sequence[Image], cfg: PretrainConfig) -> list[Normalisation]:
@@ -73,6 +77,10 @@ def pretrain(
 
     `resume` continues a run from its checkpoint (same config, same schedule);
     `init` warm-starts the network from an earlier checkpoint with a fresh schedule.
+
+    Under `torchrun` (RANK/WORLD_SIZE set) every rank trains on its own patches with
+    `cfg.batch` per rank, gradients are averaged (DistributedDataParallel), contrastive
+    negatives come from all ranks, and only rank 0 writes `out` and calls `callback`.
     """
     start = 0
     history: dict[str, list[float]] = {}
@@ -88,15 +96,27 @@ def pretrain(
         raise TowerError("no images given: pass at least one image to pretrain on")
     cfg.model.in_channels = images[0].channels
     cfg.validate()
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    world = Distributed.from_environment()
+    device = world.start(cfg.device) if world.enabled else resolve_device(cfg.device)
+    try:
+        return _pretrain(images, cfg, out, callback, should_stop, resumed, init, start, history, world, device)
+    finally:
+        world.close()
+
+
+def _pretrain(images: Sequence[Image], cfg: PretrainConfig, out: str | os.PathLike | None,
+              callback: ProgressCallback | None, should_stop: StopCheck | None, resumed: dict[str, Any] | None,
+              init: str | os.PathLike | None, start: int, history: dict[str, list[float]], world: Distributed,
+              device: torch.device) -> PretrainResult:
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
     norms = pretrain_normalisation(images, cfg)
     sampler = PatchSampler([Source(im, n) for im, n in zip(images, norms)], cfg.data.patch,
                            cfg.data.structure_prior, cfg.data.prior_floor)
-    method = build_method(cfg).to(device)
+    method = prepare_module(build_method(cfg).to(device), device, cfg.accel)
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    optimise = Optimise(optimizer, device, cfg.mixed_precision, cfg.accel)
     if resumed is not None:
         method.load_state_dict(resumed["state"])
         if "optimizer" in resumed:
@@ -104,27 +124,28 @@ def pretrain(
     elif init is not None:
         load_unet_weights(method, load_checkpoint(init), ("encoder", "decoder"), str(init))
 
+    model = world.wrap(method)  # DDP under torchrun; the method itself otherwise
+
+    # Every rank validates on the same batch with the same weights, so early-stop decisions agree.
     val_rng, _ = step_rng(cfg.seed, VAL_SEED_OFFSET)
-    val_batch = torch.from_numpy(sampler.sample(cfg.batch * max(1, cfg.val_batches), val_rng)["image"]).to(device)
+    val_batch = batch_to_device(sampler.sample(cfg.batch * max(1, cfg.val_batches), val_rng)["image"], device, cfg.accel)
     norm = model_normalisation(norms)
 
     def train_step(step: int) -> dict[str, float]:
         method.train()
-        rng, gen = step_rng(cfg.seed, step)
-        x = torch.from_numpy(sampler.sample(cfg.batch, rng)["image"]).to(device, non_blocking=True)
+        rng, gen = step_rng(cfg.seed, step, world.rank)  # each rank draws its own patches
+        x = batch_to_device(sampler.sample(cfg.batch, rng)["image"], device, cfg.accel)
         cosine_lr(optimizer, cfg.lr, step, cfg.steps)
-        with autocast(device, cfg.mixed_precision):
-            losses = method.step(x, gen)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
+        with autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype):
+            losses = model(x, gen)
+        optimise(losses["loss"])
         method.after_step(step / max(1, cfg.steps))
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return world.mean({k: float(v.detach()) for k, v in losses.items()})
 
     def validate() -> float:
         method.eval()
         gen = torch.Generator().manual_seed(cfg.seed + VAL_SEED_OFFSET)
-        with torch.no_grad(), autocast(device, cfg.mixed_precision):
+        with torch.no_grad(), autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype):
             vals = [method.validation_loss(chunk, gen) for chunk in val_batch.split(cfg.batch)]
         return float(sum(vals) / len(vals))
 
@@ -139,6 +160,7 @@ def pretrain(
             "optimizer": optimizer.state_dict(),
             "step": step,
             "history": loop.history,
+            "world_size": world.world_size,  # cfg.batch is per rank: the global batch is batch x world_size
         }
 
     saved_payload: dict[str, Any] = {}
@@ -146,10 +168,16 @@ def pretrain(
     def save(step: int, final: bool) -> None:
         nonlocal saved_payload
         saved_payload = payload(step)
-        if out is not None:
+        if out is not None and world.is_main:
             save_checkpoint(out, saved_payload)
 
+    stop = should_stop
+    if world.enabled:
+        # A signal may reach one rank only; all ranks must stop at the same step.
+        def stop() -> bool:
+            return world.any(should_stop is not None and should_stop())
+
     loop = Loop("pretrain", cfg.steps, cfg.batch, train_step, save, validate, cfg.val_every, cfg.checkpoint_every,
-                cfg.early_stop_patience, callback, should_stop, history)
+                cfg.early_stop_patience, callback if world.is_main else None, stop, history)
     last = loop.run(start)
-    return PretrainResult(saved_payload, Path(out) if out is not None else None, last)
+    return PretrainResult(saved_payload, Path(out) if out is not None else None, last, world.rank, world.world_size)
