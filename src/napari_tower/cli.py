@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_segment_commands(sub, _add_common_training)
     add_bench_command(sub)
+    from .prototypes.cli import add_prototypes_command
+
+    add_prototypes_command(sub)
     from .bioimageio_package import add_export_command
     from .device import add_doctor_command
 
@@ -216,7 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .bench import cmd_bench
     from .segment.cli import SEGMENT_COMMANDS
 
-    handler = {**COMMANDS, **SEGMENT_COMMANDS, "bench": cmd_bench, "export": cmd_export, "doctor": cmd_doctor}[args.command]
+    from .prototypes.cli import PROTOTYPE_COMMANDS
+
+    handler = {**COMMANDS, **SEGMENT_COMMANDS, **PROTOTYPE_COMMANDS, "bench": cmd_bench, "export": cmd_export, "doctor": cmd_doctor}[args.command]
     try:
         return handler(args)
     except TowerError as exc:

@@ -172,6 +172,37 @@ class PredictConfig:
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
 
 
+@dataclass
+class PrototypeConfig:
+    """Prototype dictionary for a label-free start: cluster pretrained pixel embeddings, name clusters, pseudo-label."""
+
+    k: int = 8
+    seed: int = 0
+    device: str = "auto"
+    # Encoder levels whose features describe a pixel (0 = full resolution); empty: the finest three (0, 1, 2).
+    levels: tuple[int, ...] = ()
+    # Weight of the normalised intensity next to the unit-norm encoder features (0 leaves it out).
+    intensity_weight: float = 0.5
+    samples: int = 100_000  # pixels drawn (seeded) to fit the prototypes; bounds the clustering cost
+    iterations: int = 50
+    restarts: int = 3
+    # Share of each plane's assigned pixels, the least certain, left unannotated (0) in pseudo-labels.
+    ignore: float = 0.2
+    tile: int = 512
+    overlap: int = 64
+
+    def validate(self) -> None:
+        _check(2 <= self.k <= 64, f"K = {self.k} prototypes is invalid: use 2..64")
+        _check(all(0 <= lv <= 6 for lv in self.levels), f"encoder levels {self.levels} are invalid: use 0..depth")
+        _check(self.intensity_weight >= 0, "intensity_weight must be >= 0")
+        _check(self.samples >= 10 * self.k, f"samples must be at least 10 x K = {10 * self.k}")
+        _check(self.iterations >= 1 and self.restarts >= 1, "iterations and restarts must be >= 1")
+        _check(0 <= self.ignore < 1, f"ignore {self.ignore} is invalid: use a share in [0, 1), e.g. 0.2")
+        _check(self.tile >= 32 and self.tile % 16 == 0, f"tile {self.tile} is invalid: use a multiple of 16, >= 32")
+        _check(0 <= self.overlap <= self.tile // 2, f"overlap {self.overlap} is invalid: use 0..{self.tile // 2}")
+        _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain dict of a config (tuples become lists) for checkpoints and JSON."""
     return dataclasses.asdict(cfg)
@@ -187,7 +218,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         sub = {"data": DataConfig, "model": ModelConfig, "accel": AcceleratorConfig}.get(f.name)
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value)
-        elif f.name == "tasks" and isinstance(value, list):
+        elif f.name in ("tasks", "levels") and isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
     return cls(**kwargs)

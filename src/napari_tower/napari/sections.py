@@ -178,7 +178,7 @@ class ProgressPanel(QWidget):
         self.last = None
         self.bar.setRange(0, 0)  # busy until the first record
         self.text.setText(f"{title}: starting...")
-        if title not in ("predict", "preview", "export"):  # keep the last training curve on screen
+        if title not in ("predict", "preview", "prototypes", "pseudo-labels", "export"):  # keep the last training curve
             self.plot.reset(title)
 
     def render(self, p: Progress) -> None:

@@ -26,6 +26,7 @@ from ..config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig
 from ..errors import TowerError
 from . import settings as remembered
 from .layers import current_plane, image_from_layer, label_shape, labels_to_planes
+from .prototypes_section import PrototypeSection
 from .sections import (
     OWNED,
     SCOPES,
@@ -64,6 +65,7 @@ class TowerWidget(QWidget):
         self.data = DataSection(self.viewer)
         self.train = PretrainSection()
         self.preview = PreviewSection()
+        self.prototypes = PrototypeSection(self)
         self.segment = SegmentSection(self.viewer)
         self.correct = CorrectSection(self.viewer)
         self.models = ModelSection()
@@ -73,7 +75,7 @@ class TowerWidget(QWidget):
 
         self.content = inner = QWidget()
         column = QVBoxLayout(inner)
-        for section in (self.data, self.train, self.preview, self.segment, self.correct, self.models):
+        for section in (self.data, self.train, self.preview, self.prototypes, self.segment, self.correct, self.models):
             column.addWidget(section)
         column.addWidget(self.status)
         column.addStretch(1)
@@ -96,7 +98,8 @@ class TowerWidget(QWidget):
         self.models.load_button.clicked.connect(self._load_clicked)
         self.models.export_button.clicked.connect(self._export_clicked)
         self.job_buttons = [self.train.pretrain_button, self.preview.button, self.segment.finetune_button,
-                            self.segment.predict_button, self.correct.button, self.models.load_button, self.models.export_button]
+                            self.segment.predict_button, self.correct.button, self.models.load_button, self.models.export_button,
+                            self.prototypes.find_button]
 
         self._save_timer = QTimer(self)
         self._save_timer.setSingleShot(True)
@@ -137,7 +140,8 @@ class TowerWidget(QWidget):
         return {"method": t.method, "steps": t.steps, "patch": t.patch, "batch": t.batch, "base": t.base,
                 "device": t.device, "preview_seed": self.preview.seed, "finetune_steps": s.steps,
                 "sparse": s.sparse, "scope": s.scope, "instances": s.instances, "probabilities": s.probabilities,
-                "retrain_steps": c.steps, "edit_weight": c.edit_weight}
+                "retrain_steps": c.steps, "edit_weight": c.edit_weight,
+                "prototype_k": self.prototypes.k, "prototype_ignore": self.prototypes.ignore}
 
     def settings(self) -> dict[str, Any]:
         out: dict[str, Any] = {"last_dir": self.last_dir}

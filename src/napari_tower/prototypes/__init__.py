@@ -1,0 +1,21 @@
+"""Label-free start: a prototype dictionary over pretrained pixel embeddings, turned into pseudo-labels."""
+
+from .dictionary import (
+    Assignment,
+    PrototypeResult,
+    Prototypes,
+    class_margin,
+    find_prototypes,
+    majority_mapping,
+    parse_mapping,
+    pseudo_labels,
+)
+from .features import PixelEmbedder
+from .gallery import GalleryCrop, gallery_crops, gallery_mosaic, prototype_colours, tinted
+from .kmeans import kmeans
+
+__all__ = [
+    "Assignment", "GalleryCrop", "PixelEmbedder", "PrototypeResult", "Prototypes", "class_margin", "find_prototypes",
+    "gallery_crops", "gallery_mosaic", "kmeans", "majority_mapping", "parse_mapping", "prototype_colours",
+    "pseudo_labels", "tinted",
+]
