@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="warm-start the network from this checkpoint")
     p.add_argument("--checkpoint-every", type=int, default=PretrainConfig.checkpoint_every)
     _add_common_training(p, PretrainConfig.steps, PretrainConfig.batch)
+    p.set_defaults(steps=None)  # None: the default, or with --resume the interrupted run's own step count
 
     p = sub.add_parser("preview", help="write each proxy task's corruption of an image")
     p.add_argument("image")
@@ -141,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pretrain_steps(args: argparse.Namespace) -> int:
+    """--steps, else the default; when resuming, 0 keeps the interrupted run's total (and so its schedule)."""
+    if args.steps is not None:
+        return args.steps
+    return 0 if args.resume else PretrainConfig.steps
+
+
 def training_precision(args: argparse.Namespace) -> dict:
     """PretrainConfig/FinetuneConfig keyword arguments for --precision and --compile."""
     from .config import AcceleratorConfig
@@ -154,7 +163,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .train import pretrain
 
     cfg = PretrainConfig(
-        method=args.method, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, device=args.device,
+        method=args.method, steps=_pretrain_steps(args), batch=args.batch, lr=args.lr, seed=args.seed, device=args.device,
         tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()), checkpoint_every=args.checkpoint_every,
         data=DataConfig(patch=args.patch, structure_prior=not args.no_prior),
         model=ModelConfig(base=args.base, depth=args.depth), **training_precision(args),
@@ -174,7 +183,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         if result.rank != 0:
             return EXIT_INTERRUPTED if result.last.stopped else 0
     if result.last.stopped:
-        print(f"interrupted at step {result.last.step}; resume with: napari-tower pretrain ... --resume {out}", file=sys.stderr)
+        again = " ".join(shlex.quote(str(a)) for a in [*args.images, "--out", out, "--resume", out])
+        print(f"interrupted at step {result.last.step}; checkpoint kept in {out}; "
+              f"continue with: napari-tower pretrain {again}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not args.quiet:
         print(f"wrote {out}", file=sys.stderr)
@@ -227,9 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TowerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except MemoryError:
-        print("error: out of memory: use a smaller --batch, --patch or --tile", file=sys.stderr)
-        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -237,7 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         name = type(exc).__name__
-        if "OutOfMemory" in name or "out of memory" in str(exc):
+        from .segment.retry import is_out_of_memory
+
+        if is_out_of_memory(exc):
             print("error: the device ran out of memory: use a smaller --batch, --patch or --tile", file=sys.stderr)
             return EXIT_USER_ERROR
         print(f"error: unexpected {name}: {exc} (rerun with --debug for the traceback and report it)", file=sys.stderr)

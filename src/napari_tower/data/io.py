@@ -7,11 +7,13 @@ independent 2D samples for training, so both fold into one `planes` axis.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -200,6 +202,18 @@ def _read_zarr(path: Path, level: int = 0) -> tuple[Any, str | None]:
     raise TowerError(f"{path} is a zarr group with no array: point to the array inside it")
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silence a library's log messages for a moment (errors still reach the user as a TowerError)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 10)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _read_raw(path: Path, level: int = 0) -> tuple[Any, str | None]:
     """The array in a file and the axes the file declares (TIFF, OME-Zarr), without reordering or loading."""
     if not path.exists():
@@ -210,7 +224,8 @@ def _read_raw(path: Path, level: int = 0) -> tuple[Any, str | None]:
     file_axes: str | None = None
     try:
         if suffix in (".tif", ".tiff"):
-            data, file_axes = _read_tiff(path, level)
+            with _quiet_logger("tifffile"):  # it logs each damaged page; the one error below is enough
+                data, file_axes = _read_tiff(path, level)
         elif suffix == ".npy":
             data = np.load(path, allow_pickle=False, mmap_mode="r")
         elif suffix == ".zarr":
@@ -221,6 +236,9 @@ def _read_raw(path: Path, level: int = 0) -> tuple[Any, str | None]:
             data = iio.imread(path)
     except TowerError:
         raise
+    except PermissionError as exc:
+        raise TowerError(f"{path} cannot be read ({exc.strerror}): check the file's permissions (chmod +r) "
+                         "or copy it to a folder you can read") from None
     except (OSError, ValueError, KeyError, IndexError, EOFError, RuntimeError) as exc:
         raise TowerError(
             f"{path} could not be read ({type(exc).__name__}: {str(exc)[:120]}): the file may be truncated or not an image"
@@ -291,18 +309,10 @@ def expand_inputs(items: Sequence[str]) -> list[Path]:
 
 
 def write_tiff(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a TIFF atomically (temp file + rename), so a crash never leaves half a file."""
+    """Write a TIFF atomically (`atomic.atomic_write`), so a crash or a full disk never leaves half a file."""
     import tifffile
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(tmp, np.asarray(array), compression="zlib")
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise TowerError(f"could not write {path} ({exc.strerror or exc}): check the folder is writable and the disk has space") from None
+    from ..atomic import atomic_write
+
+    with atomic_write(path) as fh:
+        tifffile.imwrite(fh, np.asarray(array), compression="zlib")

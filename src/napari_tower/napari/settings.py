@@ -41,13 +41,11 @@ def load_settings() -> dict[str, Any]:
 
 def save_settings(values: dict[str, Any]) -> bool:
     """Write `values` atomically; returns False (and keeps the old file) when the folder is not writable."""
-    path = settings_path()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from ..atomic import atomic_write_bytes
+    from ..errors import TowerError
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(values, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+        atomic_write_bytes(settings_path(), json.dumps(values, indent=1, sort_keys=True).encode("utf-8"), "settings")
+    except TowerError:
         return False
     return True

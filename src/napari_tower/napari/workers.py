@@ -59,7 +59,9 @@ def user_message(exc: BaseException) -> str:
     """One line for the user, never a traceback (which goes to the log)."""
     if isinstance(exc, TowerError):
         return str(exc)
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    from ..segment.retry import is_out_of_memory
+
+    if is_out_of_memory(exc):
         return "out of memory: use a smaller batch, patch or model size"
     log.exception("napari-tower job failed", exc_info=exc)
     return f"unexpected {type(exc).__name__}: {exc} (please report it)"

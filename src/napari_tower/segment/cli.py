@@ -80,6 +80,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if not args.quiet:
         best = f" (best validation Dice {result.best_val_dice:.3f})" if result.best_val_dice is not None else ""
+        print(f"interrupted at step {result.last.step}; the model so far is in {args.out} "
+              f"(continue training it with --init {args.out})", file=sys.stderr)
         print(f"wrote {args.out}{best}", file=sys.stderr)
     return 0
 

@@ -92,6 +92,10 @@ def finetune(
     if len(channels) > 1:
         raise TowerError(f"images have different channel counts {sorted(channels)}: use images with the same channels")
     cfg.model.in_channels = channels.pop()
+    for im in images:
+        if min(im.shape[2:]) < 16:
+            raise TowerError(f"{im.source} is only {im.shape[2]} x {im.shape[3]} px: fine-tuning needs images of at "
+                             "least 16 x 16 px (the U-Net halves them four times); use larger images or crops")
 
     ckpt: dict[str, Any] | None = None
     if init is not None:
@@ -108,6 +112,11 @@ def finetune(
             )
     elif ckpt is not None:
         pm = ckpt["config"]["model"]
+        if pm["in_channels"] != cfg.model.in_channels:
+            raise TowerError(
+                f"the pretrained model was trained on {pm['in_channels']}-channel images but these have "
+                f"{cfg.model.in_channels}: pretrain on images like these, or convert them to match"
+            )
         cfg.model.base, cfg.model.depth = pm["base"], pm["depth"]
     cfg.validate()
     targets = [encode_targets(lab, kind) for lab in labels]

@@ -14,7 +14,7 @@ from ..errors import TowerError
 from ..train.engine import resolve_device
 from .instances import instances_from_probabilities
 from .model import Segmenter, segmenter_from_checkpoint
-from .tiling import predict_tiled
+from .retry import predict_tiled_within_memory
 
 
 @dataclass
@@ -76,8 +76,8 @@ class Predictor:
                 return norm.apply(np.asarray(plane[key]), channel_axis=0)
 
         cfg = self.cfg
-        return predict_tiled(_Normalised(), self._forward, self.classes, tile=cfg.tile, overlap=cfg.overlap,
-                             batch=cfg.batch, out=out)
+        # Out of memory: retried with fewer, then smaller tiles; what fits is kept in cfg for the next plane.
+        return predict_tiled_within_memory(_Normalised(), self._forward, self.classes, cfg, out=out)
 
     def labels_from(self, probs: np.ndarray) -> np.ndarray:
         """Labels of one plane: instance ids, or class ids (0 = background)."""
