@@ -25,6 +25,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QL
 from ..config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig
 from ..errors import TowerError
 from . import settings as remembered
+from .autosave import Autosave
 from .layers import current_plane, image_from_layer, label_shape, labels_to_planes
 from .prototypes_section import PrototypeSection
 from .sections import (
@@ -73,8 +74,11 @@ class TowerWidget(QWidget):
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
 
+        self.autosave = Autosave(self)  # edited labels and models survive a crash; offers an earlier session's
+
         self.content = inner = QWidget()
         column = QVBoxLayout(inner)
+        column.addWidget(self.autosave.bar)
         for section in (self.data, self.train, self.preview, self.prototypes, self.segment, self.correct, self.models):
             column.addWidget(section)
         column.addWidget(self.status)
@@ -219,7 +223,17 @@ class TowerWidget(QWidget):
         self.train.progress.start(name)
         self.show_info(f"{name} running...")
 
+        stop = self.stop_event
+        # napari never closes dock widgets when its window closes, it deletes them: stop the job then.
+        self.destroyed.connect(stop.set)
+
+        def render(p: Any) -> None:
+            if not _deleted(self):
+                self.train.progress.render(p)
+
         def done(outcome: Outcome) -> None:
+            if _deleted(self):  # napari was closed while the job ran: nothing left to show it in
+                return
             self.worker = None
             for b in self.job_buttons:
                 b.setEnabled(True)
@@ -238,7 +252,7 @@ class TowerWidget(QWidget):
             except TowerError as exc:
                 self.show_error(str(exc))
 
-        self.worker = start_worker(fn, self.stop_event, self.train.progress.render, done)
+        self.worker = start_worker(fn, stop, render, done)
 
     def stop(self) -> None:
         """Ask the running job to stop at its next step (training keeps a checkpoint)."""
@@ -531,6 +545,8 @@ class TowerWidget(QWidget):
         cfg.val_fraction, cfg.edit_weight = 0.0, edit_weight
         pcfg = self._predict_config()
 
+        self.autosave.save_now()  # the corrections, before anything else can happen to them
+
         def job(callback, should_stop):
             result = finetune([subset], [labels], cfg, init=ckpt, weights=[weights], callback=callback,
                               should_stop=should_stop)
@@ -545,9 +561,11 @@ class TowerWidget(QWidget):
             self.session.segmenter = result.checkpoint
             self._update_models()
             if prediction is None:
+                self.autosave.save_now()
                 self.show_info("Retraining stopped; the model so far is kept. Retrain again or Predict.")
                 return
             out = self._write_prediction(record.image, prediction, planes, target, into=layer, expected=current)
+            self.autosave.save_now()  # the retrained model and its new prediction
             if out is not None:
                 self.show_info(f"Retrained on {n_changed} corrected pixel(s) and predicted again into '{out.name}'.")
 
@@ -644,7 +662,17 @@ class TowerWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
         self.stop_event.set()
         self.save_settings()
+        self.autosave.flush()
         super().closeEvent(event)
+
+
+def _deleted(widget: QWidget) -> bool:
+    """Whether Qt has already deleted the widget behind this Python object (any Qt binding)."""
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return True
+    return False
 
 
 def retrain_targets(labels: np.ndarray, target: str) -> np.ndarray:
