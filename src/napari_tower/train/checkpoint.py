@@ -37,9 +37,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     payload = {"format": FORMAT, "version": VERSION, **payload}
     # Serialised in memory first: torch's writer turns a failed file write (disk full) into an opaque
     # RuntimeError, while a plain write of the bytes reports the real reason.
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
     with atomic_write(path, "checkpoint") as fh:
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
         fh.write(buffer.getbuffer())
     return path
 
