@@ -134,3 +134,49 @@ def test_cli_finetune_predict_evaluate(tmp_path):
     tifffile.imwrite(tmp_path / "small.tif", np.ones((10, 10), np.uint16))
     r = run("evaluate", "--pred", tmp_path / "pred" / "img0.tif", "--truth", tmp_path / "small.tif")
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "shape" in r.stderr
+
+
+def _segmenter_checkpoint_with_trained_statistics():
+    """An untrained segmenter whose BatchNorm layers hold non-trivial statistics, as after training."""
+    from napari_tower.segment.model import Segmenter
+
+    torch.manual_seed(0)
+    model = Segmenter(1, 3, base=8, depth=3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval(), {
+        "kind": "segmenter", "state": model.state_dict(), "target": "instance", "classes": 3,
+        "config": {"model": {"in_channels": 1, "base": 8, "depth": 3}}}
+
+
+def test_inference_model_folds_batchnorm_without_changing_outputs():
+    from napari_tower.segment.model import inference_segmenter
+
+    model, ckpt = _segmenter_checkpoint_with_trained_statistics()
+    fast = inference_segmenter(ckpt, torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), model(x),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_prediction_matches_float32():
+    from napari_tower.data.normalise import Normalisation
+    from napari_tower.segment.predict import resolve_precision
+
+    _, ckpt = _segmenter_checkpoint_with_trained_statistics()
+    ckpt["config"]["data"] = {"low_percentile": 1.0, "high_percentile": 99.8}
+    image, _ = synthetic_nuclei((96, 160), 10, seed=3)
+    ckpt["normalisation"] = Normalisation(low=[float(image.min())], high=[float(image.max())]).to_dict()
+    runs = {p: Predictor(ckpt, PredictConfig(tile=64, overlap=16, precision=p)) for p in ("float32", "bfloat16")}
+    assert runs["float32"].dtype == torch.float32 and runs["bfloat16"].dtype == torch.bfloat16
+    probs = {p: r.predict(from_array(image)).probabilities for p, r in runs.items()}
+    assert np.abs(probs["float32"] - probs["bfloat16"]).max() < 0.05
+    assert resolve_precision("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+    with pytest.raises(TowerError, match="precision"):
+        PredictConfig(precision="float8").validate()

@@ -34,6 +34,9 @@ def add_segment_commands(sub: Any, add_common: Callable[[argparse.ArgumentParser
     p.add_argument("--instances", action="store_true", help="instance labels (watershed) instead of classes")
     p.add_argument("--tile", type=int, default=PredictConfig.tile)
     p.add_argument("--overlap", type=int, default=PredictConfig.overlap)
+    p.add_argument("--batch", type=int, default=PredictConfig.batch, help="tiles per forward pass")
+    p.add_argument("--precision", default=PredictConfig.precision, choices=["auto", "float32", "bfloat16"],
+                   help="compute precision (auto: bfloat16 where the device computes it natively)")
     p.add_argument("--min-size", type=int, default=PredictConfig.min_size)
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities (<name>_prob.tif)")
     p.add_argument("--zarr", action="store_true",
@@ -77,11 +80,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     with stopper as should_stop:
         result = finetune(images, labels, cfg, args.out, args.init, None, ProgressBar(args.quiet), should_stop, transfer)
     if result.last.stopped:
+        print(f"interrupted at step {result.last.step}; the model so far is in {args.out} "
+              f"(continue training it with --init {args.out})", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not args.quiet:
         best = f" (best validation Dice {result.best_val_dice:.3f})" if result.best_val_dice is not None else ""
-        print(f"interrupted at step {result.last.step}; the model so far is in {args.out} "
-              f"(continue training it with --init {args.out})", file=sys.stderr)
         print(f"wrote {args.out}{best}", file=sys.stderr)
     return 0
 
@@ -92,8 +95,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import Predictor
 
     ckpt = load_checkpoint(args.model)
-    cfg = PredictConfig(tile=args.tile, overlap=args.overlap, device=args.device, instances=args.instances,
-                        min_size=args.min_size)
+    cfg = PredictConfig(tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device,
+                        instances=args.instances, min_size=args.min_size, precision=args.precision)
     predictor = Predictor(ckpt, cfg)
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -13,7 +13,7 @@ from ..data import Image, Normalisation, compute_normalisation
 from ..errors import TowerError
 from ..train.engine import resolve_device
 from .instances import instances_from_probabilities
-from .model import Segmenter, segmenter_from_checkpoint
+from .model import Segmenter, inference_segmenter
 from .retry import predict_tiled_within_memory
 
 
@@ -23,6 +23,22 @@ class Prediction:
 
     probabilities: Any
     labels: Any
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype for `precision` on `device` ("auto": bfloat16 only where it is native and fast)."""
+    if precision == "float32":
+        return torch.float32
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu":
+        # Without AVX512-BF16/AMX, oneDNN emulates bfloat16 and is slower than float32.
+        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+            getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return torch.bfloat16 if native else torch.float32
+    return torch.float32
 
 
 class Predictor:
@@ -36,7 +52,8 @@ class Predictor:
         self.cfg = cfg or PredictConfig()
         self.cfg.validate()
         self.device = resolve_device(self.cfg.device)
-        self.model: Segmenter = segmenter_from_checkpoint(ckpt).to(self.device)
+        self.model: Segmenter = inference_segmenter(ckpt, self.device)
+        self.dtype = resolve_precision(self.cfg.precision, self.device)
         self.target = str(ckpt["target"])
         self.classes = int(ckpt["classes"])
         self.in_channels = int(ckpt["config"]["model"]["in_channels"])
@@ -44,11 +61,10 @@ class Predictor:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            x = x.to(self.device, non_blocking=True)
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    return self.model(x).float().softmax(1).cpu()
-            return self.model(x).softmax(1).cpu()
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                logits = self.model(x)
+            return logits.float().softmax(1).contiguous().cpu()
 
     def normalisation_for(self, image: Image) -> Normalisation:
         if self.cfg.normalise == "model":
@@ -99,12 +115,13 @@ class Predictor:
         norm = self.normalisation_for(image)
         p, _, h, w = image.shape
         planes = list(range(p)) if planes is None else planes
-        probs = np.zeros((len(planes), self.classes, h, w), np.float32)
-        labels = np.zeros((len(planes), h, w), np.int32)
+        # Every pixel is written by the tiling, so no zero-fill; planes are predicted in place (no copy).
+        probs = np.empty((len(planes), self.classes, h, w), np.float32)
+        labels = np.empty((len(planes), h, w), np.int32)
         for k, pi in enumerate(planes):
             if should_stop is not None and should_stop():
                 raise TowerError("prediction stopped")
-            probs[k] = self.probabilities(image.data[pi], norm)
+            self.probabilities(image.data[pi], norm, out=probs[k])
             labels[k] = self.labels_from(probs[k])
             if progress is not None:
                 progress(k + 1, len(planes))
