@@ -395,7 +395,7 @@ def test_layers_menu_and_sample_data(make_napari_viewer):
     assert [l.name for l in viewer.layers] == ["nuclei (DSB 2018)", "nuclei ground truth"]
 
 
-def _round_trip(viewer, widget, qtbot, errors, image_layer, labels_layer, truth, shots: str = "") -> float:
+def _round_trip(viewer, widget, qtbot, errors, image_layer, labels_layer, truth, shot: str = "") -> float:
     """Fine-tune (setup), predict the current slice, paint a correction, then time Retrain -> new prediction."""
     widget.segment.image.set_layer(image_layer)
     widget.segment.labels.set_layer(labels_layer)
@@ -408,8 +408,8 @@ def _round_trip(viewer, widget, qtbot, errors, image_layer, labels_layer, truth,
     assert not errors, errors
     out = viewer.layers[f"{image_layer.name} tower labels"]
     assert out.data.shape == labels_layer.data.shape
-    if shots:
-        snap(viewer, widget, f"{shots}-predict")
+    if shot:
+        snap(viewer, widget, shot)
     plane = 0 if out.data.ndim == 2 else int(viewer.dims.current_step[0])
     window = (slice(128, 384), slice(128, 384))
     old_agreement = agreement(out.data, truth, plane, window)
@@ -464,7 +464,7 @@ def test_isbi_stack_dropped_in(isbi_volume, isbi_labels, make_napari_viewer, qtb
     snap(viewer, widget, "isbi-preview")
     for layer in [l for l in viewer.layers if l.name.startswith("tower preview: ")]:
         viewer.layers.remove(layer)
-    took = _round_trip(viewer, widget, qtbot, errors, image_layer, labels_layer, truth[20], shots="isbi")
+    took = _round_trip(viewer, widget, qtbot, errors, image_layer, labels_layer, truth[20], shot="isbi-predict")
     print(f"correct-and-retrain round trip on an ISBI 512 x 512 slice: {took:.1f} s")
     snap(viewer, widget, "isbi-retrain")
     assert took < 30
