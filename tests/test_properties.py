@@ -29,6 +29,7 @@ def raw_image(shape: tuple[int, ...], dtype: type, seed: int, spread: float) -> 
         span = max(1, int((int(info.max) - int(info.min)) * min(spread, 1.0)))
         low = int(info.min) + int(rng.integers(0, int(info.max) - int(info.min) - span + 1))
         return rng.integers(low, low + span, size=shape, endpoint=True).astype(dtype)
+    spread = min(spread, float(np.finfo(dtype).max) / 100)  # finite: NaN/Inf images are refused elsewhere
     return (rng.normal(size=shape) * spread).astype(dtype)
 
 
