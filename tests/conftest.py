@@ -29,6 +29,32 @@ def blobs(shape=(128, 128), n=12, seed=0, radius=(5, 11)) -> tuple[np.ndarray, n
     return (image * 1000).astype(np.uint16), labels
 
 
+@pytest.fixture(autouse=True)
+def _config_dir(tmp_path, monkeypatch):
+    """Remembered settings and autosaves go to a temporary folder, never the user's."""
+    monkeypatch.setenv("NAPARI_TOWER_CONFIG_DIR", str(tmp_path / "config"))
+
+
+def _capture_notifications(monkeypatch, kind: str) -> list[str]:
+    import napari.utils.notifications as notifications
+
+    shown: list[str] = []
+    monkeypatch.setattr(notifications, f"show_{kind}", shown.append)
+    return shown
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Messages the widget shows as error notifications."""
+    return _capture_notifications(monkeypatch, "error")
+
+
+@pytest.fixture
+def warnings_shown(monkeypatch):
+    """Messages the widget shows as warning notifications."""
+    return _capture_notifications(monkeypatch, "warning")
+
+
 @pytest.fixture
 def blob_image():
     return blobs()

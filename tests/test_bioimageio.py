@@ -205,14 +205,13 @@ def test_bad_exports_and_foreign_packages_get_clear_messages(model_file, tmp_pat
 
 
 @pytest.mark.gui
-def test_widget_exports_a_package_and_loads_it_back(model_file, make_napari_viewer, qtbot, tmp_path, monkeypatch):
+def test_widget_exports_a_package_and_loads_it_back(model_file, make_napari_viewer, qtbot, tmp_path):
     pytest.importorskip("napari")
     pytest.importorskip("pytestqt")
     from napari_tower.device import device_report
 
     from .test_widget import open_widget, wait_idle
 
-    monkeypatch.setenv("NAPARI_TOWER_CONFIG_DIR", str(tmp_path / "config"))
     viewer, widget = open_widget(make_napari_viewer)
     assert widget.models.doctor.text() == device_report().text()  # the device doctor
     assert widget.load_model(model_file) == "segmenter"

@@ -19,12 +19,7 @@ def test_headless_demo_runs_the_whole_chain(tmp_path, capsys):
     assert line.startswith("demo: Dice ") and str(tmp_path) in line
 
 
-@pytest.fixture
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_TOWER_CONFIG_DIR", str(tmp_path / "config"))
-
-
-def test_demo_opens_napari_with_the_sample_and_the_widget(make_napari_viewer, monkeypatch, _config_dir):
+def test_demo_opens_napari_with_the_sample_and_the_widget(make_napari_viewer, monkeypatch):
     napari = pytest.importorskip("napari")
     pytest.importorskip("pytestqt")
     from napari_tower import demo

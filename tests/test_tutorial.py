@@ -18,7 +18,7 @@ import tifffile
 
 from napari_tower.demo import demo_stack
 
-from .test_widget import _config_dir, agreement, configure, correct_region, errors, open_widget, snap, wait_idle  # noqa: F401
+from .test_widget import agreement, configure, correct_region, open_widget, snap, wait_idle
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")

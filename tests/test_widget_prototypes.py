@@ -11,11 +11,11 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from .test_widget import TINY, _config_dir, configure, errors, open_widget, snap, wait_idle  # noqa: E402,F401
+from .test_widget import TINY, configure, open_widget, snap, wait_idle  # noqa: E402
 
 
 @pytest.mark.gui
-def test_prototypes_to_pseudo_labels_to_finetune(make_napari_viewer, qtbot, errors):  # noqa: F811
+def test_prototypes_to_pseudo_labels_to_finetune(make_napari_viewer, qtbot, errors):
     from qtpy.QtWidgets import QLabel
 
     from napari_tower.napari.sections import owned

@@ -31,30 +31,6 @@ pytestmark = pytest.mark.gui
 WIDGET = "TOWER segmentation"
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    """Settings and autosaves go to a temporary folder, never the user's."""
-    monkeypatch.setenv("NAPARI_TOWER_CONFIG_DIR", str(tmp_path / "config"))
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    import napari.utils.notifications as notifications
-
-    shown: list[str] = []
-    monkeypatch.setattr(notifications, "show_error", shown.append)
-    return shown
-
-
-@pytest.fixture
-def warnings_shown(monkeypatch):
-    import napari.utils.notifications as notifications
-
-    shown: list[str] = []
-    monkeypatch.setattr(notifications, "show_warning", shown.append)
-    return shown
-
-
 def open_widget(make_napari_viewer):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-tower", WIDGET)
