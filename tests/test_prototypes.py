@@ -20,6 +20,7 @@ from napari_tower.prototypes import (
     gallery_mosaic,
     kmeans,
     majority_mapping,
+    most_typical_image,
     parse_mapping,
     pseudo_labels,
 )
@@ -200,6 +201,15 @@ def test_majority_mapping_and_parsing():
                          ("1=bg,1=fg", "named twice"), ("1=none", "names no prototype")):
         with pytest.raises(TowerError, match=message):
             parse_mapping(bad, k=4)
+
+
+def test_most_typical_image_has_the_usual_mix_of_prototypes():
+    def image(counts):  # a 1 x N plane holding prototype i counts[i] times
+        nearest = np.repeat(np.arange(len(counts), dtype=np.uint8), counts)[None, None, None]
+        return Assignment(nearest, np.zeros((1, 0, 1, nearest.shape[-1]), np.float16), k=len(counts))
+
+    images = [image([9, 1, 0]), image([5, 3, 2]), image([1, 5, 4]), image([6, 2, 2])]
+    assert most_typical_image(images) == 1  # mean mix (.525, .275, .2): image 1 (.5, .3, .2) is nearest
 
 
 def test_config_checks():

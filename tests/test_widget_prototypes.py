@@ -71,7 +71,7 @@ def test_prototypes_to_pseudo_labels_to_finetune(make_napari_viewer, qtbot, erro
     assert widget.session.segmenter is not None and widget.session.segmenter["target"] == "sparse"
 
     edited = values.copy()
-    edited[:8, :8] = 1
+    edited[:8, :8] = np.where(values[:8, :8] == 1, 2, 1)  # a real change, whatever was there
     pseudo.data = edited  # the user fixes some pseudo-labels by hand
     section.make_button.click()
     wait_idle(qtbot, widget, 30)

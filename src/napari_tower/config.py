@@ -185,10 +185,10 @@ class PredictConfig:
 class PrototypeConfig:
     """Prototype dictionary for a label-free start: cluster pretrained pixel embeddings, name clusters, pseudo-label."""
 
-    k: int = 8
+    k: int = 16
     seed: int = 0
     device: str = "auto"
-    # Encoder levels whose features describe a pixel (0 = full resolution); empty: the finest three (0, 1, 2).
+    # Encoder levels whose features describe a pixel (0 = full resolution); empty: the finest four (0, 1, 2, 3).
     levels: tuple[int, ...] = ()
     # Weight of the normalised intensity next to the unit-norm encoder features (0 leaves it out).
     intensity_weight: float = 0.5

@@ -7,6 +7,7 @@ from .dictionary import (
     class_margin,
     find_prototypes,
     majority_mapping,
+    most_typical_image,
     parse_mapping,
     pseudo_labels,
 )
@@ -16,6 +17,6 @@ from .kmeans import kmeans
 
 __all__ = [
     "Assignment", "GalleryCrop", "PixelEmbedder", "PrototypeResult", "Prototypes", "class_margin", "find_prototypes",
-    "gallery_crops", "gallery_mosaic", "kmeans", "majority_mapping", "parse_mapping", "prototype_colours",
-    "pseudo_labels", "tinted",
+    "gallery_crops", "gallery_mosaic", "kmeans", "majority_mapping", "most_typical_image", "parse_mapping",
+    "prototype_colours", "pseudo_labels", "tinted",
 ]

@@ -32,7 +32,7 @@ def add_prototypes_command(sub: Any) -> None:
     p.add_argument("--ignore", type=float, default=PrototypeConfig.ignore,
                    help="share of each class's least certain pixels left unannotated (default 0.2)")
     p.add_argument("--prototypes", help="reuse prototypes.npz from an earlier run instead of clustering again")
-    p.add_argument("--levels", help="encoder levels to describe pixels with (default 0,1,2: the finest three)")
+    p.add_argument("--levels", help="encoder levels to describe pixels with (default 0,1,2,3: the finest four)")
     p.add_argument("--intensity-weight", type=float, default=PrototypeConfig.intensity_weight,
                    help=f"weight of the normalised intensity in a pixel's description (default {PrototypeConfig.intensity_weight})")
     p.add_argument("--samples", type=int, default=PrototypeConfig.samples, help="pixels drawn to fit the prototypes")
@@ -89,7 +89,7 @@ def write_gallery(path: Path, crops: list, shares: Sequence[float]) -> None:
 def cmd_prototypes(args: argparse.Namespace) -> int:
     from ..data import expand_inputs, read_image, write_tiff
     from ..train.checkpoint import load_checkpoint
-    from . import Prototypes, find_prototypes, gallery_crops, parse_mapping, pseudo_labels
+    from . import Prototypes, find_prototypes, gallery_crops, most_typical_image, parse_mapping, pseudo_labels
     from ..cli import ProgressBar
 
     cfg = PrototypeConfig(k=args.k, seed=args.seed, device=args.device, levels=_levels(args.levels),
@@ -111,7 +111,9 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
     result = find_prototypes(images, ckpt, cfg, ProgressBar(args.quiet), prototypes=reuse)
     protos = result.prototypes
     written: dict[str, Any] = {"k": protos.k, "shares": [round(float(s), 4) for s in protos.shares],
-                               "config": to_dict(protos.config), "levels": list(protos.levels), "images": []}
+                               "config": to_dict(protos.config), "levels": list(protos.levels),
+                               # the image whose prototype mix is the most usual: the best one to name prototypes on
+                               "most_typical_image": str(paths[most_typical_image(result.assignments)]), "images": []}
     protos.save(out / "prototypes.npz")
     for path, image, a in zip(paths, images, result.assignments):
         squeeze: Callable[[np.ndarray], np.ndarray] = (lambda x: x[0]) if image.shape[0] == 1 else (lambda x: x)
