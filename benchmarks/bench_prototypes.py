@@ -32,12 +32,8 @@ from napari_tower.bench import load_dataset
 from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig, PretrainConfig, PrototypeConfig
 from napari_tower.prototypes import find_prototypes, majority_mapping, most_typical_image, pseudo_labels
 from napari_tower.segment import Predictor, evaluate, finetune
+from napari_tower.segment.metrics import dice
 from napari_tower.train import load_checkpoint, pretrain, save_checkpoint
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = pred.sum() + truth.sum()
-    return 1.0 if total == 0 else float(2 * (pred & truth).sum() / total)
 
 
 def _otsu_dice(images, truths) -> float:
@@ -46,7 +42,7 @@ def _otsu_dice(images, truths) -> float:
     scores = []
     for im, t in zip(images, truths):
         plane = np.asarray(im.data[0]).mean(0)
-        scores.append(_dice(plane > threshold_otsu(plane), t > 0))
+        scores.append(dice(plane > threshold_otsu(plane), t > 0))
     return float(np.mean(scores))
 
 
@@ -117,12 +113,12 @@ def main() -> None:
     for i in others:
         truth = ds.train_labels[i][0] > 0
         full = pseudo_labels(result.assignments[i], mapping, 0.0)[0]
-        dense.append(_dice(full >= 2, truth))
+        dense.append(dice(full >= 2, truth))
         banded = pseudo_labels(result.assignments[i], mapping, cfg.ignore)
         known = banded[0] > 0
-        annotated.append(_dice((banded[0] >= 2)[known], truth[known]))
+        annotated.append(dice((banded[0] >= 2)[known], truth[known]))
         coverage.append(float(known.mean()))
-        with_band.append(_dice(banded[0] >= 2, truth))
+        with_band.append(dice(banded[0] >= 2, truth))
         if known.any():  # an image whose pixels all fell to unnamed prototypes teaches nothing
             train_images.append(ds.train_images[i])
             train_labels.append(banded.astype(np.int64))
@@ -132,7 +128,7 @@ def main() -> None:
     for seed in range(20):
         i = draw(seed)
         m = naming(i)
-        spread.append(float(np.mean([_dice(pseudo_labels(result.assignments[j], m, 0.0)[0] >= 2, ds.train_labels[j][0] > 0)
+        spread.append(float(np.mean([dice(pseudo_labels(result.assignments[j], m, 0.0)[0] >= 2, ds.train_labels[j][0] > 0)
                                      for j in range(len(ds.train_images)) if j != i])))
 
     t0 = time.perf_counter()

@@ -573,8 +573,9 @@ def compose(x: torch.Tensor, tasks: Iterable[str] | str, gen: torch.Generator,
         kw = {"p": 1.0 if force else SHUFFLE_P, **opts.get("shuffle", {})}
         out = local_shuffle(out, gen, **kw)
     if "masking" in names:
-        fresh = out is not x and out.is_contiguous()
-        out = block_mask(out, gen, weights=weights, **{"owned": fresh, **opts.get("masking", {})})
+        # in place only on a tensor an earlier task made: never one sharing the caller's memory
+        fresh = out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr() and out.is_contiguous()
+        out = block_mask(out, gen, weights=weights, owned=fresh, **opts.get("masking", {}))
     paint_in, paint_out = "inpaint" in names, "outpaint" in names
     if paint_in or paint_out:
         dev = x.device
