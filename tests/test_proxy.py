@@ -143,8 +143,7 @@ def test_bezier_table_matches_models_genesis_interp():
     rng = np.random.default_rng(0)
     pts = rng.random((6, 4))
     invert = np.array([False, True] * 3)
-    lut = _bezier_lut(torch.tensor(pts[:, :2], dtype=torch.float32), torch.tensor(pts[:, 2:], dtype=torch.float32),
-                      torch.tensor(invert), 1000, 1025).numpy()
+    lut = _bezier_lut(torch.tensor(pts, dtype=torch.float32), torch.tensor(invert), 1000, 1025).numpy()
     grid = np.linspace(0, 1, 1025)
     t = np.linspace(0.0, 1.0, 1000)
     for i in range(6):  # Models Genesis: bernstein_poly(i, n, t) = comb(n, i) t^(n-i) (1-t)^i
@@ -272,6 +271,26 @@ def test_compose_is_reproducible_from_the_seed(tasks):
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+
+
+@pytest.mark.parametrize("shape", [(16, 1, 128, 128), (5, 3, 64, 48), (4, 2, 36, 44)])
+@pytest.mark.parametrize("prior", [False, True])
+@pytest.mark.parametrize("force", [False, True])
+def test_compose_remaps_and_masks_in_one_pass_exactly_like_the_two_steps(shape, prior, force):
+    # values outside [0, 1] too: both paths clip them; (4, 2, 36, 44) is not a multiple of the
+    # cell, where compose runs the two steps itself
+    x = batch(*shape, low=-0.1, high=1.1)
+    weights = structure_weights(x, per_cell=True) if prior else None
+    fused = compose(x, TOWER_TASKS, gen(21), weights=weights, force=force)
+    g = gen(21)
+    steps = block_mask(nonlinear_remap(x, g, p=1.0 if force else 0.9), g, weights=weights).clamp(0, 1)
+    assert torch.equal(fused, steps)
+    # options the single pass does not take fall back to the two steps, which check them
+    noisy = compose(x, TOWER_TASKS, gen(21), weights=weights, options={"masking": {"fill": "noise"}})
+    g = gen(21)
+    assert torch.equal(noisy, block_mask(nonlinear_remap(x, g), g, fill="noise", weights=weights).clamp(0, 1))
+    with pytest.raises(TypeError):
+        compose(x, TOWER_TASKS, gen(21), options={"masking": {"size": 8}})
 
 
 def test_each_function_is_reproducible():

@@ -92,41 +92,97 @@ def _noise_like(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _bezier_basis(n_times: int, lut_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3, n_times) Bernstein weights of P1, P2 and (1, 1) at `n_times` values of t, and the LUT grid."""
-    t = torch.linspace(0.0, 1.0, n_times, device=device)
-    basis = torch.stack([3 * (1 - t) ** 2 * t, 3 * (1 - t) * t ** 2, t ** 3])
-    return basis, torch.linspace(0.0, 1.0, lut_size, device=device)[None, :]
+def _curve_map(n_times: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights (7, 2 T) and bias (2 T) that turn control points into sampled curves.
+
+    For features (P1x, P1y, P2x, P2y, v, v P1y, v P2y), v = 1 for an inverted curve, the product
+    ``bias + features @ weights`` holds x(t_j), y_j pairs at `n_times` values t_j of the cubic
+    Bezier through (0, 0), P1, P2, (1, 1), where y_j is y(t_j), or y(1 - t_j) for an inverted
+    curve: one matrix product for a whole batch of curves.
+    """
+    t = torch.linspace(0.0, 1.0, n_times, dtype=torch.float64)
+    b1, b2, b3, b0 = 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t ** 2, t ** 3, (1 - t) ** 3
+    z = torch.zeros_like(t)
+    # y(1 - t) swaps the roles of P1 and P2 and of (0, 0) and (1, 1): b1(1 - t) = b2(t), b3(1 - t) = b0(t)
+    rows = [(b1, z), (z, b1), (b2, z), (z, b2), (z, b0 - b3), (z, b2 - b1), (z, b1 - b2)]
+    weights = torch.stack([torch.stack(pair, dim=1).reshape(-1) for pair in rows])  # (x, y) interleaved
+    bias = torch.stack([b3, b3], dim=1).reshape(-1)
+    return weights.to(device, torch.float32), bias.to(device, torch.float32)
 
 
-def _bezier_lut(p1: torch.Tensor, p2: torch.Tensor, invert: torch.Tensor, n_times: int,
-                lut_size: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=8)
+def _lut_grid(n: int, lut_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LUT's intensity grid (1, L) and per-row bucket offsets (N, 1) for one bincount."""
+    grid = torch.linspace(0.0, 1.0, lut_size, device=device)[None, :]
+    offsets = torch.arange(n, device=device)[:, None] * (lut_size + 1) + 1
+    return grid, offsets
+
+
+def _bezier_lut(points: torch.Tensor, invert: torch.Tensor, n_times: int, lut_size: int) -> torch.Tensor:
     """(N, lut_size) values of the Genesis curve on a uniform grid of intensities in [0, 1].
 
-    The curve is the cubic Bezier through (0, 0), P1, P2, (1, 1) sampled at `n_times` values of t
-    and linearly interpolated (np.interp in Genesis). As in Models Genesis, the non-inverted curve
-    pairs sorted x with sorted y, and the inverted one sorts x only, which pairs ascending x with
-    the y values in reverse-t order. (With control points in the unit square x(t) and y(t) are
-    non-decreasing, so "sorted" is the t order; cummax only guards against rounding.)
+    `points` (N, 4) holds P1x, P1y, P2x, P2y. The curve is the cubic Bezier through (0, 0), P1,
+    P2, (1, 1) sampled at `n_times` values of t and linearly interpolated (np.interp in Genesis).
+    As in Models Genesis, the non-inverted curve pairs sorted x with sorted y, and the inverted
+    one sorts x only, which pairs ascending x with the y values in reverse-t order. With control
+    points in the unit square x(t) and y(t) are non-decreasing, so "sorted" is the t order.
+    The work is two dozen small tensor operations for the whole batch, whatever N is.
     """
-    n = p1.shape[0]
-    basis, grid = _bezier_basis(n_times, lut_size, p1.device)
-    # x(t) and y(t) of every sample in one product: rows (x, y) of [P1, P2, (1, 1)] times the basis
-    coeff = torch.stack([p1, p2, torch.ones_like(p1)], dim=2)  # (N, 2, 3)
-    curves = torch.cummax(coeff @ basis, dim=2).values  # (N, 2, T), from exactly 0 to 1
-    xs, yv = curves[:, 0], curves[:, 1]
-    ys = torch.where(invert[:, None], torch.flip(yv, dims=[1]), yv)
+    n = points.shape[0]
+    weights, bias = _curve_map(n_times, points.device)
+    grid, offsets = _lut_grid(n, lut_size, points.device)
+    points = points.float()
+    flip = invert.to(points.dtype)[:, None]
+    features = torch.cat([points, flip, points[:, 1::2] * flip], dim=1)
+    curves = torch.addmm(bias, features, weights).clamp_(0.0, 1.0)  # (N, 2T): x0, y0, x1, y1, ...
+    xs = curves[:, 0::2]
     # searchsorted(xs, grid) for the uniform grid i / (L - 1) by counting: the samples below
-    # grid point i are those whose bucket floor(x * (L - 1)) + 1 is <= i (x >= 0, so long() floors).
-    bucket = (xs * (lut_size - 1)).long().add_(1).clamp_(max=lut_size)
-    counts = torch.zeros(n, lut_size + 1, dtype=torch.long, device=p1.device)
-    counts.scatter_add_(1, bucket, torch.ones_like(bucket))
-    hi = counts.cumsum(dim=1)[:, :lut_size].clamp_(1, n_times - 1)
-    lo = hi - 1
-    x0 = xs.gather(1, lo)
-    y0 = ys.gather(1, lo)
-    frac = ((grid - x0) / (xs.gather(1, hi) - x0).clamp_min(1e-12)).clamp_(0.0, 1.0)
-    return torch.lerp(y0, ys.gather(1, hi), frac).clamp_(0.0, 1.0)
+    # grid point i are those whose bucket floor(x * (L - 1)) + 1 is <= i (x >= 0, so long() floors);
+    # one bincount over all rows, each shifted to its own range of bins
+    bucket = (xs * (lut_size - 1)).long().add_(offsets)
+    counts = torch.bincount(bucket.view(-1), minlength=n * (lut_size + 1)).view(n, lut_size + 1)
+    lo = counts[:, :lut_size].cumsum(dim=1).clamp_(1, n_times - 1).sub_(1)
+    # the (x, y) pairs on both sides of each grid point, gathered as one 64-bit word each
+    pairs = curves.view(torch.float64)
+    left = pairs.gather(1, lo).view(torch.float32).view(n, lut_size, 2)
+    step = pairs.gather(1, lo.add_(1)).view(torch.float32).view(n, lut_size, 2).sub_(left)
+    frac = ((grid - left[..., 0]) / step[..., 0].clamp_min(1e-12)).clamp_(0.0, 1.0)
+    return torch.addcmul(left[..., 1], frac, step[..., 1]).clamp_(0.0, 1.0)
+
+
+def _draw_curves(x: torch.Tensor, gen: torch.Generator, p: float, invert_p: float, n_times: int,
+                 lut_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's random curve as an (N, lut_size) table, and (N,) bool: which samples it remaps."""
+    _check_p(p)
+    _check_p(invert_p, "invert_p")
+    if n_times < 2 or lut_size < 2:
+        raise TowerError("n_times and lut_size must be at least 2")
+    u = _rand(gen, (x.shape[0], 6), x.device)
+    return _bezier_lut(u[:, :4], u[:, 5] < invert_p, n_times, lut_size), u[:, 4] < p
+
+
+def _lookup(x: torch.Tensor, lut: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Each sample's pixels, clipped to [0, 1], mapped through its table by linear interpolation.
+
+    With `shift` ((N, 1, H / s, 1, W) table entries to add along pixel rows of s-pixel cells),
+    pixels shifted by at least the table length read a zero region appended to the table: that is
+    how `compose` masks cells within this single pass over the pixels.
+    """
+    n, c, h, w = x.shape
+    size = lut.shape[1]
+    # pad with zeros: entry L - 1 gets a zero slope at x == 1 (frac is 0 there), shifted pixels read 0
+    table = F.pad(lut, (0, 1 if shift is None else size + 1))
+    slope = table.diff(dim=1)
+    pos = x.reshape(n, -1).float().clamp(0.0, 1.0)
+    if shift is None:
+        pos.mul_(size - 1)
+    else:
+        rows = pos.view(n, c, shift.shape[2], -1, w)
+        torch.add(shift, rows, alpha=size - 1, out=rows)
+    # float -> int64 is not vectorised on CPUs without AVX-512; float -> int32 -> int64 is, ~2x faster
+    cell = pos.to(torch.int32).long()
+    # in place into the first gather's result: one temporary fewer
+    return table.gather(1, cell).addcmul_(pos.frac_(), slope.gather(1, cell)).view(x.shape).to(x.dtype)
 
 
 def nonlinear_remap(x: torch.Tensor, gen: torch.Generator, p: float = NONLINEAR_P, *,
@@ -140,24 +196,11 @@ def nonlinear_remap(x: torch.Tensor, gen: torch.Generator, p: float = NONLINEAR_
     one linear interpolation in that table. Transformed samples are in [0, 1] (inputs are
     clipped first); the others are returned unchanged.
     """
-    n, _, _, _ = _check_batch(x)
-    _check_p(p)
-    _check_p(invert_p, "invert_p")
-    if n_times < 2 or lut_size < 2:
-        raise TowerError("n_times and lut_size must be at least 2")
-    dev = x.device
-    u = _rand(gen, (n, 6), dev)
-    apply = u[:, 4] < p
-    invert = u[:, 5] < invert_p
-    lut = _bezier_lut(u[:, 0:2], u[:, 2:4], invert, n_times, lut_size)
+    _check_batch(x)
+    lut, apply = _draw_curves(x, gen, p, invert_p, n_times, lut_size)
     if not bool(apply.any()):
         return x
-    lut = torch.cat([lut, lut[:, -1:]], dim=1)  # x == 1 reads entry L - 1 and a zero slope
-    slope = lut[:, 1:] - lut[:, :-1]
-    pos = x.reshape(n, -1).float().clamp(0.0, 1.0).mul_(lut_size - 1)
-    cell = pos.long()
-    # in place into the first gather's result: one 1 MB temporary fewer per 16 x 128^2 batch
-    out = lut.gather(1, cell).addcmul_(pos.frac_(), slope.gather(1, cell)).view(x.shape).to(x.dtype)
+    out = _lookup(x, lut)
     if not bool(apply.all()):
         keep = ~apply
         out[keep] = x[keep]  # copies only the untouched samples, not a where over the batch
@@ -193,15 +236,11 @@ def structure_weights(x: torch.Tensor, cell: int = 8, per_cell: bool = False) ->
     return score.to(x.dtype).contiguous()
 
 
-def _mask_cells(gen: torch.Generator, n: int, gh: int, gw: int, k: int, device: torch.device,
-                cell_weights: torch.Tensor | None, floor: float) -> torch.Tensor:
-    """(N, gh, gw) bool with exactly k True cells per sample (weighted without replacement)."""
-    ncell = gh * gw
+def _masked_cells(gen: torch.Generator, n: int, ncell: int, k: int, device: torch.device,
+                  cell_weights: torch.Tensor | None, floor: float) -> torch.Tensor:
+    """(N, k) indices of the cells to mask in each sample: k distinct cells (weighted without replacement)."""
     u = _rand(gen, (n, ncell), device)
-    if k <= 0:
-        return torch.zeros(n, gh, gw, dtype=torch.bool, device=device)
-    if k >= ncell:
-        return torch.ones(n, gh, gw, dtype=torch.bool, device=device)
+    k = min(max(k, 0), ncell)
     if cell_weights is None:
         keys = u
     else:
@@ -212,24 +251,12 @@ def _mask_cells(gen: torch.Generator, n: int, gh: int, gw: int, k: int, device: 
                             torch.full_like(cell_weights, 1.0 / ncell))
         pi = floor / ncell + (1.0 - floor) * share
         keys = torch.log(u.clamp_min(1e-30)) / pi.clamp_min(1e-30)
-    idx = torch.topk(keys, k, dim=1).indices
-    cells = torch.zeros(n, ncell, dtype=torch.bool, device=device)
-    cells.scatter_(1, idx, True)
-    return cells.view(n, gh, gw)
+    return torch.topk(keys, k, dim=1, sorted=False).indices  # the set is all that matters: no sort
 
 
-def block_mask(x: torch.Tensor, gen: torch.Generator, cell: int = 8, ratio: float = 0.25,
-               fill: str = "zero", weights: torch.Tensor | None = None, floor: float = 0.25, *,
-               owned: bool = False) -> torch.Tensor:
-    """Block masking: a grid of `cell`-pixel cells, `ratio` of them set to 0 or uniform noise.
-
-    Exactly round(ratio * cells) cells are masked in each sample (all channels). Without
-    `weights` the cells are uniform; with `weights` ((N, 1, H, W) non-negative, e.g.
-    `structure_weights(x)`), cells are drawn without replacement with probability proportional to
-    ``floor / cells + (1 - floor) * w_cell / sum(w)``, so structured cells are masked more often,
-    background still with a `floor` share, and the masked fraction stays `ratio`.
-    `owned=True` says `x` is a contiguous temporary of the caller's that may be masked in place.
-    """
+def _draw_mask(x: torch.Tensor, gen: torch.Generator, cell: int, ratio: float, fill: str,
+               weights: torch.Tensor | None, floor: float) -> tuple[torch.Tensor, int, int]:
+    """Checks `block_mask`'s arguments and draws its cells: (N, k) masked cell indices, grid height and width."""
     n, c, h, w = _check_batch(x)
     if cell < 1:
         raise TowerError(f"cell={cell} is invalid: use a positive cell size in pixels")
@@ -253,19 +280,68 @@ def block_mask(x: torch.Tensor, gen: torch.Generator, cell: int = 8, ratio: floa
             wt = F.avg_pool2d(wt, cell, stride=cell, ceil_mode=True)
         cell_w = wt.reshape(n, gh * gw)
     k = int(round(ratio * gh * gw))
-    cells = _mask_cells(gen, n, gh, gw, k, dev, cell_w, float(floor))
+    return _masked_cells(gen, n, gh * gw, k, dev, cell_w, float(floor)), gh, gw
+
+
+def _along_rows(values: torch.Tensor, gh: int, gw: int, cell: int) -> torch.Tensor:
+    """(N, gh * gw) per-cell values as (N, 1, gh, 1, gw * cell): one value per cell-wide run of a pixel row.
+
+    Broadcasting that over an (N, C, gh, cell, W) view runs inner loops over W contiguous pixels;
+    a 6-D per-cell view runs `cell`-pixel loops and is about 2x slower.
+    """
+    n = values.shape[0]
+    return values.view(n, 1, gh, 1, gw, 1).expand(n, 1, gh, 1, gw, cell).reshape(n, 1, gh, 1, gw * cell)
+
+
+def block_mask(x: torch.Tensor, gen: torch.Generator, cell: int = 8, ratio: float = 0.25,
+               fill: str = "zero", weights: torch.Tensor | None = None, floor: float = 0.25) -> torch.Tensor:
+    """Block masking: a grid of `cell`-pixel cells, `ratio` of them set to 0 or uniform noise.
+
+    Exactly round(ratio * cells) cells are masked in each sample (all channels). Without
+    `weights` the cells are uniform; with `weights` ((N, 1, H, W) non-negative, e.g.
+    `structure_weights(x)`), cells are drawn without replacement with probability proportional to
+    ``floor / cells + (1 - floor) * w_cell / sum(w)``, so structured cells are masked more often,
+    background still with a `floor` share, and the masked fraction stays `ratio`.
+    """
+    masked, gh, gw = _draw_mask(x, gen, cell, ratio, fill, weights, floor)
+    n, c, h, w = x.shape
     if fill == "zero" and h % cell == 0 and w % cell == 0:
-        # One broadcast multiply by the kept cells: about 2x faster than masked_fill with a broadcast mask.
-        keep = (~cells).to(x.dtype)[:, None, :, None, :, None]
-        if owned:  # the caller's fresh tensor (compose after the remap): mask it in place
-            x.view(n, c, gh, cell, gw, cell).mul_(keep)
-            return x
-        return (x.reshape(n, c, gh, cell, gw, cell) * keep).view(x.shape)
-    mask = cells[:, None, :, None, :, None].expand(n, 1, gh, cell, gw, cell)
+        keep = torch.ones(n, gh * gw, dtype=x.dtype, device=x.device).scatter_(1, masked, 0.0)
+        return (x.reshape(n, c, gh, cell, w) * _along_rows(keep, gh, gw, cell)).view(x.shape)
+    cells = torch.zeros(n, gh * gw, dtype=torch.bool, device=x.device).scatter_(1, masked, True)
+    mask = cells.view(n, 1, gh, 1, gw, 1).expand(n, 1, gh, cell, gw, cell)
     mask = mask.reshape(n, 1, gh * cell, gw * cell)[:, :, :h, :w]
     if fill == "zero":
         return x.masked_fill(mask, 0.0)
     return torch.where(mask, _noise_like(x, gen), x)
+
+
+_REMAP_OPTIONS = {"p", "invert_p", "n_times", "lut_size"}
+_MASK_OPTIONS = {"cell", "ratio", "fill", "floor"}
+
+
+def _remap_and_mask(x: torch.Tensor, gen: torch.Generator, remap: Mapping[str, object],
+                    masking: Mapping[str, object], weights: torch.Tensor | None) -> torch.Tensor | None:
+    """`block_mask(nonlinear_remap(x))` in one pass over the pixels, or None where that does not apply.
+
+    Draws the same random numbers in the same order as the two steps. Samples the remap skips
+    get the identity table, which reproduces [0, 1]-clipped pixels exactly when lut_size - 1 is a
+    power of two (the default 1025); masked cells are shifted into the table's zero region.
+    """
+    cell, fill = masking.get("cell", 8), masking.get("fill", "zero")
+    n, c, h, w = x.shape
+    if set(remap) - _REMAP_OPTIONS or set(masking) - _MASK_OPTIONS or fill != "zero" \
+            or not isinstance(cell, int) or cell < 1 or h % cell or w % cell:
+        return None  # the two steps handle (or reject) these
+    p, invert_p = float(remap.get("p", NONLINEAR_P)), float(remap.get("invert_p", 0.5))
+    n_times, lut_size = int(remap.get("n_times", 1000)), int(remap.get("lut_size", 1025))
+    lut, apply = _draw_curves(x, gen, p, invert_p, n_times, lut_size)
+    masked, gh, gw = _draw_mask(x, gen, cell, float(masking.get("ratio", 0.25)), fill, weights,
+                                float(masking.get("floor", 0.25)))
+    grid, _ = _lut_grid(n, lut_size, x.device)
+    lut = torch.where(apply[:, None], lut, grid)
+    shift = torch.zeros(n, gh * gw, device=x.device).scatter_(1, masked, float(lut_size))
+    return _lookup(x, lut, _along_rows(shift, gh, gw, cell))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -566,16 +642,20 @@ def compose(x: torch.Tensor, tasks: Iterable[str] | str, gen: torch.Generator,
     if unknown:
         raise TowerError(f"options for unknown proxy task(s) {sorted(unknown)}: choose from {', '.join(PROXY_TASKS)}")
     out = x
+    remap_kw = {"p": 1.0 if force else NONLINEAR_P, **opts.get("nonlinear", {})}
+    if {"nonlinear", "masking"} <= names and "shuffle" not in names:
+        out = _remap_and_mask(x, gen, remap_kw, opts.get("masking", {}), weights)
+        if out is not None:
+            names -= {"nonlinear", "masking"}
+        else:
+            out = x
     if "nonlinear" in names:
-        kw = {"p": 1.0 if force else NONLINEAR_P, **opts.get("nonlinear", {})}
-        out = nonlinear_remap(out, gen, **kw)
+        out = nonlinear_remap(out, gen, **remap_kw)
     if "shuffle" in names:
         kw = {"p": 1.0 if force else SHUFFLE_P, **opts.get("shuffle", {})}
         out = local_shuffle(out, gen, **kw)
     if "masking" in names:
-        # in place only on a tensor an earlier task made: never one sharing the caller's memory
-        fresh = out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr() and out.is_contiguous()
-        out = block_mask(out, gen, weights=weights, owned=fresh, **opts.get("masking", {}))
+        out = block_mask(out, gen, weights=weights, **opts.get("masking", {}))
     paint_in, paint_out = "inpaint" in names, "outpaint" in names
     if paint_in or paint_out:
         dev = x.device
