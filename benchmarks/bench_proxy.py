@@ -7,12 +7,17 @@ is written the same way: a Python loop over the chosen cells. Both sides use 1,0
 
     python benchmarks/bench_proxy.py            # batch 16, 1 channel, 128 x 128, 2 threads
     python benchmarks/bench_proxy.py --batch 32 --size 256 --repeats 20
-    python benchmarks/bench_proxy.py --cold     # skip the U-Net step that warms the allocator
+    python benchmarks/bench_proxy.py --curve-samples 100000   # Models Genesis's own curve resolution
+    python benchmarks/bench_proxy.py --compile  # also time TOWER's pixel pass compiled by torch.compile
 
-Timing starts after one forward and backward pass of the default U-Net on the batch, the state the
-pipeline runs in during training. In a fresh process glibc's malloc instead maps new pages for
-every temporary over its 128 KiB threshold (and trims them again on free), so each call pays
-about 1,500 page faults per 16 x 128^2 batch; the table reports faults per call either way.
+Two timings per case, both medians:
+- in training: every call of either path follows a forward and backward pass of the default U-Net
+  on the batch, as the corruptions run in pretraining; both start with the caches the model step
+  leaves, which costs a short batched call relatively more than a long per-sample one;
+- back to back: each path called in a loop of its own (loops alternate, so both see the same load).
+The batched path's minor page faults per call are reported too: in a process where no large
+tensor has been freed yet, glibc's malloc maps fresh pages for every temporary over 128 KiB and
+trims them again on free (about 1,500 faults per 16 x 128^2 batch); after the U-Net step it does not.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from napari_tower.models import UNet  # noqa: E402
 from napari_tower.proxy import GENESIS_TASKS, TOWER_TASKS, compose, structure_weights  # noqa: E402
+from napari_tower.proxy import tasks as proxy_tasks  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # per-sample reference (numpy), modelled on Models Genesis
@@ -160,28 +166,89 @@ def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def timed_pair(ref_fn, fast_fn, repeats: int) -> tuple[float, float, float]:
-    """Median seconds per call of each, measured alternately so both see the same machine load,
-    and the batched path's minor page faults per call."""
-    ref_fn(), fast_fn(), fast_fn()  # warm-up
+def _call(fn) -> tuple[float, int]:
+    """Seconds and minor page faults of one call."""
+    faults = _faults()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start, _faults() - faults
+
+
+def in_training(ref_fn, fast_fn, model_step, repeats: int) -> tuple[float, float, float]:
+    """Median seconds per call of each path when every call follows a U-Net step, and the batched
+    path's page faults per call."""
     ref_times, fast_times, faults = [], [], 0
-    for i in range(repeats):
-        if i % 3 == 0 or i < 3:
-            start = time.perf_counter()
-            ref_fn()
-            ref_times.append(time.perf_counter() - start)
-        before = _faults()
-        start = time.perf_counter()
-        fast_fn()
-        fast_times.append(time.perf_counter() - start)
-        faults += _faults() - before
+    for _ in range(repeats):
+        model_step()
+        ref_times.append(_call(ref_fn)[0])
+        model_step()
+        seconds, fast_faults = _call(fast_fn)
+        fast_times.append(seconds)
+        faults += fast_faults
     return float(np.median(ref_times)), float(np.median(fast_times)), faults / repeats
 
 
-def warm_allocator(x: torch.Tensor) -> None:
-    """One forward and backward pass of the default U-Net, as in training before the corruptions run."""
+def back_to_back(ref_fn, fast_fn, repeats: int, blocks: int = 3) -> tuple[float, float]:
+    """Median seconds per call of each path called in loops of its own; the loops alternate."""
+    ref_times, fast_times = [], []
+    for _ in range(blocks):
+        ref_fn()  # each loop's first call warms it up
+        ref_times += [_call(ref_fn)[0] for _ in range(max(1, repeats // blocks // 3))]
+        fast_fn()
+        fast_times += [_call(fast_fn)[0] for _ in range(max(1, repeats // blocks))]
+    return float(np.median(ref_times)), float(np.median(fast_times))
+
+
+def unet_step(x: torch.Tensor):
+    """One forward and backward pass of the default U-Net on `x`, as in every pretraining step."""
     net = UNet(in_channels=x.shape[1]).to(x.device)
-    net(x)[0].mean().backward()
+    side = 2 ** 4  # the default depth halves the patch four times
+    x = torch.nn.functional.pad(x, (0, -x.shape[-1] % side, 0, -x.shape[-2] % side))
+
+    def step() -> None:
+        net.zero_grad(set_to_none=True)
+        net(x)[0].mean().backward()
+    return step
+
+
+def remap_accuracy(curves: int = 200, pixels: int = 4096, seed: int = 1) -> np.ndarray:
+    """Absolute error of the batched remap against Models Genesis's curve (100,000 samples, np.interp)."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, 100_000)
+    poly = np.array([bernstein_poly(i, 3, t) for i in range(4)])
+    points = rng.random((curves, 4))
+    invert = rng.random(curves) < 0.5
+    x = rng.random((curves, pixels)).astype(np.float32)
+    lut = proxy_tasks._bezier_lut(torch.from_numpy(points).float(), torch.from_numpy(invert), 1000, 1025)
+    ours = proxy_tasks._lookup(torch.from_numpy(x).view(curves, 1, 1, pixels), lut).view(curves, pixels).numpy()
+    errors = []
+    for i in range(curves):
+        xv = np.dot([0, points[i, 0], points[i, 2], 1], poly)
+        yv = np.dot([0, points[i, 1], points[i, 3], 1], poly)
+        xv, yv = (np.sort(xv), yv) if invert[i] else (np.sort(xv), np.sort(yv))
+        errors.append(np.abs(ours[i] - np.interp(x[i].astype(np.float64), xv, yv)))
+    return np.concatenate(errors)
+
+
+def compiled_pixel_pass(x: torch.Tensor, gen: torch.Generator, model_step, repeats: int) -> None:
+    """TOWER's pixel pass (curve tables and masked cells drawn once) eager and under torch.compile."""
+    n, _, h, w = x.shape
+    lut, _ = proxy_tasks._draw_curves(x, gen, 1.0, 0.5, 1000, 1025)
+    masked, gh, gw = proxy_tasks._draw_mask(x, gen, 8, 0.25, "zero", None, 0.25)
+    shift = torch.zeros(n, gh * gw).scatter_(1, masked, 1025.0)
+    shift = proxy_tasks._along_rows(shift, gh, gw, 8)
+    start = time.perf_counter()
+    compiled = torch.compile(proxy_tasks._lookup, dynamic=False)
+    gap = (compiled(x, lut, shift) - proxy_tasks._lookup(x, lut, shift)).abs().max().item()
+    print(f"pixel pass: torch.compile took {time.perf_counter() - start:.1f} s, max difference {gap:.1e}")
+    for name, fn in (("eager", proxy_tasks._lookup), ("compiled", compiled)):
+        after = []
+        for _ in range(repeats):
+            model_step()
+            after.append(_call(lambda: fn(x, lut, shift))[0])
+        alone = [_call(lambda: fn(x, lut, shift))[0] for _ in range(repeats)]
+        print(f"pixel pass {name:<9} after a U-Net step {np.median(after) * 1e6:7.0f} us, "
+              f"back to back {np.median(alone) * 1e6:7.0f} us")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,11 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=30, help="batched calls per case (reference: a third)")
+    parser.add_argument("--repeats", type=int, default=30,
+                        help="calls per path and case in training; batched calls back to back (reference: a third)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cold", action="store_true", help="time in a fresh process's allocator state")
+    parser.add_argument("--compile", action="store_true", help="also time TOWER's pixel pass under torch.compile")
     parser.add_argument("--curve-samples", type=int, default=CURVE_SAMPLES,
                         help="Bezier samples in the reference (Models Genesis's code: 100000)")
     args = parser.parse_args(argv)
@@ -207,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     rng, nprng = random.Random(args.seed), np.random.default_rng(args.seed)
 
-    if not args.cold:
-        warm_allocator(x)
+    model_step = unet_step(x)
 
     def sync() -> None:
         if x.device.type == "cuda":
@@ -227,12 +294,21 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         load = "n/a"
     print(f"batch {args.batch} x {args.channels} x {args.size} x {args.size}, torch threads {args.threads}, "
-          f"device {args.device}, reference curve samples {args.curve_samples}, load average {load}, "
-          f"{'cold allocator' if args.cold else 'allocator warmed by one U-Net step'}")
-    print(f"{'tasks':<13}{'reference patches/s':>22}{'batched patches/s':>20}{'speed-up':>10}{'faults/call':>13}")
+          f"device {args.device}, reference curve samples {args.curve_samples}, load average {load}")
+    print(f"{'':<13}{'--- in training (after a U-Net step) ---':>46}{'---- back to back ----':>30}")
+    print(f"{'tasks':<13}{'reference p/s':>15}{'batched p/s':>13}{'speed-up':>10}{'faults':>8}"
+          f"{'reference p/s':>15}{'batched p/s':>13}{'speed-up':>10}")
     for name, ref_fn, fast_fn in cases:
-        t_ref, t_fast, faults = timed_pair(ref_fn, fast_fn, args.repeats)
-        print(f"{name:<13}{args.batch / t_ref:>22.0f}{args.batch / t_fast:>20.0f}{t_ref / t_fast:>9.1f}x{faults:>13.0f}")
+        ref_fn(), fast_fn()  # first calls build caches
+        t_ref, t_fast, faults = in_training(ref_fn, fast_fn, model_step, args.repeats)
+        b_ref, b_fast = back_to_back(ref_fn, fast_fn, args.repeats)
+        print(f"{name:<13}{args.batch / t_ref:>15.0f}{args.batch / t_fast:>13.0f}{t_ref / t_fast:>9.1f}x{faults:>8.0f}"
+              f"{args.batch / b_ref:>15.0f}{args.batch / b_fast:>13.0f}{b_ref / b_fast:>9.1f}x")
+    errors = remap_accuracy()
+    print(f"remap vs Models Genesis's curve (100,000 samples): mean error {errors.mean():.1e}, "
+          f"99th percentile {np.percentile(errors, 99):.1e}, max {errors.max():.1e}")
+    if args.compile:
+        compiled_pixel_pass(x, gen, model_step, args.repeats)
     return 0
 
 

@@ -22,7 +22,7 @@ from napari_tower.proxy import (
     preview,
     structure_weights,
 )
-from napari_tower.proxy.tasks import _bezier_lut
+from napari_tower.proxy.tasks import _bezier_lut, _lookup
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -152,6 +152,26 @@ def test_bezier_table_matches_models_genesis_interp():
         xv, yv = np.dot([p[0] for p in points], poly), np.dot([p[1] for p in points], poly)
         xv, yv = (np.sort(xv), yv) if invert[i] else (np.sort(xv), np.sort(yv))
         assert np.abs(lut[i] - np.interp(grid, xv, yv)).max() < 2e-3
+
+
+def test_remapped_pixels_match_models_genesis_at_its_own_curve_resolution():
+    """Pixels through the 1025-entry table vs np.interp on Genesis's 100,000-sample curve."""
+    from math import comb
+
+    rng = np.random.default_rng(3)
+    pts, invert = rng.random((20, 4)), rng.random(20) < 0.5
+    x = rng.random((20, 1, 32, 64)).astype(np.float32)
+    lut = _bezier_lut(torch.from_numpy(pts).float(), torch.from_numpy(invert), 1000, 1025)  # nonlinear_remap's defaults
+    out = _lookup(torch.from_numpy(x), lut).numpy()
+    t = np.linspace(0.0, 1.0, 100_000)
+    poly = np.array([comb(3, k) * t ** (3 - k) * (1 - t) ** k for k in range(4)])
+    errors = []
+    for i in range(20):
+        xv, yv = np.dot([0, pts[i, 0], pts[i, 2], 1], poly), np.dot([0, pts[i, 1], pts[i, 3], 1], poly)
+        xv, yv = (np.sort(xv), yv) if invert[i] else (np.sort(xv), np.sort(yv))
+        errors.append(np.abs(out[i].ravel() - np.interp(x[i].ravel().astype(np.float64), xv, yv)))
+    errors = np.concatenate(errors)
+    assert errors.mean() < 1e-5 and np.percentile(errors, 99) < 1e-4  # measured 7e-7 and 5e-6
 
 
 # ----------------------------------------------------------------------------------------------
