@@ -111,11 +111,9 @@ def _curve_map(n_times: int, device: torch.device) -> tuple[torch.Tensor, torch.
 
 
 @functools.lru_cache(maxsize=8)
-def _lut_grid(n: int, lut_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The LUT's intensity grid (1, L) and per-row bucket offsets (N, 1) for one bincount."""
-    grid = torch.linspace(0.0, 1.0, lut_size, device=device)[None, :]
-    offsets = torch.arange(n, device=device)[:, None] * (lut_size + 1) + 1
-    return grid, offsets
+def _lut_grid(lut_size: int, device: torch.device) -> torch.Tensor:
+    """The LUT's intensity grid i / (L - 1), shape (1, L)."""
+    return torch.linspace(0.0, 1.0, lut_size, device=device)[None, :]
 
 
 def _bezier_lut(points: torch.Tensor, invert: torch.Tensor, n_times: int, lut_size: int) -> torch.Tensor:
@@ -130,20 +128,22 @@ def _bezier_lut(points: torch.Tensor, invert: torch.Tensor, n_times: int, lut_si
     """
     n = points.shape[0]
     weights, bias = _curve_map(n_times, points.device)
-    grid, offsets = _lut_grid(n, lut_size, points.device)
+    grid = _lut_grid(lut_size, points.device)
     points = points.float()
     flip = invert.to(points.dtype)[:, None]
     features = torch.cat([points, flip, points[:, 1::2] * flip], dim=1)
     curves = torch.addmm(bias, features, weights).clamp_(0.0, 1.0)  # (N, 2T): x0, y0, x1, y1, ...
     xs = curves[:, 0::2]
     # searchsorted(xs, grid) for the uniform grid i / (L - 1) by counting: the samples below
-    # grid point i are those whose bucket floor(x * (L - 1)) + 1 is <= i (x >= 0, so long() floors);
-    # one bincount over all rows, each shifted to its own range of bins
-    bucket = (xs * (lut_size - 1)).long().add_(offsets)
-    counts = torch.bincount(bucket.view(-1), minlength=n * (lut_size + 1)).view(n, lut_size + 1)
+    # grid point i are those whose bucket floor(x * (L - 1)) + 1 is <= i (x >= 0, so long() floors).
+    # scatter_add, not bincount: bincount syncs with the host on CUDA and MPS to size its output.
+    bucket = (xs * (lut_size - 1)).long().add_(1)
+    counts = torch.zeros(n, lut_size + 1, dtype=torch.long, device=points.device)
+    counts.scatter_add_(1, bucket, torch.ones_like(bucket))
     lo = counts[:, :lut_size].cumsum(dim=1).clamp_(1, n_times - 1).sub_(1)
     # the (x, y) pairs on both sides of each grid point, gathered as one 64-bit word each
-    pairs = curves.view(torch.float64)
+    # (an int64 view: MPS has no float64)
+    pairs = curves.view(torch.int64)
     left = pairs.gather(1, lo).view(torch.float32).view(n, lut_size, 2)
     step = pairs.gather(1, lo.add_(1)).view(torch.float32).view(n, lut_size, 2).sub_(left)
     frac = ((grid - left[..., 0]) / step[..., 0].clamp_min(1e-12)).clamp_(0.0, 1.0)
@@ -338,8 +338,7 @@ def _remap_and_mask(x: torch.Tensor, gen: torch.Generator, remap: Mapping[str, o
     lut, apply = _draw_curves(x, gen, p, invert_p, n_times, lut_size)
     masked, gh, gw = _draw_mask(x, gen, cell, float(masking.get("ratio", 0.25)), fill, weights,
                                 float(masking.get("floor", 0.25)))
-    grid, _ = _lut_grid(n, lut_size, x.device)
-    lut = torch.where(apply[:, None], lut, grid)
+    lut = torch.where(apply[:, None], lut, _lut_grid(lut_size, x.device))
     shift = torch.zeros(n, gh * gw, device=x.device).scatter_(1, masked, float(lut_size))
     return _lookup(x, lut, _along_rows(shift, gh, gw, cell))
 
