@@ -236,11 +236,7 @@ def remap_accuracy(curves: int = 200, pixels: int = 4096, seed: int = 1) -> np.n
 
 def compiled_pixel_pass(x: torch.Tensor, gen: torch.Generator, model_step, repeats: int) -> None:
     """TOWER's pixel pass (curve tables and masked cells drawn once) eager and under torch.compile."""
-    n, _, h, w = x.shape
-    lut, _ = proxy_tasks._draw_curves(x, gen, 1.0, 0.5, 1000, 1025)
-    masked, gh, gw = proxy_tasks._draw_mask(x, gen, 8, 0.25, "zero", None, 0.25)
-    shift = torch.zeros(n, gh * gw).scatter_(1, masked, 1025.0)
-    shift = proxy_tasks._along_rows(shift, gh, gw, 8)
+    lut, shift = proxy_tasks._remap_and_mask_tables(x, gen, {"p": 1.0}, {}, None)
     start = time.perf_counter()
     compiled = torch.compile(proxy_tasks._lookup, dynamic=False)
     gap = (compiled(x, lut, shift) - proxy_tasks._lookup(x, lut, shift)).abs().max().item()

@@ -16,6 +16,7 @@ with the patch side and the shuffling window count with the patch area.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Iterable, Mapping
 
@@ -316,31 +317,35 @@ def block_mask(x: torch.Tensor, gen: torch.Generator, cell: int = 8, ratio: floa
     return torch.where(mask, _noise_like(x, gen), x)
 
 
-_REMAP_OPTIONS = {"p", "invert_p", "n_times", "lut_size"}
-_MASK_OPTIONS = {"cell", "ratio", "fill", "floor"}
+@functools.lru_cache(maxsize=None)
+def _keyword_defaults(fn) -> dict[str, object]:
+    """The options `compose` may pass to a task function, with their defaults (its own signature)."""
+    return {name: param.default for name, param in inspect.signature(fn).parameters.items()
+            if param.default is not inspect.Parameter.empty and name != "weights"}
 
 
-def _remap_and_mask(x: torch.Tensor, gen: torch.Generator, remap: Mapping[str, object],
-                    masking: Mapping[str, object], weights: torch.Tensor | None) -> torch.Tensor | None:
-    """`block_mask(nonlinear_remap(x))` in one pass over the pixels, or None where that does not apply.
+def _remap_and_mask_tables(x: torch.Tensor, gen: torch.Generator, remap: Mapping[str, object],
+                           masking: Mapping[str, object], weights: torch.Tensor | None
+                           ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`_lookup`'s table and shift for `block_mask(nonlinear_remap(x))`, or None where one pass does not apply.
 
     Draws the same random numbers in the same order as the two steps. Samples the remap skips
     get the identity table, which reproduces [0, 1]-clipped pixels exactly when lut_size - 1 is a
     power of two (the default 1025); masked cells are shifted into the table's zero region.
     """
-    cell, fill = masking.get("cell", 8), masking.get("fill", "zero")
+    remap_defaults, mask_defaults = _keyword_defaults(nonlinear_remap), _keyword_defaults(block_mask)
+    if set(remap) - set(remap_defaults) or set(masking) - set(mask_defaults):
+        return None  # the two steps reject these
+    r, m = {**remap_defaults, **remap}, {**mask_defaults, **masking}
+    cell = m["cell"]
     n, c, h, w = x.shape
-    if set(remap) - _REMAP_OPTIONS or set(masking) - _MASK_OPTIONS or fill != "zero" \
-            or not isinstance(cell, int) or cell < 1 or h % cell or w % cell:
-        return None  # the two steps handle (or reject) these
-    p, invert_p = float(remap.get("p", NONLINEAR_P)), float(remap.get("invert_p", 0.5))
-    n_times, lut_size = int(remap.get("n_times", 1000)), int(remap.get("lut_size", 1025))
-    lut, apply = _draw_curves(x, gen, p, invert_p, n_times, lut_size)
-    masked, gh, gw = _draw_mask(x, gen, cell, float(masking.get("ratio", 0.25)), fill, weights,
-                                float(masking.get("floor", 0.25)))
-    lut = torch.where(apply[:, None], lut, _lut_grid(lut_size, x.device))
-    shift = torch.zeros(n, gh * gw, device=x.device).scatter_(1, masked, float(lut_size))
-    return _lookup(x, lut, _along_rows(shift, gh, gw, cell))
+    if m["fill"] != "zero" or not isinstance(cell, int) or cell < 1 or h % cell or w % cell:
+        return None  # the two steps handle these
+    lut, apply = _draw_curves(x, gen, r["p"], r["invert_p"], r["n_times"], r["lut_size"])
+    masked, gh, gw = _draw_mask(x, gen, cell, m["ratio"], m["fill"], weights, m["floor"])
+    lut = torch.where(apply[:, None], lut, _lut_grid(r["lut_size"], x.device))
+    shift = torch.zeros(n, gh * gw, device=x.device).scatter_(1, masked, float(r["lut_size"]))
+    return lut, _along_rows(shift, gh, gw, cell)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -643,11 +648,10 @@ def compose(x: torch.Tensor, tasks: Iterable[str] | str, gen: torch.Generator,
     out = x
     remap_kw = {"p": 1.0 if force else NONLINEAR_P, **opts.get("nonlinear", {})}
     if {"nonlinear", "masking"} <= names and "shuffle" not in names:
-        out = _remap_and_mask(x, gen, remap_kw, opts.get("masking", {}), weights)
-        if out is not None:
+        tables = _remap_and_mask_tables(x, gen, remap_kw, opts.get("masking", {}), weights)
+        if tables is not None:
+            out = _lookup(x, *tables)
             names -= {"nonlinear", "masking"}
-        else:
-            out = x
     if "nonlinear" in names:
         out = nonlinear_remap(out, gen, **remap_kw)
     if "shuffle" in names:
