@@ -2,7 +2,9 @@
 
 One config, two faces: both front ends build these objects and call the same
 core functions, and every checkpoint stores the config that produced it so a
-run can be reproduced from either side.
+run can be reproduced from either side. Each field is declared once with
+`param(...)`: its default, help, range or choices, CLI flag and widget label;
+`validate()`, the argparse options and the widget controls all come from it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,26 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .errors import TowerError
+from .params import check_params, nested_config, param
 
 METHODS = ("tower", "genesis", "simclr", "byol", "pcrl", "tower-gen-only", "tower-con-only")
 PROXY_TASKS = ("nonlinear", "masking", "shuffle", "inpaint", "outpaint")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "float32", "bfloat16")
+TARGETS = ("auto", "binary", "semantic", "instance", "sparse")
+TRANSFERS = ("auto", "encoder", "encoder+decoder")
+MAX_STEPS = 10_000_000
 
 T = TypeVar("T")
+
+# Parameters several configs share, defined once.
+_DEVICE = dict(help="where to compute (auto: CUDA, then MPS, then CPU)", label="device", choices=DEVICES)
+_SEED = dict(help="random seed (same seed and inputs, same result)", min=0, max=2**31 - 1)
+_LR = dict(help="learning rate", min=0, min_open=True, max=10, noun="learning rate")
+_MIXED = dict(help="mixed precision on CUDA (CPU trains in float32)", flag="")
+_CKPT_EVERY = dict(help="write a resumable checkpoint every N steps (0: only at the end)", min=0, max=MAX_STEPS)
+_VAL_EVERY = dict(help="validate every N steps (0: never)", flag="", min=0, max=MAX_STEPS)
+_TILE = dict(help="tile side in pixels for tiled prediction", min=32, max=16384, multiple_of=16, noun="tile")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -29,123 +45,131 @@ def _check(condition: bool, message: str) -> None:
 class DataConfig:
     """How images become normalised training patches."""
 
-    patch: int = 128
-    low_percentile: float = 1.0
-    high_percentile: float = 99.8
-    structure_prior: bool = True
+    patch: int = param(128, "patch size in pixels", label="patch", min=16, max=4096, multiple_of=16, step=16,
+                       noun="patch size")
+    low_percentile: float = param(1.0, "lower normalisation percentile", flag="", min=0, max=100)
+    high_percentile: float = param(99.8, "upper normalisation percentile", flag="", min=0, max=100)
+    structure_prior: bool = param(True, "draw patches preferably where the image has structure (--no-prior: "
+                                  "uniformly)", flag="--prior")
     # Share of patch draws that ignore the structure score, so background is still seen.
-    prior_floor: float = 0.25
+    prior_floor: float = param(0.25, "share of patch draws that ignore the structure prior", flag="", min=0, max=1)
 
     def validate(self) -> None:
-        _check(16 <= self.patch <= 4096 and self.patch % 16 == 0,
-               f"patch size {self.patch} is invalid: use a multiple of 16 between 16 and 4096")
-        _check(0 <= self.low_percentile < self.high_percentile <= 100,
-               "percentiles must satisfy 0 <= low < high <= 100")
-        _check(0 <= self.prior_floor <= 1, "prior_floor must be between 0 and 1")
+        check_params(self)
+        _check(self.low_percentile < self.high_percentile, "percentiles must satisfy 0 <= low < high <= 100")
 
 
 @dataclass
 class ModelConfig:
     """U-Net shape. `in_channels` is filled in from the data."""
 
-    base: int = 16
-    depth: int = 4
-    in_channels: int = 1
-    projection_dim: int = 128
+    base: int = param(16, "U-Net base width (16 on CPU, 32 on GPU)", label="model size (base)", min=4, max=256,
+                      step=4, noun="model base width", hint="16 on CPU, 32 on GPU")
+    depth: int = param(4, "U-Net depth (poolings)", min=1, max=6, noun="model depth")
+    in_channels: int = param(1, "input channels (set from the data)", flag="", min=1, max=64,
+                             noun="input channel count")
+    projection_dim: int = param(128, "width of the contrastive projection", flag="", min=8, max=4096)
 
     def validate(self) -> None:
-        _check(4 <= self.base <= 256, f"model base width {self.base} is invalid: use 4..256 (16 on CPU, 32 on GPU)")
-        _check(1 <= self.depth <= 6, f"model depth {self.depth} is invalid: use 1..6")
-        _check(1 <= self.in_channels <= 64, f"{self.in_channels} input channels is not supported (1..64)")
+        check_params(self)
 
 
 @dataclass
 class AcceleratorConfig:
     """GPU-path options for training; each is a no-op where it would not help (on CPU)."""
 
-    amp_dtype: str = "bfloat16"  # autocast dtype on CUDA when mixed_precision is on; "float16" adds loss scaling
-    channels_last: bool = True  # NHWC tensors and weights on CUDA (tensor-core convolutions)
-    compile: bool = False  # torch.compile the U-Net: minutes of warm-up, pays off on long GPU runs
-    pin_memory: bool = True  # page-locked host batches, copied to CUDA asynchronously
+    amp_dtype: str = param("bfloat16", "autocast type on CUDA (float16 adds loss scaling)", flag="",
+                           choices=("bfloat16", "float16"), noun="mixed-precision type")
+    channels_last: bool = param(True, "NHWC tensors and weights on CUDA (tensor-core convolutions)", flag="")
+    compile: bool = param(False, "torch.compile the U-Net (slow start, faster long GPU runs)")
+    pin_memory: bool = param(True, "page-locked host batches, copied to CUDA asynchronously", flag="")
 
     def validate(self) -> None:
-        _check(self.amp_dtype in ("bfloat16", "float16"),
-               f"unknown mixed-precision type '{self.amp_dtype}': choose bfloat16 or float16")
+        check_params(self)
 
 
 @dataclass
 class PretrainConfig:
     """Self-supervised pretraining (spec sections 2, 4 and 5)."""
 
-    method: str = "tower"
-    steps: int = 300
-    batch: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    tasks: tuple[str, ...] = ("nonlinear", "masking")
-    temperature: float = 0.1
-    mixed_precision: bool = True
-    checkpoint_every: int = 100
-    val_every: int = 50
-    val_batches: int = 2
-    early_stop_patience: int = 0  # validation rounds without improvement; 0 disables
+    method: str = param("tower", "self-supervised method", label="method", choices=METHODS)
+    steps: int = param(300, "optimiser steps", label="steps", min=0, max=MAX_STEPS, step=50)
+    batch: int = param(16, "patches per step (contrastive losses need at least 2)", label="batch", min=2, max=4096)
+    lr: float = param(1e-3, **_LR)
+    weight_decay: float = param(0.0, "AdamW weight decay", flag="", min=0, max=1)
+    seed: int = param(0, **_SEED)
+    device: str = param("auto", **_DEVICE)
+    tasks: tuple[str, ...] = param(("nonlinear", "masking"), "TOWER corruptions, comma-separated",
+                                   choices=PROXY_TASKS, noun="proxy task(s)")
+    temperature: float = param(0.1, "InfoNCE temperature", flag="", min=0, min_open=True, max=10)
+    mixed_precision: bool = param(True, **_MIXED)
+    checkpoint_every: int = param(100, **_CKPT_EVERY)
+    val_every: int = param(50, **_VAL_EVERY)
+    val_batches: int = param(2, "validation batches per round", flag="", min=1, max=1000)
+    early_stop_patience: int = param(0, "validation rounds without improvement before stopping (0: never)",
+                                     flag="", min=0, max=1000)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     accel: AcceleratorConfig = field(default_factory=AcceleratorConfig)
 
     def validate(self) -> None:
-        _check(self.method in METHODS, f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
-        _check(self.steps >= 0, "steps must be >= 0")
-        _check(self.batch >= 2, "batch must be >= 2 (contrastive losses need negatives)")
-        _check(self.lr > 0, "learning rate must be > 0")
-        _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
-        bad = [t for t in self.tasks if t not in PROXY_TASKS]
-        _check(not bad, f"unknown proxy task(s) {bad}: choose from {', '.join(PROXY_TASKS)}")
-        _check(self.temperature > 0, "temperature must be > 0")
-        self.data.validate()
-        self.model.validate()
-        self.accel.validate()
+        check_params(self)
 
 
 @dataclass
 class FinetuneConfig:
     """Supervised fine-tuning of a segmenter (spec section 6)."""
 
-    steps: int = 300
-    batch: int = 8
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    fraction: float = 1.0
+    steps: int = param(300, "optimiser steps", label="fine-tune steps", min=0, max=MAX_STEPS, step=50)
+    batch: int = param(8, "patches per step", min=1, max=4096)
+    lr: float = param(1e-3, **_LR)
+    seed: int = param(0, **_SEED)
+    device: str = param("auto", **_DEVICE)
+    fraction: float = param(1.0, "share of labelled planes to use (seeded, nested)", min=0, min_open=True, max=1)
     # "auto": instance masks -> foreground+boundary, binary -> foreground, else semantic classes;
     # "sparse": napari scribbles, 0 = unannotated, 1 = background, 2.. = classes.
-    target: str = "auto"
-    val_fraction: float = 0.2
-    val_every: int = 50
-    checkpoint_every: int = 100
-    mixed_precision: bool = True
-    edit_weight: float = 5.0
+    target: str = param("auto", "how to read the labels; sparse: 0 = unannotated, 1 = background, 2.. = classes",
+                        choices=TARGETS)
+    transfer: str = param("auto", "which pretrained parts initialise the segmenter (auto: what the method "
+                          "transfers)", choices=TRANSFERS)
+    val_fraction: float = param(0.2, "share of labelled planes held out for validation", flag="", min=0, max=1,
+                                max_open=True)
+    val_every: int = param(50, **_VAL_EVERY)
+    checkpoint_every: int = param(100, **_CKPT_EVERY)
+    mixed_precision: bool = param(True, **_MIXED)
+    edit_weight: float = param(5.0, "loss weight of the pixels the user corrected (1: no extra weight)",
+                               label="weight of edits", min=1, max=100, step=0.5)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     accel: AcceleratorConfig = field(default_factory=AcceleratorConfig)
 
     def validate(self) -> None:
-        _check(self.steps >= 0, "steps must be >= 0")
-        _check(self.batch >= 1, "batch must be >= 1")
-        _check(self.lr > 0, "learning rate must be > 0")
-        _check(0 < self.fraction <= 1, f"fraction {self.fraction} is invalid: use a value in (0, 1]")
-        _check(0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)")
-        _check(self.target in ("auto", "binary", "semantic", "instance", "sparse"),
-               "target must be one of auto, binary, semantic, instance, sparse")
-        _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
-        self.data.validate()
-        self.model.validate()
-        self.accel.validate()
+        check_params(self)
 
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+@dataclass
+class RetrainConfig:
+    """One round of the correct-and-retrain loop: a short fine-tuning on the user's corrections."""
+
+    steps: int = param(50, "optimiser steps of the retrain", label="retrain steps", min=1, max=100_000, step=10)
+    edit_weight: float = param(5.0, "loss weight of the pixels the user corrected (1: no extra weight)",
+                               label="weight of edits", min=1, max=100, step=0.5)
+    seed: int = param(0, **_SEED)
+    device: str = param("auto", **_DEVICE)
+
+    def validate(self) -> None:
+        check_params(self)
+
+
+@dataclass
+class PreviewConfig:
+    """What the corruption preview shows."""
+
+    seed: int = param(0, "random seed of the corruptions", label="seed", min=0, max=2**31 - 1)
+    plane: int = param(0, "which plane of a stack", min=0, max=1_000_000)
+
+    def validate(self) -> None:
+        check_params(self)
 
 
 @dataclass
@@ -154,62 +178,60 @@ class PredictConfig:
 
     # 1024 px tiles (shrunk evenly to fit the image) waste less on overlaps than 512 px ones at the same speed
     # per pixel; two of them need about 1 GB on a CPU.
-    tile: int = 1024
-    overlap: int = 64
-    batch: int = 2
-    device: str = "auto"
-    instances: bool = False
-    min_size: int = 16
-    normalise: str = "image"  # per-image percentiles, or "model": the training statistics
+    tile: int = param(1024, **_TILE)
+    overlap: int = param(64, "overlap between tiles in pixels", min=0, max=8192)
+    batch: int = param(2, "tiles per forward pass", min=1, max=1024)
+    device: str = param("auto", **_DEVICE)
+    instances: bool = param(False, "instance labels (watershed) instead of classes", label="instances")
+    probabilities: bool = param(False, "also write the class probabilities", label="probability image")
+    min_size: int = param(16, "smallest object kept, in pixels", min=0, max=1_000_000)
+    # per-image percentiles, or "model": the training statistics
+    normalise: str = param("image", "normalisation: this image's percentiles, or the training images' (model)",
+                           flag="", choices=("image", "model"))
     # Block-wise (out-of-core) prediction: approximate block side, and context read around each block,
     # which must hold the largest objects whole for instance ids to agree across block seams.
-    block: int = 4096
-    halo: int = 64
+    block: int = param(4096, "block side for zarr output", min=256, max=1 << 20, multiple_of=16)
+    halo: int = param(64, "context read around each block: at least the largest object's diameter", min=0,
+                      max=1 << 19)
     # "auto": bfloat16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX), else float32.
-    precision: str = "auto"
+    precision: str = param("auto", "compute precision (auto: bfloat16 where the device computes it natively)",
+                           choices=PRECISIONS)
 
     def validate(self) -> None:
-        _check(self.precision in PRECISIONS,
-               f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
-        _check(self.tile >= 32 and self.tile % 16 == 0, f"tile {self.tile} is invalid: use a multiple of 16, >= 32")
-        _check(0 <= self.overlap <= self.tile // 2,
+        check_params(self)
+        _check(self.overlap <= self.tile // 2,
                f"overlap {self.overlap} is invalid: use 0..{self.tile // 2} (at most half the {self.tile} px tile)")
-        _check(self.normalise in ("image", "model"), "normalise must be 'image' or 'model'")
-        _check(self.block >= 256 and self.block % 16 == 0, f"block {self.block} is invalid: use a multiple of 16, >= 256")
-        _check(0 <= self.halo <= self.block // 2,
+        _check(self.halo <= self.block // 2,
                f"halo {self.halo} is invalid: use 0..{self.block // 2} px (at least the largest object's diameter)")
-        _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
 
 
 @dataclass
 class PrototypeConfig:
     """Prototype dictionary for a label-free start: cluster pretrained pixel embeddings, name clusters, pseudo-label."""
 
-    k: int = 16
-    seed: int = 0
-    device: str = "auto"
+    k: int = param(16, "how many prototypes (pixel clusters) to find", label="prototypes (K)", min=2, max=64,
+                   noun="K")
+    seed: int = param(0, **_SEED)
+    device: str = param("auto", **_DEVICE)
     # Encoder levels whose features describe a pixel (0 = full resolution); empty: the finest four (0, 1, 2, 3).
-    levels: tuple[int, ...] = ()
+    levels: tuple[int, ...] = param((), "encoder levels to describe pixels with, comma-separated (default: the "
+                                    "finest four, 0,1,2,3)", min=0, max=6, noun="encoder level")
     # Weight of the normalised intensity next to the unit-norm encoder features (0 leaves it out).
-    intensity_weight: float = 0.5
-    samples: int = 100_000  # pixels drawn (seeded) to fit the prototypes; bounds the clustering cost
-    iterations: int = 50
-    restarts: int = 3
+    intensity_weight: float = param(0.5, "weight of the pixel intensity beside the encoder features (0: left out)",
+                                    min=0, max=100)
+    samples: int = param(100_000, "pixels drawn (seeded) to fit the prototypes", min=20, max=100_000_000)
+    iterations: int = param(50, "k-means iterations", flag="", min=1, max=10_000)
+    restarts: int = param(3, "k-means restarts", flag="", min=1, max=100)
     # Share of each plane's assigned pixels, the least certain, left unannotated (0) in pseudo-labels.
-    ignore: float = 0.2
-    tile: int = 512
-    overlap: int = 64
+    ignore: float = param(0.2, "share of each class's least certain pixels left unannotated (0) in the "
+                          "pseudo-labels", label="leave uncertain share", min=0, max=0.9, step=0.05)
+    tile: int = param(512, **_TILE)
+    overlap: int = param(64, "overlap between tiles in pixels", flag="", min=0, max=8192)
 
     def validate(self) -> None:
-        _check(2 <= self.k <= 64, f"K = {self.k} prototypes is invalid: use 2..64")
-        _check(all(0 <= lv <= 6 for lv in self.levels), f"encoder levels {self.levels} are invalid: use 0..depth")
-        _check(self.intensity_weight >= 0, "intensity_weight must be >= 0")
+        check_params(self)
         _check(self.samples >= 10 * self.k, f"samples must be at least 10 x K = {10 * self.k}")
-        _check(self.iterations >= 1 and self.restarts >= 1, "iterations and restarts must be >= 1")
-        _check(0 <= self.ignore < 1, f"ignore {self.ignore} is invalid: use a share in [0, 1), e.g. 0.2")
-        _check(self.tile >= 32 and self.tile % 16 == 0, f"tile {self.tile} is invalid: use a multiple of 16, >= 32")
-        _check(0 <= self.overlap <= self.tile // 2, f"overlap {self.overlap} is invalid: use 0..{self.tile // 2}")
-        _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+        _check(self.overlap <= self.tile // 2, f"overlap {self.overlap} is invalid: use 0..{self.tile // 2}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -224,10 +246,10 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         if f.name not in data:
             continue
         value = data[f.name]
-        sub = {"data": DataConfig, "model": ModelConfig, "accel": AcceleratorConfig}.get(f.name)
+        sub = nested_config(f)
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value)
-        elif f.name in ("tasks", "levels") and isinstance(value, list):
+        elif isinstance(f.default, tuple) and isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
     return cls(**kwargs)
