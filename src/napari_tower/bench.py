@@ -158,35 +158,29 @@ def _mean_sd(values: Sequence[float]) -> str:
 
 
 def paired_tests(cells: list[Cell], reference: str = "tower") -> list[dict[str, Any]]:
-    """TOWER minus each baseline: paired over (seed, test image) Dice, Wilcoxon signed-rank and paired t."""
-    from scipy import stats
+    """TOWER minus each baseline at the seed level: paired over seed means, with a hierarchical bootstrap CI.
+
+    Per-image Dice of one seed share that seed's training run; pooling them across seeds into one test would be
+    pseudo-replication (see `stats.py`).
+    """
+    from .stats import compare
 
     rows = []
     fractions = sorted({c.fraction for c in cells})
     methods = [m for m in dict.fromkeys(c.method for c in cells) if m != reference]
     for fraction in fractions:
-        ref = {c.seed: c for c in cells if c.method == reference and c.fraction == fraction}
+        ref = {c.seed: c.per_image_dice for c in cells if c.method == reference and c.fraction == fraction}
         for method in methods:
-            other = {c.seed: c for c in cells if c.method == method and c.fraction == fraction}
-            seeds = sorted(set(ref) & set(other))
-            if not seeds:
+            other = {c.seed: c.per_image_dice for c in cells if c.method == method and c.fraction == fraction}
+            if not set(ref) & set(other):
                 continue
-            a = np.concatenate([ref[s].per_image_dice for s in seeds])
-            b = np.concatenate([other[s].per_image_dice for s in seeds])
-            diff = a - b
-            wilcoxon_p = float(stats.wilcoxon(a, b).pvalue) if np.any(diff != 0) else 1.0
-            t_p = float(stats.ttest_rel(a, b).pvalue) if np.any(diff != 0) and diff.size > 1 else 1.0
-            rows.append({"fraction": fraction, "baseline": method, "dice_diff_points": float(diff.mean() * 100),
-                         "n_pairs": int(diff.size), "wilcoxon_p": wilcoxon_p, "paired_t_p": t_p,
-                         "tower_wins": bool(diff.mean() > 0), "verdict": _verdict(diff.mean(), wilcoxon_p)})
+            result = compare(ref, other, names=("TOWER", "baseline"))
+            rows.append({"fraction": fraction, "baseline": method, "dice_diff_points": result.mean_diff * 100,
+                         "n_seeds": result.n_seeds, "seed_diffs_points": [d * 100 for d in result.seed_diffs],
+                         "ci95_points": [result.ci_low * 100, result.ci_high * 100],
+                         "paired_t_p": result.paired_t_p, "wilcoxon_p": result.wilcoxon_p,
+                         "tower_wins": bool(result.mean_diff > 0), "verdict": result.verdict})
     return rows
-
-
-def _verdict(mean_diff: float, p: float, alpha: float = 0.05) -> str:
-    """Plain words for one paired test: a difference counts only when the Wilcoxon p is below `alpha`."""
-    if p >= alpha or mean_diff == 0:
-        return f"no significant difference (p >= {alpha:g})"
-    return "TOWER better" if mean_diff > 0 else "baseline better"
 
 
 def write_report(cells: list[Cell], out: Path, meta: dict[str, Any]) -> None:
@@ -204,12 +198,14 @@ def write_report(cells: list[Cell], out: Path, meta: dict[str, Any]) -> None:
             f1 = _mean_sd([c.mean["f1"] for c in group]) if "f1" in group[0].mean else "n/a"
             lines.append(f"| {method} | {fraction:g} | {_mean_sd([c.mean['dice'] for c in group])} | "
                          f"{_mean_sd([c.mean['iou'] for c in group])} | {f1} | {len(group)} |")
-    lines += ["", "Paired tests, TOWER minus baseline, over (seed, test image) Dice pairs:", "",
-              "| fraction | baseline | Δ Dice (points) | pairs | Wilcoxon p | paired t p | verdict |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "TOWER minus baseline at the seed level (one mean Dice per seed, paired over seeds; 95% interval "
+              "from a hierarchical bootstrap over seeds, then test images):", "",
+              "| fraction | baseline | Δ Dice (points) | 95% CI | seeds | paired t p | Wilcoxon p | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
     for t in tests:
-        lines.append(f"| {t['fraction']:g} | {t['baseline']} | {t['dice_diff_points']:+.2f} | {t['n_pairs']} | "
-                     f"{t['wilcoxon_p']:.3g} | {t['paired_t_p']:.3g} | {t['verdict']} |")
+        low, high = t["ci95_points"]
+        lines.append(f"| {t['fraction']:g} | {t['baseline']} | {t['dice_diff_points']:+.2f} | [{low:+.2f}, {high:+.2f}] "
+                     f"| {t['n_seeds']} | {t['paired_t_p']:.3g} | {t['wilcoxon_p']:.3g} | {t['verdict']} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     _plot(cells, out / "dice_vs_fraction.png")
 
