@@ -33,7 +33,14 @@ _LR = dict(help="learning rate", min=0, min_open=True, max=10, noun="learning ra
 _MIXED = dict(help="mixed precision on CUDA (CPU trains in float32)", flag="")
 _CKPT_EVERY = dict(help="write a resumable checkpoint every N steps (0: only at the end)", min=0, max=MAX_STEPS)
 _VAL_EVERY = dict(help="validate every N steps (0: never)", flag="", min=0, max=MAX_STEPS)
+_MINUTES = dict(help="train for this many minutes instead of a step count (0: train for the given steps)", min=0,
+                max=100_000, noun="time budget (minutes)")
 _TILE = dict(help="tile side in pixels for tiled prediction", min=32, max=16384, multiple_of=16, noun="tile")
+
+
+def loop_steps(steps: int, minutes: float) -> int:
+    """The step cap of a training loop: the steps, or under a time budget as many as the time allows."""
+    return MAX_STEPS if minutes > 0 else steps
 
 
 def _check(condition: bool, message: str) -> None:
@@ -94,6 +101,7 @@ class PretrainConfig:
 
     method: str = param("tower", "self-supervised method", label="method", choices=METHODS)
     steps: int = param(300, "optimiser steps", label="steps", min=0, max=MAX_STEPS, step=50)
+    minutes: float = param(0.0, **_MINUTES)
     batch: int = param(16, "patches per step (contrastive losses need at least 2)", label="batch", min=2, max=4096)
     lr: float = param(1e-3, **_LR)
     weight_decay: float = param(0.0, "AdamW weight decay", flag="", min=0, max=1)
@@ -121,6 +129,7 @@ class FinetuneConfig:
     """Supervised fine-tuning of a segmenter (spec section 6)."""
 
     steps: int = param(300, "optimiser steps", label="fine-tune steps", min=0, max=MAX_STEPS, step=50)
+    minutes: float = param(0.0, **_MINUTES)
     batch: int = param(8, "patches per step", min=1, max=4096)
     lr: float = param(1e-3, **_LR)
     seed: int = param(0, **_SEED)

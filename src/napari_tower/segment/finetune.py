@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from ..config import FinetuneConfig, to_dict
+from ..config import loop_steps
 from ..data import Image, PatchSampler, Source, compute_normalisation
 from ..errors import CheckpointError, TowerError
 from ..train.checkpoint import load_checkpoint, save_checkpoint
-from ..train.engine import (Loop, Optimise, Progress, ProgressCallback, StopCheck, autocast, batch_to_device, cosine_lr,
+from ..train.engine import (Loop, Optimise, Progress, ProgressCallback, StopCheck, autocast, batch_to_device, cosine_lr_at,
                             prepare_module, resolve_device, step_rng)
 from ..train.pretrain import load_unet_weights, model_normalisation
 from .model import Segmenter
@@ -172,7 +173,7 @@ def finetune(
         x = batch_to_device(b["image"], device, cfg.accel)
         t = batch_to_device(b["labels"], device, cfg.accel)
         w = batch_to_device(b["weights"], device, cfg.accel)
-        cosine_lr(optimizer, cfg.lr, step, cfg.steps)
+        cosine_lr_at(optimizer, cfg.lr, loop.fraction(step))
         with autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype):
             logits = model(x)
         loss = segmentation_loss(logits, t, w)
@@ -214,8 +215,8 @@ def finetune(
         if out is not None:
             save_checkpoint(out, saved)
 
-    loop = Loop("finetune", cfg.steps, cfg.batch, train_step, save, validate if val_batch is not None else None,
-                cfg.val_every, cfg.checkpoint_every, 0, callback, should_stop)
+    loop = Loop("finetune", loop_steps(cfg.steps, cfg.minutes), cfg.batch, train_step, save, validate if val_batch is not None else None,
+                cfg.val_every, cfg.checkpoint_every, 0, callback, should_stop, budget_s=cfg.minutes * 60)
     last = loop.run(0)
     return FinetuneResult(saved, Path(out) if out is not None else None, last, best_dice if best_dice >= 0 else None)
 

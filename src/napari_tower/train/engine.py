@@ -125,7 +125,12 @@ def step_rng(seed: int, step: int, rank: int = 0) -> tuple[np.random.Generator, 
 
 
 def cosine_lr(optimizer: torch.optim.Optimizer, base_lr: float, step: int, total: int) -> None:
-    lr = base_lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+    cosine_lr_at(optimizer, base_lr, min(step, total) / max(1, total))
+
+
+def cosine_lr_at(optimizer: torch.optim.Optimizer, base_lr: float, fraction: float) -> None:
+    """Cosine decay from `base_lr` to 0 over a run's progress `fraction` (steps done, or time used, over the total)."""
+    lr = base_lr * 0.5 * (1 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
     for group in optimizer.param_groups:
         group["lr"] = lr
 
@@ -147,6 +152,16 @@ class Loop:
     should_stop: StopCheck | None = None
     history: dict[str, list[float]] = field(default_factory=dict)
     best_val: float = math.inf
+    # > 0: a time budget. The run ends when this much wall time is used (`total` is then only a cap), and the
+    # schedule follows the time used, so a run given 2 minutes anneals fully in 2 minutes on any machine.
+    budget_s: float = 0.0
+    _t0: float = field(default=0.0, init=False, repr=False)
+
+    def fraction(self, step: int) -> float:
+        """How far through its schedule the run is at `step`: by time under a budget, else by steps."""
+        if self.budget_s > 0:
+            return min(1.0, (time.perf_counter() - self._t0) / self.budget_s) if self._t0 else 0.0
+        return min(step, self.total) / max(1, self.total)
 
     def _record(self, step: int, losses: dict[str, float], val: float | None) -> None:
         self.history.setdefault("step", []).append(float(step))
@@ -166,7 +181,7 @@ class Loop:
             torch.set_flush_denormal(False)
 
     def _run(self, start: int) -> Progress:
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
         bad_rounds = 0
         last = Progress(self.phase, start, self.total)
         for step in range(start, self.total):
@@ -192,8 +207,19 @@ class Loop:
                 else:
                     bad_rounds += 1
             self._record(step + 1, losses, val)
-            last = Progress(self.phase, step + 1, self.total, losses, rate * self.batch, elapsed,
-                            (self.total - step - 1) / rate if rate > 0 else 0.0, val)
+            out_of_time = self.budget_s > 0 and elapsed >= self.budget_s
+            if self.budget_s > 0:  # the total a budget allows, estimated from the rate so far
+                total = step + 1 if out_of_time else min(self.total, step + 1 + int(rate * (self.budget_s - elapsed)))
+                eta = max(0.0, self.budget_s - elapsed)
+            else:
+                total, eta = self.total, (self.total - step - 1) / rate if rate > 0 else 0.0
+            last = Progress(self.phase, step + 1, total, losses, rate * self.batch, elapsed, eta, val)
+            if out_of_time:
+                self.save(step + 1, True)
+                self._emit(last)
+                return self._emit(Progress(self.phase, step + 1, step + 1, losses, last.patches_per_s, elapsed, 0.0,
+                                           val, done=True, message=f"time budget of {self.budget_s:.0f} s used "
+                                           f"after {step + 1} steps"))
             if self.checkpoint_every > 0 and (step + 1) % self.checkpoint_every == 0 and step + 1 < self.total:
                 self.save(step + 1, False)
             self._emit(last)

@@ -10,12 +10,13 @@ from typing import Any, Sequence
 import torch
 
 from ..config import PretrainConfig, from_dict, to_dict
+from ..config import loop_steps
 from ..data import Image, Normalisation, PatchSampler, Source, compute_normalisation
 from ..errors import CheckpointError, TowerError
 from ..methods import Method, build_method
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed
-from .engine import (Loop, Optimise, Progress, ProgressCallback, StopCheck, autocast, batch_to_device, cosine_lr,
+from .engine import (Loop, Optimise, Progress, ProgressCallback, StopCheck, autocast, batch_to_device, cosine_lr_at,
                      prepare_module, resolve_device, step_rng)
 
 VAL_SEED_OFFSET = 2**31 - 1
@@ -135,7 +136,7 @@ def _pretrain(images: Sequence[Image], cfg: PretrainConfig, out: str | os.PathLi
         method.train()
         rng, gen = step_rng(cfg.seed, step, world.rank)  # each rank draws its own patches
         x = batch_to_device(sampler.sample(cfg.batch, rng)["image"], device, cfg.accel)
-        cosine_lr(optimizer, cfg.lr, step, cfg.steps)
+        cosine_lr_at(optimizer, cfg.lr, loop.fraction(step))
         with autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype):
             losses = model(x, gen)
         optimise(losses["loss"])
@@ -177,7 +178,8 @@ def _pretrain(images: Sequence[Image], cfg: PretrainConfig, out: str | os.PathLi
         def stop() -> bool:
             return world.any(should_stop is not None and should_stop())
 
-    loop = Loop("pretrain", cfg.steps, cfg.batch, train_step, save, validate, cfg.val_every, cfg.checkpoint_every,
-                cfg.early_stop_patience, callback if world.is_main else None, stop, history)
+    loop = Loop("pretrain", loop_steps(cfg.steps, cfg.minutes), cfg.batch, train_step, save, validate, cfg.val_every, cfg.checkpoint_every,
+                cfg.early_stop_patience, callback if world.is_main else None, stop, history,
+                budget_s=cfg.minutes * 60)
     last = loop.run(start)
     return PretrainResult(saved_payload, Path(out) if out is not None else None, last, world.rank, world.world_size)
