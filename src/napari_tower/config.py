@@ -110,6 +110,12 @@ class PretrainConfig:
     tasks: tuple[str, ...] = param(("nonlinear", "masking"), "TOWER corruptions, comma-separated",
                                    choices=PROXY_TASKS, noun="proxy task(s)")
     temperature: float = param(0.1, "InfoNCE temperature", flag="", min=0, min_open=True, max=10)
+    # TOWER's corruption strength and view geometry (spec defaults; issue 16 ablates them).
+    mask_ratio: float = param(0.25, "share of block-mask cells blanked in the corrupted view", min=0, max=0.9)
+    mask_cell: int = param(8, "block-mask cell side in pixels", min=2, max=64)
+    remap_p: float = param(0.9, "probability that a sample's intensities are non-linearly remapped", min=0, max=1)
+    view_shift: int = param(0, "random offset in pixels between the clean and the corrupted view (0: same "
+                            "geometry)", min=0, max=64)
     mixed_precision: bool = param(True, **_MIXED)
     checkpoint_every: int = param(100, **_CKPT_EVERY)
     val_every: int = param(50, **_VAL_EVERY)

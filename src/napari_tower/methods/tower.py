@@ -22,15 +22,20 @@ class Tower(Method):
     use_con = True
 
     def corrupt(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        weights = structure_weights(x, per_cell=True) if self.cfg.data.structure_prior else None
-        return compose(x, self.cfg.tasks, gen, weights=weights)
+        cfg = self.cfg
+        weights = structure_weights(x, per_cell=True, cell=cfg.mask_cell) if cfg.data.structure_prior else None
+        options = {"nonlinear": {"p": cfg.remap_p}, "masking": {"ratio": cfg.mask_ratio, "cell": cfg.mask_cell}}
+        return compose(x, cfg.tasks, gen, weights=weights, options=options)
 
     def step(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        x_plus = self.corrupt(x, gen)
+        # The corrupted view may be a shifted crop of the clean one: the restoration target moves with it,
+        # and the contrast must then match views whose content only partly overlaps.
+        shifted = shift_views(x, self.cfg.view_shift, gen) if self.cfg.view_shift else x
+        x_plus = self.corrupt(shifted, gen)
         losses: dict[str, torch.Tensor] = {}
         if self.use_gen:
             features, r_plus = self.unet(x_plus)
-            losses["gen"] = F.l1_loss(self.restore(features), x)
+            losses["gen"] = F.l1_loss(self.restore(features), shifted)
         else:
             r_plus = self.unet.encoder(x_plus)[-1]
         if self.use_con:
@@ -43,6 +48,15 @@ class Tower(Method):
     def validation_loss(self, x: torch.Tensor, gen: torch.Generator) -> float:
         losses = self.step(x, gen)
         return float(losses.get("gen", losses["loss"]))
+
+
+def shift_views(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Each sample translated by its own random (dy, dx) in [-shift, shift], reflecting at the borders."""
+    n, _, h, w = x.shape
+    s = min(shift, h - 1, w - 1)
+    padded = F.pad(x, (s, s, s, s), mode="reflect")
+    offsets = torch.randint(0, 2 * s + 1, (n, 2), generator=gen).tolist()
+    return torch.stack([padded[i, :, dy: dy + h, dx: dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
 class TowerGenOnly(Tower):
