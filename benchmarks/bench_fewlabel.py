@@ -86,7 +86,7 @@ def _images(planes: list[np.ndarray]) -> list:
     return [from_array(p[None], f"plane{i}", axes="ZYX") for i, p in enumerate(planes)]
 
 
-def _score(split: Split, seg: dict) -> list[float]:
+def _score(split: Split, seg) -> list[float]:
     predictor = Predictor(seg, PredictConfig(device="cpu", instances=False))
     scores = []
     for image, truth in split.test:
@@ -113,7 +113,7 @@ def run_arm(arm: str, split: Split, labelled: list[int], seed: int, budget_s: fl
                               device="cpu", val_every=0, checkpoint_every=0, data=DataConfig(patch=patch),
                               model=ModelConfig(base=model.base, depth=model.depth))
         result = pretrain(unlabelled, pcfg, init=generalist if arm == "default" else None)
-        init, pre_history = result.checkpoint, result.checkpoint.get("history", {})
+        init, pre_history = result.checkpoint, result.checkpoint.history
         pre_s = time.perf_counter() - t0
     elif arm == "generalist":
         init = generalist

@@ -30,10 +30,11 @@ import torch
 
 from napari_tower.bench import load_dataset
 from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig, PretrainConfig, PrototypeConfig
+from napari_tower.model_bundle import ModelBundle
 from napari_tower.prototypes import find_prototypes, majority_mapping, most_typical_image, pseudo_labels
 from napari_tower.segment import Predictor, evaluate, finetune
 from napari_tower.segment.metrics import dice
-from napari_tower.train import load_checkpoint, pretrain, save_checkpoint
+from napari_tower.train import pretrain
 
 
 def _otsu_dice(images, truths) -> float:
@@ -83,7 +84,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     if args.checkpoint:
-        ckpt = load_checkpoint(args.checkpoint)
+        ckpt = ModelBundle.load(args.checkpoint)
     else:
         pcfg = PretrainConfig(steps=args.pretrain_steps, batch=args.batch, seed=args.seed, device=args.device,
                               val_every=0, checkpoint_every=0, data=DataConfig(patch=args.patch),
@@ -145,7 +146,7 @@ def main() -> None:
     scores = evaluate([(p > 0).astype(np.uint8) for p in preds], [(t > 0).astype(np.uint8) for t in truths],
                       instances=False)
     times["predict_s"] = time.perf_counter() - t0
-    save_checkpoint(out / "segmenter.pt", seg)
+    seg.save(out / "segmenter.pt")
     rows = sorted(zip(scores["images"], ds.test_images, preds), key=lambda r: r[0]["dice"])
     worst = [{"image": im.source, "shape": list(pr.shape), "dice": round(row["dice"], 4),
               "predicted_share": round(float((pr > 0).mean()), 4)} for row, im, pr in rows[:5]]

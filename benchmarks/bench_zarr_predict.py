@@ -47,12 +47,11 @@ def _make_model(path: Path, base: int) -> None:
     from napari_tower.data import from_array
     from napari_tower.samples import synthetic_nuclei
     from napari_tower.segment import finetune
-    from napari_tower.train.checkpoint import save_checkpoint
 
     image, labels = synthetic_nuclei((128, 128), 14, seed=0)
     cfg = FinetuneConfig(steps=0, batch=2, val_every=0, checkpoint_every=0, device="cpu",
                          data=DataConfig(patch=64), model=ModelConfig(base=base))
-    save_checkpoint(path, finetune([from_array(image)], [labels[None]], cfg).checkpoint)
+    finetune([from_array(image)], [labels[None]], cfg).checkpoint.save(path)
 
 
 def _phase(args: argparse.Namespace) -> None:
@@ -62,13 +61,13 @@ def _phase(args: argparse.Namespace) -> None:
     from napari_tower.config import PredictConfig
     from napari_tower.data import from_array, read_image
     from napari_tower.segment import Predictor
+    from napari_tower.model_bundle import ModelBundle
     from napari_tower.segment.blockwise import predict_blockwise
-    from napari_tower.train.checkpoint import load_checkpoint
 
     torch.set_num_threads(args.threads)
     work = Path(args.dir)
     cfg = PredictConfig(device="cpu", instances=args.instances, block=args.block, halo=args.halo)
-    predictor = Predictor(load_checkpoint(work / "model.pt"), cfg)
+    predictor = Predictor(ModelBundle.load(work / "model.pt"), cfg)
     if args.phase == "memory":
         image = read_image(work / "image.zarr")
         ref = from_array(np.asarray(image.data[0, 0, : args.ref_size, : args.ref_size]), "reference")

@@ -33,8 +33,8 @@ from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, Predict
 from napari_tower.data import read_image, read_labels
 from napari_tower.errors import CheckpointError, TowerError
 from napari_tower.segment import finetune
-from napari_tower.train import load_checkpoint, pretrain
-from napari_tower.train.checkpoint import VERSION
+from napari_tower.model_bundle import VERSION, ModelBundle
+from napari_tower.train import pretrain
 
 from .conftest import blobs
 
@@ -168,9 +168,9 @@ def _truncated_copy(source: Path, target: Path) -> Path:
 
 
 def _future_checkpoint(kit: Kit, tmp: Path) -> Path:
-    ckpt = load_checkpoint(kit.segmenter)
-    ckpt["version"] = VERSION + 1
-    torch.save(ckpt, tmp / "future.pt")
+    payload = ModelBundle.load(kit.segmenter).to_dict()
+    payload["version"] = VERSION + 1
+    torch.save(payload, tmp / "future.pt")
     return tmp / "future.pt"
 
 
@@ -324,7 +324,7 @@ def test_checkpoint_that_would_run_code_is_refused_and_runs_nothing(kit, tmp_pat
     container(payload, evil, marker)
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="was refused"):
-        load_checkpoint(evil)
+        ModelBundle.load(evil)
     assert not marker.exists()
     out = _existing_checkpoint(kit, tmp_path)
     before = snapshot([out])
@@ -376,7 +376,7 @@ def test_prediction_retries_with_smaller_batches_then_tiles(kit):
     from napari_tower.data import from_array
     from napari_tower.segment import Predictor
 
-    ckpt = load_checkpoint(kit.segmenter, "segmenter")
+    ckpt = ModelBundle.load(kit.segmenter, "segmenter")
     image = from_array(np.stack([blobs((200, 200), 20, seed=s)[0] for s in range(2)]), "two planes")
     free = Predictor(ckpt, PredictConfig(tile=128, overlap=16, batch=4, device="cpu")).predict(image)
 
@@ -506,22 +506,22 @@ def test_sigint_keeps_a_checkpoint_and_resume_continues_the_run(kit, tmp_path):
     assert code == 130, err
     assert "Traceback" not in err
     assert f"continue with: napari-tower pretrain {kit.stack} --out {out} --resume {out}" in err
-    first = load_checkpoint(out, "pretrained")
-    stopped_at = first["step"]
+    first = ModelBundle.load(out, "pretrained")
+    stopped_at = first.step
     assert 0 < stopped_at < steps
-    assert first["history"]["step"] == [float(s) for s in range(1, stopped_at + 1)]
+    assert first.history["step"] == [float(s) for s in range(1, stopped_at + 1)]
 
     # Resume exactly as the message says (no --steps: the interrupted run's own total and schedule).
     assert main(["pretrain", str(kit.stack), "--out", str(out), "--resume", str(out), "--quiet"]) == 0
-    resumed = load_checkpoint(out, "pretrained")
-    history = resumed["history"]
-    assert resumed["step"] == steps and resumed["config"]["steps"] == steps
+    resumed = ModelBundle.load(out, "pretrained")
+    history = resumed.history
+    assert resumed.step == steps and resumed.config["steps"] == steps
     assert history["step"] == [float(s) for s in range(1, steps + 1)]
-    for key, values in first["history"].items():
+    for key, values in first.history.items():
         assert history[key][: len(values)] == values  # the first run's history is kept as it was
     # ...and the rest continues it: the same numbers an uninterrupted run gives (same batches, same schedule).
-    cfg = from_dict(PretrainConfig, resumed["config"])
-    straight = pretrain([read_image(kit.stack)], cfg).checkpoint["history"]
+    cfg = from_dict(PretrainConfig, resumed.config)
+    straight = pretrain([read_image(kit.stack)], cfg).checkpoint.history
     np.testing.assert_allclose(history["loss"], straight["loss"], rtol=1e-3, atol=1e-4)
 
 
@@ -529,8 +529,8 @@ def test_sigterm_also_keeps_a_resumable_checkpoint(kit, tmp_path):
     out = tmp_path / "run.pt"
     code, err = _interrupt_after_some_steps(_start_pretraining(kit, out, 80), signal.SIGTERM)
     assert code == 130 and "Traceback" not in err, err
-    ckpt = load_checkpoint(out, "pretrained")
-    assert 0 < ckpt["step"] < 80 and "optimizer" in ckpt
+    ckpt = ModelBundle.load(out, "pretrained")
+    assert 0 < ckpt.step < 80 and ckpt.optimizer is not None
 
 
 def test_interrupted_write_keeps_the_old_file(tmp_path):

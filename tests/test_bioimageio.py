@@ -17,18 +17,18 @@ import torch
 
 pytest.importorskip("bioimageio.core")
 
-from napari_tower.bioimageio_package import (  # noqa: E402
+from napari_tower.bioimageio.exporter import (  # noqa: E402
     BioimageioExportConfig,
     check_bioimageio_package,
     export_bioimageio,
-    is_bioimageio_package,
 )
+from napari_tower.bioimageio.reader import is_bioimageio_package  # noqa: E402
 from napari_tower.cli import main  # noqa: E402
 from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig  # noqa: E402
 from napari_tower.data import from_array  # noqa: E402
 from napari_tower.samples import synthetic_nuclei  # noqa: E402
 from napari_tower.segment import Predictor, finetune  # noqa: E402
-from napari_tower.train.checkpoint import load_checkpoint  # noqa: E402
+from napari_tower.model_bundle import ModelBundle  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +90,7 @@ def test_exported_model_validates_and_reproduces_our_prediction(model_file, tmp_
     assert report.passed, report.errors
 
     # The packaged test output is the model's own prediction of the packaged test input.
-    ckpt = load_checkpoint(model_file)
+    ckpt = ModelBundle.load(model_file)
     test_input, test_output = _read_npy(out, "test_input.npy"), _read_npy(out, "test_output.npy")
     assert test_input.shape == (1, 1, 192, 160)  # a centred crop, sides multiples of 16
     assert np.array_equal(test_input[0, 0], test_image[4:196, 5:165].astype(np.float32))
@@ -113,7 +113,7 @@ def test_fixed_normalisation_is_reproduced_exactly(model_file, tmp_path):
 
     out = export_bioimageio(model_file, tmp_path / "fixed.zip",
                             BioimageioExportConfig(normalise="model", weight_formats=("torchscript",)))
-    ckpt = load_checkpoint(model_file)
+    ckpt = ModelBundle.load(model_file)
     other, _ = synthetic_nuclei((64, 96), 8, seed=5)
     sample = predict(model=load_model_description(out), inputs=other.astype(np.float32)[None, None])
     theirs = sample.members["probabilities"].data.to_numpy()[0]
@@ -126,7 +126,7 @@ def test_fixed_normalisation_is_reproduced_exactly(model_file, tmp_path):
     assert [step["id"] for step in steps] == ["scale_linear", "clip"]
     scale, clip = steps
     assert (clip["kwargs"]["min"], clip["kwargs"]["max"]) == (0.0, 1.0)
-    low, high = ckpt["normalisation"]["low"][0], ckpt["normalisation"]["high"][0]
+    low, high = ckpt.normalisation.low[0], ckpt.normalisation.high[0]
     assert scale["kwargs"]["gain"] == pytest.approx(1 / (high - low)) and scale["kwargs"]["offset"] == pytest.approx(
         -low / (high - low))
     assert list(rdf["weights"]) == ["torchscript"]
@@ -134,9 +134,9 @@ def test_fixed_normalisation_is_reproduced_exactly(model_file, tmp_path):
 
 def test_package_loads_back_for_predict_and_finetune(model_file, tmp_path, capsys):
     package = export_bioimageio(model_file, tmp_path / "model.zip", BioimageioExportConfig())
-    ckpt, loaded = load_checkpoint(model_file), load_checkpoint(package, kind="segmenter")
-    assert loaded["config"] == ckpt["config"] and loaded["target"] == ckpt["target"]
-    assert all(torch.equal(loaded["state"][k], v) for k, v in ckpt["state"].items())
+    ckpt, loaded = ModelBundle.load(model_file), ModelBundle.load(package, kind="segmenter")
+    assert loaded.config == ckpt.config and loaded.target == ckpt.target
+    assert all(torch.equal(loaded.state[k], v) for k, v in ckpt.state.items())
 
     image, labels = synthetic_nuclei((96, 96), 10, seed=2)
     tifffile.imwrite(tmp_path / "image.tif", image)
@@ -151,8 +151,8 @@ def test_package_loads_back_for_predict_and_finetune(model_file, tmp_path, capsy
     assert main(["finetune", str(tmp_path / "image.tif"), "--labels", str(tmp_path / "labels.tif"), "--init",
                  str(package), "--out", str(tmp_path / "more.pt"), "--steps", "2", "--batch", "2", "--patch", "64",
                  "--device", "cpu", "--quiet"]) == 0
-    more = load_checkpoint(tmp_path / "more.pt", kind="segmenter")
-    assert more["config"]["model"] == ckpt["config"]["model"] and more["target"] == ckpt["target"]
+    more = ModelBundle.load(tmp_path / "more.pt", kind="segmenter")
+    assert more.config["model"] == ckpt.config["model"] and more.target == ckpt.target
 
 
 def test_cli_export_checks_the_package(model_file, tmp_path, capsys):
@@ -226,5 +226,5 @@ def test_widget_exports_a_package_and_loads_it_back(model_file, make_napari_view
     exported = widget.session.segmenter
     widget.session.segmenter = None
     assert widget.load_model(tmp_path / "cells.zip") == "segmenter"
-    assert all(torch.equal(widget.session.segmenter["state"][k], v) for k, v in exported["state"].items())
+    assert all(torch.equal(widget.session.segmenter.state[k], v) for k, v in exported.state.items())
     assert "segmenter: instance" in widget.models.info.text()

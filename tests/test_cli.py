@@ -61,10 +61,10 @@ def test_pretrain_then_preview(tmp_path, stack):
     out = tmp_path / "m.pt"
     assert main(["pretrain", str(stack), "--out", str(out), "--steps", "3", "--patch", "64", "--batch", "4",
                  "--base", "8", "--quiet"]) == 0
-    from napari_tower.train import load_checkpoint
+    from napari_tower.model_bundle import ModelBundle
 
-    ckpt = load_checkpoint(out, "pretrained")
-    assert ckpt["method"] == "tower" and ckpt["step"] == 3 and len(ckpt["history"]["loss"]) == 3
+    ckpt = ModelBundle.load(out, "pretrained")
+    assert ckpt.method == "tower" and ckpt.step == 3 and len(ckpt.history["loss"]) == 3
     result = run_cli("preview", stack, "--out", tmp_path / "prev")
     assert result.returncode == 0, result.stderr
     files = sorted(p.stem for p in (tmp_path / "prev").glob("*.tif"))

@@ -18,7 +18,7 @@ from napari_tower.config import AcceleratorConfig, PretrainConfig, from_dict, to
 from napari_tower.errors import TowerError
 from napari_tower.methods.losses import nt_xent
 from napari_tower.samples import synthetic_nuclei
-from napari_tower.train.checkpoint import load_checkpoint
+from napari_tower.model_bundle import ModelBundle
 from napari_tower.train.engine import Optimise, batch_to_device, prepare_module, step_rng
 
 
@@ -38,9 +38,9 @@ def test_torchrun_two_ranks_pretrain_and_rank0_writes_one_checkpoint(tmp_path):
     assert all(math.isfinite(float(v)) for v in ranks.values())
     assert ranks["0"] == ranks["1"], "both ranks report the loss of the global batch"
     assert sorted(p.name for p in out.iterdir()) == ["ck.pt"], "exactly one checkpoint, no stray temp files"
-    ckpt = load_checkpoint(out / "ck.pt", "pretrained")
-    assert ckpt["step"] == 3 and ckpt["world_size"] == 2
-    assert not any(k.startswith("module.") for k in ckpt["state"]), "saved without the DDP wrapper's prefix"
+    ckpt = ModelBundle.load(out / "ck.pt", "pretrained")
+    assert ckpt.step == 3 and ckpt.world_size == 2
+    assert not any(k.startswith("module.") for k in ckpt.state), "saved without the DDP wrapper's prefix"
 
 
 def _gather_worker(rank: int, world: int, init: str, a: torch.Tensor, b: torch.Tensor, out: str) -> None:

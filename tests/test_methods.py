@@ -39,7 +39,7 @@ def test_nt_xent_prefers_matching_pairs():
 @pytest.mark.parametrize("method", METHODS)
 def test_loss_decreases(method):
     torch.manual_seed(0)
-    history = pretrain(_images(), _cfg(method, 40)).checkpoint["history"]
+    history = pretrain(_images(), _cfg(method, 40)).checkpoint.history
     # PCRL's contrastive term grows while its queue fills with real keys instead of random ones,
     # so its restoration term is the one that must fall.
     loss = np.asarray(history["gen" if method == "pcrl" else "loss"])
@@ -60,14 +60,14 @@ def test_tower_uses_both_terms_and_transfers_encoder_and_decoder():
 def test_steps_zero_resume_and_init(tmp_path):
     images = _images()
     zero = pretrain(images, _cfg("tower", 0), tmp_path / "zero.pt")
-    assert zero.path.exists() and zero.checkpoint["step"] == 0
-    full = pretrain(images, _cfg("tower", 6)).checkpoint["history"]["loss"]
+    assert zero.path.exists() and zero.checkpoint.step == 0
+    full = pretrain(images, _cfg("tower", 6)).checkpoint.history["loss"]
     cfg = _cfg("tower", 6)
     stop_at = iter(range(100))
     part = pretrain(images, cfg, tmp_path / "part.pt", should_stop=lambda: next(stop_at) >= 3)
-    assert part.last.stopped and part.checkpoint["step"] == 3
+    assert part.last.stopped and part.checkpoint.step == 3
     resumed = pretrain(images, _cfg("tower", 6), tmp_path / "part.pt", resume=tmp_path / "part.pt")
     # Resuming replays the same batches with the same schedule: the history continues the uninterrupted run.
-    np.testing.assert_allclose(resumed.checkpoint["history"]["loss"], full, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(resumed.checkpoint.history["loss"], full, rtol=1e-4, atol=1e-5)
     warm = pretrain(images, _cfg("genesis", 1), init=tmp_path / "part.pt")
-    assert warm.checkpoint["step"] == 1
+    assert warm.checkpoint.step == 1

@@ -225,10 +225,9 @@ def test_cli_map_gallery_then_pseudo_labels_then_finetune(nuclei, tiny_model, tm
     import tifffile
 
     from napari_tower.cli import main
-    from napari_tower.train import save_checkpoint
 
     images, truths = nuclei
-    ckpt = save_checkpoint(tmp_path / "tower.pt", tiny_model)
+    ckpt = tiny_model.save(tmp_path / "tower.pt")
     paths = []
     for i, im in enumerate(images):
         paths.append(tmp_path / "data" / f"img{i}.tif")

@@ -17,7 +17,6 @@ from napari_tower.segment import Predictor, finetune
 from napari_tower.segment.blockwise import block_grid, predict_blockwise
 from napari_tower.segment.metrics import dice, object_scores
 from napari_tower.train import pretrain
-from napari_tower.train.checkpoint import save_checkpoint
 
 
 class CountingArray:
@@ -246,7 +245,7 @@ def test_cli_predict_zarr_input_writes_zarr(tmp_path, segmenter, nuclei_stack, c
     import dask
 
     model = tmp_path / "model.pt"
-    save_checkpoint(model, segmenter)
+    segmenter.save(model)
     code = main(["predict", str(model), str(nuclei_stack), "--out", str(tmp_path / "pred"), "--instances",
                  "--tile", "256", "--overlap", "128", "--block", "256", "--halo", "64", "--workers", "2"])
     assert code == 0, capsys.readouterr().err

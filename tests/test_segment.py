@@ -14,6 +14,7 @@ import torch
 from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig
 from napari_tower.data import from_array
 from napari_tower.errors import TowerError
+from napari_tower.model_bundle import ModelBundle
 from napari_tower.samples import synthetic_nuclei
 from napari_tower.segment import Predictor, evaluate, finetune
 from napari_tower.segment.finetune import segmentation_loss, select_fraction
@@ -79,7 +80,7 @@ def test_finetuned_model_beats_an_untrained_one():
 
     good, bad = score(trained.checkpoint), score(untrained.checkpoint)
     assert good["dice"] > 0.7 and good["dice"] > bad["dice"] + 0.2, (good, bad)
-    assert trained.checkpoint["target"] == "instance" and trained.checkpoint["classes"] == 3
+    assert trained.checkpoint.target == "instance" and trained.checkpoint.classes == 3
 
 
 def test_sparse_scribbles_train_a_segmenter():
@@ -148,9 +149,9 @@ def _segmenter_checkpoint_with_trained_statistics():
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
-    return model.eval(), {
-        "kind": "segmenter", "state": model.state_dict(), "target": "instance", "classes": 3,
-        "config": {"model": {"in_channels": 1, "base": 8, "depth": 3}}}
+    return model.eval(), ModelBundle(
+        kind="segmenter", state=model.state_dict(), target="instance", classes=3,
+        config={"model": {"in_channels": 1, "base": 8, "depth": 3}})
 
 
 def test_inference_model_folds_batchnorm_without_changing_outputs():
@@ -170,9 +171,9 @@ def test_bfloat16_prediction_matches_float32():
     from napari_tower.segment.predict import resolve_precision
 
     _, ckpt = _segmenter_checkpoint_with_trained_statistics()
-    ckpt["config"]["data"] = {"low_percentile": 1.0, "high_percentile": 99.8}
+    ckpt.config["data"] = {"low_percentile": 1.0, "high_percentile": 99.8}
     image, _ = synthetic_nuclei((96, 160), 10, seed=3)
-    ckpt["normalisation"] = Normalisation(low=[float(image.min())], high=[float(image.max())]).to_dict()
+    ckpt.normalisation = Normalisation(low=[float(image.min())], high=[float(image.max())])
     runs = {p: Predictor(ckpt, PredictConfig(tile=64, overlap=16, precision=p)) for p in ("float32", "bfloat16")}
     assert runs["float32"].dtype == torch.float32 and runs["bfloat16"].dtype == torch.bfloat16
     probs = {p: r.predict(from_array(image)).probabilities for p, r in runs.items()}

@@ -60,7 +60,7 @@ def test_tutorial_from_a_dropped_tiff_to_corrected_labels(make_napari_viewer, qt
     widget.train.pretrain_button.click()
     wait_idle(qtbot, widget, WAIT_S)
     assert not errors, errors
-    assert widget.session.pretrained["step"] == SETTINGS["steps"]
+    assert widget.session.pretrained.step == SETTINGS["steps"]
     snap(viewer, widget, "tutorial-3-pretrain")
 
     # Annotate one plane: a new Labels layer, objects painted on plane 0 only.

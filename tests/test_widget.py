@@ -204,7 +204,7 @@ def test_workflow_on_synthetic_stack(make_napari_viewer, qtbot, errors):
     wait_idle(qtbot, widget, 60)
     assert not errors, errors
     assert [p.step for p in seen if not p.done][:3] == [1, 2, 3] and seen[-1].done
-    assert widget.session.pretrained["step"] == TINY["steps"]
+    assert widget.session.pretrained.step == TINY["steps"]
     assert "ETA" not in widget.train.progress.text.text() and widget.train.progress.bar.value() == 1
     snap(viewer, widget, "2-pretrain")
 
@@ -215,7 +215,7 @@ def test_workflow_on_synthetic_stack(make_napari_viewer, qtbot, errors):
     widget.segment.finetune_button.click()
     wait_idle(qtbot, widget, 60)
     assert not errors, errors
-    assert widget.session.segmenter["kind"] == "segmenter"
+    assert widget.session.segmenter.kind == "segmenter"
     assert "1 annotated plane" in widget.status.text()
 
     widget.segment.scope.setCurrentText("whole stack")
@@ -288,7 +288,7 @@ def test_stop_keeps_a_checkpoint(make_napari_viewer, qtbot, errors):
     assert took < 2.0
     assert not errors, errors
     ckpt = widget.session.pretrained
-    assert ckpt is not None and 3 <= ckpt["step"] < 100_000
+    assert ckpt is not None and 3 <= ckpt.step < 100_000
     assert widget.train.progress.last.stopped and "stopped" in widget.status.text()
     assert widget.train.pretrain_button.isEnabled() and not widget.train.stop_button.isEnabled()
 
@@ -362,11 +362,11 @@ def test_models_and_settings_persist(make_napari_viewer, qtbot, errors, tmp_path
     path = widget.save_model(tmp_path / "models" / "simclr.pt")
     widget.session.pretrained = None
     assert widget.load_model(path) == "pretrained"
-    assert widget.session.pretrained["method"] == "simclr"
+    assert widget.session.pretrained.method == "simclr"
     assert "pretrained: simclr" in widget.models.info.text()
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     widget._user_action(lambda: widget.load_model(tmp_path / "junk.pt"))
-    assert "junk.pt" in errors[-1] and widget.session.pretrained["method"] == "simclr"  # the good model stays
+    assert "junk.pt" in errors[-1] and widget.session.pretrained.method == "simclr"  # the good model stays
 
     widget.save_settings()
     from napari_tower.napari.settings import load_settings
@@ -492,7 +492,7 @@ def test_sparse_scribbles_then_retrain(make_napari_viewer, qtbot, errors):
     widget.segment.finetune_button.click()
     wait_idle(qtbot, widget, 60)
     assert not errors, errors
-    assert widget.session.segmenter["target"] == "sparse"
+    assert widget.session.segmenter.target == "sparse"
     widget.segment.predict_button.click()
     wait_idle(qtbot, widget, 60)
     out = viewer.layers["nuclei tower labels"]

@@ -68,7 +68,7 @@ def test_prototypes_to_pseudo_labels_to_finetune(make_napari_viewer, qtbot, erro
 
     widget.segment.finetune_button.click()  # the pseudo-labels train a segmenter as they are
     wait_idle(qtbot, widget, 60)
-    assert widget.session.segmenter is not None and widget.session.segmenter["target"] == "sparse"
+    assert widget.session.segmenter is not None and widget.session.segmenter.target == "sparse"
 
     edited = values.copy()
     edited[:8, :8] = np.where(values[:8, :8] == 1, 2, 1)  # a real change, whatever was there

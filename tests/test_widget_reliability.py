@@ -18,8 +18,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_tower.train import load_checkpoint
-from napari_tower.train.checkpoint import VERSION
+from napari_tower.model_bundle import VERSION, ModelBundle
 
 from .conftest import blobs
 from .test_bad_inputs import Kit, _CreatesFile, _truncated_copy, kit  # noqa: F401 - kit is a fixture
@@ -152,9 +151,9 @@ def test_corrections_with_label_ids_beyond_the_model_classes(kit, make_napari_vi
 
 
 def _future(kit: Kit, path):
-    ckpt = load_checkpoint(kit.segmenter)
-    ckpt["version"] = VERSION + 1
-    torch.save(ckpt, path)
+    payload = ModelBundle.load(kit.segmenter).to_dict()
+    payload["version"] = VERSION + 1
+    torch.save(payload, path)
 
 
 BAD_CHECKPOINTS = {
@@ -220,7 +219,7 @@ def test_prediction_out_of_memory_is_retried_smaller(kit, make_napari_viewer, qt
 
     smallest = max(MIN_TILE, 2 * PredictConfig().overlap)  # the smallest tile the retry goes down to
     data = blobs((300, 300), 40)[0]
-    unconstrained = Predictor(load_checkpoint(kit.segmenter), PredictConfig(device="cpu")).predict(
+    unconstrained = Predictor(ModelBundle.load(kit.segmenter), PredictConfig(device="cpu")).predict(
         from_array(data)).labels[0]
     real_forward = Predictor._forward
     shapes: list[tuple[int, ...]] = []
@@ -309,7 +308,7 @@ def test_autosave_restores_edited_labels_and_the_model(kit, make_napari_viewer, 
     widget.autosave.save_now(wait=True)
     assert not widget.autosave.has_changes()
     expected = np.array(labels.data)
-    state = {k: v.clone() for k, v in widget.session.segmenter["state"].items()}
+    state = {k: v.clone() for k, v in widget.session.segmenter.state.items()}
     viewer.close()
 
     viewer2, widget2 = open_widget(make_napari_viewer)
@@ -321,7 +320,7 @@ def test_autosave_restores_edited_labels_and_the_model(kit, make_napari_viewer, 
     np.testing.assert_array_equal(restored.data, expected)
     assert tuple(restored.scale) == (2.0, 2.0) and "untouched" not in [layer.name for layer in viewer2.layers]
     ckpt = widget2.session.segmenter
-    assert ckpt is not None and all(torch.equal(ckpt["state"][k], v) for k, v in state.items())
+    assert ckpt is not None and all(torch.equal(ckpt.state[k], v) for k, v in state.items())
     assert bar.isHidden() and "Restored 1 labels layer(s) and 1 model(s)" in widget2.status.text()
     widget2.autosave.flush()
     # The restored work now lives in this session's folder; the old one is gone.
@@ -361,7 +360,7 @@ def test_autosave_timer_saves_changes_and_restored_predictions_can_be_retrained(
     widget2.correct.button.click()  # the corrections made before the crash still train the model
     wait_idle(qtbot, widget2)
     assert not errors, errors
-    assert widget2.session.segmenter is not None and widget2.session.segmenter["step"] == 2
+    assert widget2.session.segmenter is not None and widget2.session.segmenter.step == 2
 
 
 def test_autosave_can_be_discarded(make_napari_viewer, qtbot, errors):

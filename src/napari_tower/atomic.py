@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -105,4 +106,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "") -> 
     """Replace `path` with `data` atomically (see `atomic_write`)."""
     with atomic_write(path, what) as fh:
         fh.write(data)
+    return Path(path)
+
+
+def atomic_copy(source: str | os.PathLike, path: str | os.PathLike, what: str = "") -> Path:
+    """Replace `path` with a copy of the finished file `source` atomically (see `atomic_write`).
+
+    For files a library can only write by name (a zip, an image): build them in a
+    temporary folder, then put them in place with this.
+    """
+    with atomic_write(path, what) as fh, open(source, "rb") as src:
+        shutil.copyfileobj(src, fh)
     return Path(path)

@@ -139,7 +139,7 @@ def run_grid(ds: Dataset, preset: Preset, out: Path, device: str = "auto", quiet
                                       model=ModelConfig(base=preset.base, depth=preset.depth))
                 seg = finetune(ds.train_images, ds.train_labels, fcfg, init=ckpt, transfer=transfer).checkpoint
                 fine_s = time.perf_counter() - t0
-                predictor = Predictor(seg, PredictConfig(device=device, instances=seg["target"] == "instance"))
+                predictor = Predictor(seg, PredictConfig(device=device, instances=seg.target == "instance"))
                 preds = [predictor.predict(im).labels[0] for im in ds.test_images]
                 truths = [lab[0] for lab in ds.test_labels]
                 scores = evaluate(preds, truths, instances=instances)

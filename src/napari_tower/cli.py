@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .prototypes.cli import add_prototypes_command
 
     add_prototypes_command(sub)
-    from .bioimageio_package import add_export_command
+    from .bioimageio.exporter import add_export_command
     from .device import add_doctor_command
 
     add_export_command(sub)
@@ -169,7 +169,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         model=ModelConfig(base=args.base, depth=args.depth), **training_precision(args),
     )
     cfg.validate()
-    from .train.checkpoint import check_writable
+    from .model_bundle import check_writable
 
     out = Path(args.out)
     check_writable(out)
@@ -225,7 +225,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .bioimageio_package import cmd_export
+    from .bioimageio.exporter import cmd_export
     from .device import cmd_doctor
     from .bench import cmd_bench
     from .segment.cli import SEGMENT_COMMANDS

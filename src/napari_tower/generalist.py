@@ -11,9 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import TowerError
+
+if TYPE_CHECKING:
+    from .model_bundle import ModelBundle
 
 GENERALIST = "generalist"  # the value of `--init` / "Start from" that names the built-in checkpoint
 GENERALIST_FILE = Path(__file__).resolve().parent / "weights" / "generalist.pt"
@@ -66,21 +69,15 @@ def resolve_init(value: str | os.PathLike | None) -> str | None:
     return str(value)
 
 
-def package_generalist(checkpoint: dict[str, Any], out: str | os.PathLike, recipe: dict[str, Any]) -> str:
-    """Write the shippable form of a finished pretraining checkpoint; returns its SHA-256 to record above.
+def package_generalist(bundle: "ModelBundle", out: str | os.PathLike, recipe: dict[str, Any]) -> str:
+    """Write the shippable form of a finished pretraining run; returns its SHA-256 to record above.
 
     Float tensors become float16 (half the size; they are cast back when loaded into a model) and the
     optimiser state goes (a generalist is a starting point, not a run to resume). `recipe` is stored with it.
     """
-    import torch
+    import dataclasses
 
-    from .train.checkpoint import save_checkpoint
-
-    def half(state: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.half() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}
-
-    payload = {k: v for k, v in checkpoint.items() if k not in ("optimizer", "format", "version")}
-    payload["state"] = half(checkpoint["state"])
-    payload["recipe"] = recipe
-    save_checkpoint(out, payload)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in bundle.state.items()}
+    shipped = dataclasses.replace(bundle, state=state, optimizer=None, extra={**bundle.extra, "recipe": recipe})
+    shipped.save(out)
     return sha256_of(out)

@@ -105,7 +105,6 @@ class AutosaveStore:
     def write(self, snap: Snapshot) -> None:
         """Write the changed parts of `snap`, then the manifest; files of removed layers go last."""
         from ..data import write_tiff
-        from ..train import save_checkpoint
         from ..atomic import atomic_write_bytes
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -121,7 +120,7 @@ class AutosaveStore:
                            (entry.data is None and (self.folder / f"{entry.key}.prediction.tif").exists())})
         for kind, ckpt in snap.models.items():
             if ckpt is not None:
-                save_checkpoint(self.folder / f"{kind}.pt", ckpt)
+                ckpt.save(self.folder / f"{kind}.pt")
         manifest = {"version": 1, "saved_at": time.time(), "pid": os.getpid(), "labels": layers,
                     "models": list(snap.model_kinds)}
         atomic_write_bytes(self.folder / MANIFEST, json.dumps(manifest, indent=1).encode(), "autosave manifest")
@@ -135,7 +134,7 @@ class AutosaveStore:
         """The session's layers (with arrays) and models; damaged parts are skipped, not fatal."""
         import tifffile
 
-        from ..train import load_checkpoint
+        from ..model_bundle import ModelBundle
 
         try:
             manifest = json.loads((self.folder / MANIFEST).read_text(encoding="utf-8"))
@@ -160,7 +159,7 @@ class AutosaveStore:
             if kind not in MODEL_KINDS:
                 continue
             try:
-                models[kind] = load_checkpoint(self.folder / f"{kind}.pt", kind)
+                models[kind] = ModelBundle.load(self.folder / f"{kind}.pt", kind)
             except TowerError as exc:
                 log.warning("skipping an autosaved model: %s", exc)
         return Restored(self.folder, float(manifest.get("saved_at", 0.0)), labels, models)

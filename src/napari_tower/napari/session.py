@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..model_bundle import ModelBundle
 from .layers import fingerprint
 
 
@@ -62,20 +63,19 @@ class PredictionRecord:
 class Session:
     """Models and prediction records of one widget."""
 
-    pretrained: dict[str, Any] | None = None
-    segmenter: dict[str, Any] | None = None
+    pretrained: ModelBundle | None = None
+    segmenter: ModelBundle | None = None
     predictions: dict[int, PredictionRecord] = field(default_factory=dict)
     previews: dict[str, weakref.ReferenceType] = field(default_factory=dict)  # corruption name -> layer
     probabilities: dict[int, weakref.ReferenceType] = field(default_factory=dict)  # id(image layer) -> layer
 
-    def set_model(self, ckpt: dict[str, Any]) -> str:
-        """Keep a checkpoint as the current pretrained model or segmenter; returns its kind."""
-        kind = ckpt.get("kind")
-        if kind == "segmenter":
-            self.segmenter = ckpt
+    def set_model(self, bundle: ModelBundle) -> str:
+        """Keep a model as the current pretrained model or segmenter; returns its kind."""
+        if bundle.kind == "segmenter":
+            self.segmenter = bundle
         else:
-            self.pretrained = ckpt
-        return str(kind)
+            self.pretrained = bundle
+        return bundle.kind
 
     def record(self, labels_layer: Any, rec: PredictionRecord) -> None:
         self.predictions = {k: v for k, v in self.predictions.items() if v.labels_ref() is not None}

@@ -436,7 +436,7 @@ class TowerWidget(QWidget):
             return predictor.predict(image, planes, progress_adapter(callback, "predict"), should_stop)
 
         def finished(prediction, stopped: bool) -> None:
-            layer = self._write_prediction(tag, prediction, planes, str(ckpt["target"]))
+            layer = self._write_prediction(tag, prediction, planes, str(ckpt.target))
             if layer is not None and with_probabilities:
                 self._write_probabilities(tag.layer(self.viewer.layers), prediction, planes)
             if layer is not None:
@@ -535,7 +535,7 @@ class TowerWidget(QWidget):
         if n_changed == 0:
             raise TowerError(f"no corrections in '{layer.name}' yet: fix the prediction with napari's paint, "
                              "fill or erase tools, then retrain")
-        target = str(ckpt["target"])
+        target = str(ckpt.target)
         labels = retrain_targets(current[planes], target)
         edit_weight = self.correct.edit_weight.value()
         weights = (1.0 + (edit_weight - 1.0) * changed[planes]).astype(np.float32)
@@ -577,30 +577,28 @@ class TowerWidget(QWidget):
         parts = []
         for name, ckpt in (("pretrained", self.session.pretrained), ("segmenter", self.session.segmenter)):
             if ckpt is not None:
-                what = ckpt.get("method") if name == "pretrained" else ckpt.get("target")
-                parts.append(f"{name}: {what}, step {ckpt.get('step')}, base {ckpt['config']['model']['base']}")
+                what = ckpt.method if name == "pretrained" else ckpt.target
+                parts.append(f"{name}: {what}, step {ckpt.step}, base {ckpt.base}")
         self.models.info.setText("; ".join(parts) if parts else "no model yet")
 
     def save_model(self, path: str | Path, kind: str | None = None) -> Path:
         """Save the segmenter (or, without one, the pretrained model); `kind` picks one explicitly."""
-        from ..train import save_checkpoint
-
         models = {"segmenter": self.session.segmenter, "pretrained": self.session.pretrained}
         ckpt = models.get(kind) if kind else (self.session.segmenter or self.session.pretrained)
         if ckpt is None:
             raise TowerError("no model to save yet: pretrain or fine-tune first")
-        out = save_checkpoint(path, ckpt)
+        out = ckpt.save(path)
         self.last_dir = str(Path(path).parent)
-        self.show_info(f"Saved the {ckpt['kind']} model to {out}")
+        self.show_info(f"Saved the {ckpt.kind} model to {out}")
         return out
 
     def load_model(self, path: str | Path) -> str:
         """Load a checkpoint as the session's pretrained model or segmenter; returns its kind."""
-        from ..train import load_checkpoint
+        from ..model_bundle import ModelBundle
 
         if self.busy:
             raise TowerError(f"{self.job} is running: wait for it or press Stop before loading a model")
-        kind = self.session.set_model(load_checkpoint(path))
+        kind = self.session.set_model(ModelBundle.load(path))
         self.last_dir = str(Path(path).parent)
         self._update_models()
         self.show_info(f"Loaded a {kind} model from {path}")
@@ -612,16 +610,16 @@ class TowerWidget(QWidget):
         A centred crop of the image chosen under 4. Segment becomes the package's test input
         (the built-in sample when there is none, or its channels do not fit the model).
         """
-        from ..bioimageio_package import BioimageioExportConfig, check_bioimageio_package, export_bioimageio
+        from ..bioimageio.exporter import BioimageioExportConfig, check_bioimageio_package, export_bioimageio
 
         ckpt = self.session.segmenter
         if ckpt is None:
             raise TowerError("no segmenter to export: fine-tune one (4. Segment) or load one first")
         layer = self.segment.image.layer()
         test_image = image_from_layer(layer) if layer is not None else None
-        if test_image is not None and test_image.channels != int(ckpt["config"]["model"]["in_channels"]):
+        if test_image is not None and test_image.channels != ckpt.in_channels:
             test_image = None
-        cfg = BioimageioExportConfig(name=f"napari-tower {ckpt['target']} segmenter"
+        cfg = BioimageioExportConfig(name=f"napari-tower {ckpt.target} segmenter"
                                           + (f" ({layer.name})" if layer is not None else ""))
         out = Path(path)
 

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_write, atomic_write_bytes
 from ..config import PrototypeConfig, to_dict
 from ..errors import TowerError
 
@@ -51,7 +52,7 @@ def _levels(text: str | None) -> tuple[int, ...]:
 
 
 def write_gallery(path: Path, crops: list, shares: Sequence[float]) -> None:
-    """gallery.png: one labelled row per prototype (matplotlib), or the plain mosaic without it."""
+    """gallery.png: one labelled row per prototype (matplotlib), or the plain mosaic without it; written atomically."""
     from .gallery import gallery_mosaic, prototype_colours, tinted
 
     colours = prototype_colours(len(crops))
@@ -63,7 +64,7 @@ def write_gallery(path: Path, crops: list, shares: Sequence[float]) -> None:
     except ImportError:
         import imageio.v3 as iio
 
-        iio.imwrite(path, gallery_mosaic(crops, colours))
+        atomic_write_bytes(path, iio.imwrite("<bytes>", gallery_mosaic(crops, colours), extension=".png"), "gallery")
         return
     cols = max(1, max(len(row) for row in crops))
     fig, axes = plt.subplots(len(crops), cols, figsize=(1.3 * cols + 1.2, 1.3 * len(crops)), squeeze=False, dpi=100)
@@ -80,15 +81,16 @@ def write_gallery(path: Path, crops: list, shares: Sequence[float]) -> None:
                               color=colours[r] * 0.8, fontsize=11, fontweight="bold")
     fig.suptitle("prototypes (id, share of pixels); tinted: pixels of that prototype", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_write(path, "gallery") as fh:
+            fig.savefig(fh, format="png")
+    finally:
+        plt.close(fig)
 
 
 def cmd_prototypes(args: argparse.Namespace) -> int:
     from ..data import expand_inputs, read_image, write_tiff
-    from ..train.checkpoint import load_checkpoint
+    from ..model_bundle import ModelBundle
     from . import Prototypes, find_prototypes, gallery_crops, most_typical_image, parse_mapping, pseudo_labels
     from ..cli import ProgressBar
 
@@ -98,7 +100,7 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise TowerError(f"--out {out} is a file: give a folder for the prototype maps")
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = ModelBundle.load(args.checkpoint)
     reuse = Prototypes.load(args.prototypes) if args.prototypes else None
     k = reuse.k if reuse is not None else cfg.k
     mapping = parse_mapping(args.assign, k) if args.assign else None
@@ -128,7 +130,7 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
     if mapping is not None:
         written["assign"] = {str(p): c for p, c in sorted(mapping.items())}
         written["ignore"] = cfg.ignore
-    (out / "prototypes.json").write_text(json.dumps(written, indent=2))
+    atomic_write_bytes(out / "prototypes.json", json.dumps(written, indent=2).encode(), "prototypes summary")
     if not args.quiet:
         print(f"wrote {len(images)} prototype map(s), gallery.png and prototypes.npz to {out}", file=sys.stderr)
         if mapping is None:

@@ -17,14 +17,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..config import PrototypeConfig, from_dict, to_dict
 from ..data import Image
 from ..errors import StopRequested, TowerError
+from ..model_bundle import ModelBundle
 from ..segment.tiling import predict_tiled
 from ..train.engine import Progress, ProgressCallback, StopCheck
 from .features import PixelEmbedder, sample_descriptors
@@ -51,17 +53,11 @@ class Prototypes:
         return int(self.centroids.shape[0])
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write to an .npz file (arrays and a JSON string only, read back without pickle)."""
+        """Write to an .npz file atomically (arrays and a JSON string only, read back without pickle)."""
         path = Path(path)
         meta = json.dumps({"config": to_dict(self.config), "levels": list(self.levels)})
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(tmp, centroids=self.centroids, shares=self.shares, meta=np.array(meta))
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise TowerError(f"could not write {path} ({exc.strerror or exc}): check the folder is writable") from None
+        with atomic_write(path, "prototypes") as fh:
+            np.savez(fh, centroids=self.centroids, shares=self.shares, meta=np.array(meta))
         return path
 
     @classmethod
@@ -152,7 +148,7 @@ def assign_image(embedder: PixelEmbedder, image: Image, prototypes: Prototypes,
     return Assignment(nearest, gaps, prototypes.k)
 
 
-def find_prototypes(images: Sequence[Image], checkpoint: dict[str, Any], cfg: PrototypeConfig,
+def find_prototypes(images: Sequence[Image], checkpoint: ModelBundle, cfg: PrototypeConfig,
                     callback: ProgressCallback | None = None, should_stop: StopCheck | None = None,
                     prototypes: Prototypes | None = None) -> PrototypeResult:
     """Fit K prototypes on `images` (or reuse `prototypes`) and assign every pixel of every image.

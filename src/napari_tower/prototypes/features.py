@@ -20,7 +20,8 @@ from torch import nn
 
 from ..config import PrototypeConfig
 from ..data import Image, Normalisation, compute_normalisation
-from ..errors import CheckpointError, TowerError
+from ..errors import TowerError
+from ..model_bundle import ModelBundle
 from ..models import UNet
 from ..train.engine import resolve_device
 from ..train.pretrain import load_unet_weights
@@ -45,13 +46,11 @@ class _Holder(nn.Module):
 class PixelEmbedder:
     """The encoder of a pretraining (or segmenter) checkpoint, turned into per-pixel descriptors."""
 
-    def __init__(self, ckpt: dict[str, Any], cfg: PrototypeConfig, source: str = "the checkpoint") -> None:
-        if ckpt.get("kind") not in ("pretrained", "segmenter"):
-            raise CheckpointError(f"{source} is not a napari-tower model: give a pretraining checkpoint")
-        model = ckpt["config"]["model"]
-        self.in_channels = int(model["in_channels"])
-        self.depth = int(model["depth"])
-        self.base = int(model["base"])
+    def __init__(self, ckpt: ModelBundle, cfg: PrototypeConfig, source: str = "the checkpoint") -> None:
+        # Either kind will do (`ModelBundle` holds no other): both have the U-Net encoder.
+        self.in_channels = ckpt.in_channels
+        self.depth = ckpt.depth
+        self.base = ckpt.base
         levels = tuple(cfg.levels) or DEFAULT_LEVELS[: self.depth + 1]
         bad = [lv for lv in levels if not 0 <= lv <= self.depth]
         if bad:
@@ -63,9 +62,7 @@ class PixelEmbedder:
         unet = UNet(self.in_channels, self.base, self.depth)
         load_unet_weights(_Holder(unet), ckpt, ("encoder",), source)
         self.encoder = unet.encoder.to(self.device).eval()
-        data = ckpt["config"].get("data", {})
-        self.low_percentile = float(data.get("low_percentile", 1.0))
-        self.high_percentile = float(data.get("high_percentile", 99.8))
+        self.low_percentile, self.high_percentile = ckpt.percentiles
         # Each block (a level, the intensity) gets norm 1/sqrt(blocks): whole descriptors have norm ~1.
         self.level_scale = 1.0 / np.sqrt(len(self.levels))
 

@@ -39,6 +39,7 @@ from ..config import PredictConfig, from_dict, to_dict
 from ..data import Image, Normalisation
 from ..data.lazy import read_region
 from ..errors import TowerError
+from ..model_bundle import ModelBundle
 from .predict import Predictor
 
 DEFAULT_CHUNK = 512
@@ -119,7 +120,7 @@ class _Job:
     squeeze: bool  # single plane: outputs are (Y, X), not (1, Y, X)
     instances: bool
     probabilities: bool
-    ckpt: dict[str, Any] | None = None  # for workers in other processes; None when the predictor is local
+    ckpt: ModelBundle | None = None  # for workers in other processes; None when the predictor is local
     predict_cfg: dict[str, Any] = field(default_factory=dict)
 
 

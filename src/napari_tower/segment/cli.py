@@ -67,7 +67,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                          data=DataConfig(patch=args.patch, structure_prior=not args.no_prior),
                          model=ModelConfig(base=args.base, depth=args.depth), **training_precision(args))
     cfg.validate()
-    from ..train.checkpoint import check_writable
+    from ..model_bundle import check_writable
 
     check_writable(args.out)
     image_paths, label_paths = expand_inputs(args.images), expand_inputs(args.labels)
@@ -91,10 +91,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..data import expand_inputs, read_image, write_tiff
-    from ..train.checkpoint import load_checkpoint
+    from ..model_bundle import ModelBundle
     from .predict import Predictor
 
-    ckpt = load_checkpoint(args.model)
+    ckpt = ModelBundle.load(args.model)
     cfg = PredictConfig(tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device,
                         instances=args.instances, min_size=args.min_size, precision=args.precision)
     predictor = Predictor(ckpt, cfg)

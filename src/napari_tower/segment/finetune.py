@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from ..config import FinetuneConfig, to_dict
 from ..config import loop_steps
 from ..data import Image, PatchSampler, Source, compute_normalisation
-from ..errors import CheckpointError, TowerError
-from ..train.checkpoint import load_checkpoint, save_checkpoint
+from ..errors import TowerError
+from ..model_bundle import ModelBundle
 from ..train.engine import (Loop, Optimise, Progress, ProgressCallback, StopCheck, autocast, batch_to_device, cosine_lr_at,
                             prepare_module, resolve_device, step_rng)
 from ..train.pretrain import load_unet_weights, model_normalisation
@@ -27,7 +27,9 @@ from .targets import check_labels, encode_targets, infer_target_kind, n_classes
 
 @dataclass
 class FinetuneResult:
-    checkpoint: dict[str, Any]
+    """What a finished (or stopped) run leaves: the segmenter, the file it was written to, the best Dice."""
+
+    checkpoint: ModelBundle
     path: Path | None
     last: Progress
     best_val_dice: float | None
@@ -72,7 +74,7 @@ def finetune(
     labels: Sequence[np.ndarray],
     cfg: FinetuneConfig,
     out: str | os.PathLike | None = None,
-    init: str | os.PathLike | dict[str, Any] | None = None,
+    init: str | os.PathLike | ModelBundle | None = None,
     weights: Sequence[np.ndarray | None] | None = None,
     callback: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
@@ -98,48 +100,48 @@ def finetune(
             raise TowerError(f"{im.source} is only {im.shape[2]} x {im.shape[3]} px: fine-tuning needs images of at "
                              "least 16 x 16 px (the U-Net halves them four times); use larger images or crops")
 
-    ckpt: dict[str, Any] | None = None
+    ckpt: ModelBundle | None = None
     if init is not None:
-        ckpt = init if isinstance(init, dict) else load_checkpoint(init)
+        ckpt = init if isinstance(init, ModelBundle) else ModelBundle.load(init)
     kind = cfg.target if cfg.target != "auto" else infer_target_kind(list(labels))
-    if ckpt is not None and ckpt["kind"] == "segmenter":
-        kind = ckpt["target"]
-        saved_model = ckpt["config"]["model"]
-        cfg.model.base, cfg.model.depth = saved_model["base"], saved_model["depth"]
-        if saved_model["in_channels"] != cfg.model.in_channels:
+    if ckpt is not None and ckpt.kind == "segmenter":
+        kind = str(ckpt.target)
+        cfg.model.base, cfg.model.depth = ckpt.base, ckpt.depth
+        if ckpt.in_channels != cfg.model.in_channels:
             raise TowerError(
-                f"the model was trained on {saved_model['in_channels']}-channel images but these have "
+                f"the model was trained on {ckpt.in_channels}-channel images but these have "
                 f"{cfg.model.in_channels}: use images with the same channels as the model's"
             )
     elif ckpt is not None:
-        pm = ckpt["config"]["model"]
-        if pm["in_channels"] != cfg.model.in_channels:
+        if ckpt.in_channels != cfg.model.in_channels:
             raise TowerError(
-                f"the pretrained model was trained on {pm['in_channels']}-channel images but these have "
+                f"the pretrained model was trained on {ckpt.in_channels}-channel images but these have "
                 f"{cfg.model.in_channels}: pretrain on images like these, or convert them to match"
             )
-        cfg.model.base, cfg.model.depth = pm["base"], pm["depth"]
+        cfg.model.base, cfg.model.depth = ckpt.base, ckpt.depth
     cfg.validate()
     targets = [encode_targets(lab, kind) for lab in labels]
     classes = n_classes(kind, targets)
-    if ckpt is not None and ckpt["kind"] == "segmenter":
-        if classes > int(ckpt["classes"]) and kind in ("semantic", "sparse"):
+    if ckpt is not None and ckpt.kind == "segmenter":
+        known = int(ckpt.classes)
+        if classes > known and kind in ("semantic", "sparse"):
             raise TowerError(
-                f"the labels use {classes - 1} classes but the model knows {int(ckpt['classes']) - 1}: "
+                f"the labels use {classes - 1} classes but the model knows {known - 1}: "
                 "use label ids the model was trained with, or fine-tune a new model from a pretraining checkpoint"
             )
-        classes = int(ckpt["classes"])
+        classes = known
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = Segmenter(cfg.model.in_channels, classes, cfg.model.base, cfg.model.depth)
     init_method = "scratch"
-    if ckpt is not None and ckpt["kind"] == "segmenter":
-        model.load_state_dict(ckpt["state"])
-        init_method = ckpt.get("init_method", "segmenter")
+    if ckpt is not None and ckpt.kind == "segmenter":
+        model.load_state_dict(ckpt.state)
+        init_method = ckpt.init_method if ckpt.init_method is not None else "segmenter"
     elif ckpt is not None:
-        load_unet_weights(model, ckpt, tuple(transfer or ckpt.get("transfers", ("encoder", "decoder"))), str(init))
-        init_method = ckpt["method"]
+        parts = ckpt.transfers if ckpt.transfers is not None else ("encoder", "decoder")
+        load_unet_weights(model, ckpt, tuple(transfer or parts), str(init))
+        init_method = str(ckpt.method)
     prepare_module(model.to(device), device, cfg.accel)
 
     norms = [compute_normalisation(im.data, im.source, cfg.data.low_percentile, cfg.data.high_percentile) for im in images]
@@ -195,38 +197,24 @@ def finetune(
         return 1.0 - dice  # the loop minimises
 
     norm = model_normalisation(norms)
-    saved: dict[str, Any] = {}
+    saved: ModelBundle | None = None
 
     def save(step: int, final: bool) -> None:
         nonlocal saved
         state = best_state if (final and best_state is not None) else {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        saved = {
-            "kind": "segmenter",
-            "target": kind,
-            "classes": classes,
-            "init_method": init_method,
-            "config": to_dict(cfg),
-            "normalisation": norm.to_dict(),
-            "state": state,
-            "step": step,
-            "history": loop.history,
-            "best_val_dice": best_dice if best_dice >= 0 else None,
-        }
+        saved = ModelBundle(
+            kind="segmenter", target=kind, classes=classes, init_method=init_method, config=to_dict(cfg),
+            normalisation=norm, state=state, step=step, history=loop.history,
+            best_val_dice=best_dice if best_dice >= 0 else None,
+        )
         if out is not None:
-            save_checkpoint(out, saved)
+            saved.save(out)
 
     loop = Loop("finetune", loop_steps(cfg.steps, cfg.minutes), cfg.batch, train_step, save, validate if val_batch is not None else None,
                 cfg.val_every, cfg.checkpoint_every, 0, callback, should_stop, budget_s=cfg.minutes * 60)
     last = loop.run(0)
+    assert saved is not None  # the loop always saves once at its end
     return FinetuneResult(saved, Path(out) if out is not None else None, last, best_dice if best_dice >= 0 else None)
 
 
-def require_segmenter(ckpt: dict[str, Any], source: str) -> None:
-    if ckpt.get("kind") != "segmenter":
-        raise CheckpointError(
-            f"{source} is a {ckpt.get('kind')} checkpoint, but prediction needs a segmenter: "
-            "fine-tune it first (napari-tower finetune IMAGE --labels LABELS --init CKPT --out MODEL)"
-        )
-
-
-__all__ = ["FinetuneResult", "finetune", "require_segmenter", "segmentation_loss", "select_fraction"]
+__all__ = ["FinetuneResult", "finetune", "segmentation_loss", "select_fraction"]

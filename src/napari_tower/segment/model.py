@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from ..model_bundle import ModelBundle
 from ..models import SegmentationHead, UNet
 
 
@@ -42,7 +41,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def inference_segmenter(ckpt: dict[str, Any], device: torch.device) -> Segmenter:
+def inference_segmenter(ckpt: ModelBundle, device: torch.device) -> Segmenter:
     """A segmenter for prediction only: BatchNorm folded, channels-last memory layout, on `device`.
 
     Channels-last lets oneDNN/cuDNN pick their fastest convolution kernels
@@ -52,9 +51,8 @@ def inference_segmenter(ckpt: dict[str, Any], device: torch.device) -> Segmenter
     return model.to(device=device, memory_format=torch.channels_last)
 
 
-def segmenter_from_checkpoint(ckpt: dict[str, Any]) -> Segmenter:
+def segmenter_from_checkpoint(ckpt: ModelBundle) -> Segmenter:
     """Rebuild a fine-tuned segmenter from its checkpoint (eval mode, CPU)."""
-    m = ckpt["config"]["model"]
-    model = Segmenter(m["in_channels"], int(ckpt["classes"]), m["base"], m["depth"])
-    model.load_state_dict(ckpt["state"])
+    model = Segmenter(ckpt.in_channels, int(ckpt.classes), ckpt.base, ckpt.depth)
+    model.load_state_dict(ckpt.state)
     return model.eval()

@@ -11,6 +11,7 @@ import torch
 from ..config import PredictConfig
 from ..data import Image, Normalisation, compute_normalisation
 from ..errors import TowerError
+from ..model_bundle import ModelBundle
 from ..train.engine import resolve_device
 from .instances import instances_from_probabilities
 from .model import Segmenter, inference_segmenter
@@ -44,20 +45,18 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 class Predictor:
     """A loaded segmenter ready to predict images of any size."""
 
-    def __init__(self, ckpt: dict[str, Any], cfg: PredictConfig | None = None) -> None:
-        from .finetune import require_segmenter
-
-        require_segmenter(ckpt, "the model")
+    def __init__(self, ckpt: ModelBundle, cfg: PredictConfig | None = None) -> None:
+        ckpt.require_segmenter("the model")
         self.ckpt = ckpt
         self.cfg = cfg or PredictConfig()
         self.cfg.validate()
         self.device = resolve_device(self.cfg.device)
         self.model: Segmenter = inference_segmenter(ckpt, self.device)
         self.dtype = resolve_precision(self.cfg.precision, self.device)
-        self.target = str(ckpt["target"])
-        self.classes = int(ckpt["classes"])
-        self.in_channels = int(ckpt["config"]["model"]["in_channels"])
-        self.stored_norm = Normalisation.from_dict(ckpt["normalisation"])
+        self.target = str(ckpt.target)
+        self.classes = int(ckpt.classes)
+        self.in_channels = ckpt.in_channels
+        self.stored_norm = ckpt.normalisation
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -68,8 +67,10 @@ class Predictor:
 
     def normalisation_for(self, image: Image) -> Normalisation:
         if self.cfg.normalise == "model":
+            if self.stored_norm is None:
+                raise TowerError("the model stores no normalisation: predict with per-image normalisation instead")
             return self.stored_norm
-        low, high = self.ckpt["config"]["data"]["low_percentile"], self.ckpt["config"]["data"]["high_percentile"]
+        low, high = self.ckpt.percentiles
         return compute_normalisation(image.data, image.source, low, high)
 
     def check_image(self, image: Image) -> None:

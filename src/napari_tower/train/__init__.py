@@ -1,7 +1,6 @@
-"""Training engine, checkpoints and the pretraining entry point."""
+"""Training engine and the pretraining entry point (model files: `napari_tower.model_bundle`)."""
 
-from .checkpoint import load_checkpoint, save_checkpoint
 from .engine import Progress, resolve_device
 from .pretrain import PretrainResult, pretrain
 
-__all__ = ["Progress", "PretrainResult", "load_checkpoint", "pretrain", "resolve_device", "save_checkpoint"]
+__all__ = ["Progress", "PretrainResult", "pretrain", "resolve_device"]

@@ -1,4 +1,4 @@
-"""Self-supervised pretraining: images + PretrainConfig -> pretrained checkpoint."""
+"""Self-supervised pretraining: images + PretrainConfig -> a pretrained `ModelBundle`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..config import loop_steps
 from ..data import Image, Normalisation, PatchSampler, Source, compute_normalisation
 from ..errors import CheckpointError, TowerError
 from ..methods import Method, build_method
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..model_bundle import ModelBundle
 from .distributed import Distributed
 from .engine import (Loop, Optimise, Progress, ProgressCallback, StopCheck, autocast, batch_to_device, cosine_lr_at,
                      prepare_module, resolve_device, step_rng)
@@ -24,9 +24,9 @@ VAL_SEED_OFFSET = 2**31 - 1
 
 @dataclass
 class PretrainResult:
-    """What a finished (or stopped) run leaves: the checkpoint path and its contents."""
+    """What a finished (or stopped) run leaves: the model and the file it was written to."""
 
-    checkpoint: dict[str, Any]
+    checkpoint: ModelBundle
     path: Path | None
     last: Progress
     rank: int = 0  # under torchrun: this process's rank (only rank 0 writes `path`)
@@ -48,9 +48,9 @@ def method_state(method: Method) -> dict[str, Any]:
     return {k: v.detach().cpu() for k, v in method.state_dict().items()}
 
 
-def load_unet_weights(module: torch.nn.Module, ckpt: dict[str, Any], parts: Sequence[str], source: str) -> list[str]:
-    """Copy `unet.<part>.*` weights from a checkpoint into `module` (which has a `unet`); returns the parts loaded."""
-    state = ckpt.get("state", {})
+def load_unet_weights(module: torch.nn.Module, bundle: ModelBundle, parts: Sequence[str], source: str) -> list[str]:
+    """Copy `unet.<part>.*` weights from a model into `module` (which has a `unet`); returns the parts loaded."""
+    state = bundle.state
     wanted = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.") and k.split(".")[1] in parts}
     if not wanted:
         raise CheckpointError(f"{source} holds no U-Net weights for {', '.join(parts)}")
@@ -85,14 +85,14 @@ def pretrain(
     """
     start = 0
     history: dict[str, list[float]] = {}
-    resumed: dict[str, Any] | None = None
+    resumed: ModelBundle | None = None
     if resume is not None:
-        resumed = load_checkpoint(resume, "pretrained")
-        saved = from_dict(PretrainConfig, resumed["config"])
+        resumed = ModelBundle.load(resume, "pretrained")
+        saved = from_dict(PretrainConfig, resumed.config)
         saved.steps, saved.device = cfg.steps or saved.steps, cfg.device
         cfg = saved
-        start = int(resumed.get("step", 0))
-        history = {k: list(v) for k, v in resumed.get("history", {}).items()}
+        start = resumed.step
+        history = {k: list(v) for k, v in resumed.history.items()}
     if not images:
         raise TowerError("no images given: pass at least one image to pretrain on")
     cfg.model.in_channels = images[0].channels
@@ -106,7 +106,7 @@ def pretrain(
 
 
 def _pretrain(images: Sequence[Image], cfg: PretrainConfig, out: str | os.PathLike | None,
-              callback: ProgressCallback | None, should_stop: StopCheck | None, resumed: dict[str, Any] | None,
+              callback: ProgressCallback | None, should_stop: StopCheck | None, resumed: ModelBundle | None,
               init: str | os.PathLike | None, start: int, history: dict[str, list[float]], world: Distributed,
               device: torch.device) -> PretrainResult:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -119,11 +119,11 @@ def _pretrain(images: Sequence[Image], cfg: PretrainConfig, out: str | os.PathLi
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     optimise = Optimise(optimizer, device, cfg.mixed_precision, cfg.accel)
     if resumed is not None:
-        method.load_state_dict(resumed["state"])
-        if "optimizer" in resumed:
-            optimizer.load_state_dict(resumed["optimizer"])
+        method.load_state_dict(resumed.state)
+        if resumed.optimizer is not None:
+            optimizer.load_state_dict(resumed.optimizer)
     elif init is not None:
-        load_unet_weights(method, load_checkpoint(init), ("encoder", "decoder"), str(init))
+        load_unet_weights(method, ModelBundle.load(init), ("encoder", "decoder"), str(init))
 
     model = world.wrap(method)  # DDP under torchrun; the method itself otherwise
 
@@ -150,27 +150,21 @@ def _pretrain(images: Sequence[Image], cfg: PretrainConfig, out: str | os.PathLi
             vals = [method.validation_loss(chunk, gen) for chunk in val_batch.split(cfg.batch)]
         return float(sum(vals) / len(vals))
 
-    def payload(step: int) -> dict[str, Any]:
-        return {
-            "kind": "pretrained",
-            "method": cfg.method,
-            "transfers": list(method.transfers),
-            "config": to_dict(cfg),
-            "normalisation": norm.to_dict(),
-            "state": method_state(method),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "history": loop.history,
-            "world_size": world.world_size,  # cfg.batch is per rank: the global batch is batch x world_size
-        }
+    def bundle(step: int) -> ModelBundle:
+        return ModelBundle(
+            kind="pretrained", method=cfg.method, transfers=list(method.transfers), config=to_dict(cfg),
+            normalisation=norm, state=method_state(method), optimizer=optimizer.state_dict(), step=step,
+            history=loop.history,
+            world_size=world.world_size,  # cfg.batch is per rank: the global batch is batch x world_size
+        )
 
-    saved_payload: dict[str, Any] = {}
+    saved: ModelBundle | None = None
 
     def save(step: int, final: bool) -> None:
-        nonlocal saved_payload
-        saved_payload = payload(step)
+        nonlocal saved
+        saved = bundle(step)
         if out is not None and world.is_main:
-            save_checkpoint(out, saved_payload)
+            saved.save(out)
 
     stop = should_stop
     if world.enabled:
@@ -182,4 +176,5 @@ def _pretrain(images: Sequence[Image], cfg: PretrainConfig, out: str | os.PathLi
                 cfg.early_stop_patience, callback if world.is_main else None, stop, history,
                 budget_s=cfg.minutes * 60)
     last = loop.run(start)
-    return PretrainResult(saved_payload, Path(out) if out is not None else None, last, world.rank, world.world_size)
+    assert saved is not None  # the loop always saves once at its end
+    return PretrainResult(saved, Path(out) if out is not None else None, last, world.rank, world.world_size)
