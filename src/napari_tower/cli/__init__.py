@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 from types import ModuleType
-from typing import Sequence
+from collections.abc import Sequence
 
 from .. import __version__
 from . import bench, demo, doctor, evaluate, export, finetune, predict, pretrain, preview, prototypes

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from ..params import Param, cli_flag, default_of, nested_config, params
 
@@ -111,12 +111,12 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, only: Collect
         dest = flag.lstrip("-").replace("-", "_")
         default = defaults[path] if path in defaults else default_of(cls, path)
         hint = _field_type(cls, path)
-        args = typing.get_args(hint)
-        kind = args[0] if typing.get_origin(hint) is tuple else hint
+        is_tuple = typing.get_origin(hint) is tuple
+        kind = typing.get_args(hint)[0] if is_tuple else hint
         help_text = p.help
-        if (p.choices is not None and typing.get_origin(hint) is tuple) or p.min is not None or p.max is not None \
-                or p.multiple_of:
-            help_text += f"; {'each ' if typing.get_origin(hint) is tuple else ''}{p.describe_range()}"
+        # Scalar choices show in the metavar ({auto,cpu,...}); ranges and a tuple's choices go into the help.
+        if (p.choices is not None and is_tuple) or p.min is not None or p.max is not None or p.multiple_of:
+            help_text += f"; {'each ' if is_tuple else ''}{p.describe_range()}"
         if path in notes:
             help_text += f" ({notes[path]})"
         kw: dict[str, Any] = {"dest": dest, "default": default}
@@ -124,7 +124,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, only: Collect
             # True by default: the option must be able to switch it off (--prior/--no-prior).
             action = argparse.BooleanOptionalAction if default_of(cls, path) else "store_true"
             made = parser.add_argument(flag, action=action, **kw)
-        elif typing.get_origin(hint) is tuple:
+        elif is_tuple:
             # A string default goes through `type` like a typed value, and reads well in the help.
             if isinstance(default, tuple):
                 kw["default"] = ",".join(map(str, default))
