@@ -46,6 +46,8 @@ def _argument(action: argparse.Action) -> str:
     if not action.option_strings:
         name = _metavar(action)
         return f"`{name}...`" if action.nargs in ("+", "*") else f"`{name}`"
+    if isinstance(action, argparse.BooleanOptionalAction):  # --prior and --no-prior
+        return ", ".join(f"`{flag}`" for flag in action.option_strings)
     flag = max(action.option_strings, key=len)
     if action.nargs == 0:
         return f"`{flag}`"
@@ -54,7 +56,9 @@ def _argument(action: argparse.Action) -> str:
 
 
 def _default(action: argparse.Action) -> str:
-    if action.required or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return f"`{action.option_strings[0 if action.default else 1]}`"
+    if action.required or action.default in (None, argparse.SUPPRESS, "") or action.nargs == 0:
         return "required" if action.required else ""
     if isinstance(action.default, list) and not action.default:
         return ""

@@ -13,7 +13,8 @@ import pytest
 import tifffile
 import torch
 
-from napari_tower.cli import build_parser, training_precision
+from napari_tower.cli import build_parser
+from napari_tower.cli.training import training_precision
 from napari_tower.config import AcceleratorConfig, PretrainConfig, from_dict, to_dict
 from napari_tower.errors import TowerError
 from napari_tower.methods.losses import nt_xent

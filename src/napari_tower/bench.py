@@ -9,7 +9,6 @@ tests of TOWER against each baseline) and dice_vs_fraction.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -250,56 +249,22 @@ def _plot(cells: list[Cell], path: Path) -> None:
     plt.close(fig)
 
 
-def add_bench_command(sub: Any) -> None:
-    p = sub.add_parser("bench", help="benchmark TOWER against its baselines")
-    p.add_argument("--data", nargs="+", required=True, help="images (files, folders or globs)")
-    p.add_argument("--labels", nargs="+", required=True, help="labels, one per image, same order")
-    p.add_argument("--out", required=True, help="folder for results.json, results.md and the plot")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="about 15 minutes on a 2-core CPU")
-    group.add_argument("--full", action="store_true", help="the whole grid, meant for a GPU")
-    p.add_argument("--methods", help=f"comma-separated subset of {','.join(BENCH_METHODS)}")
-    p.add_argument("--fractions", help="comma-separated label fractions, e.g. 0.01,0.1,1")
-    p.add_argument("--seeds", type=int)
-    p.add_argument("--pretrain-steps", type=int)
-    p.add_argument("--finetune-steps", type=int)
-    p.add_argument("--base", type=int)
-    p.add_argument("--depth", type=int)
-    p.add_argument("--patch", type=int)
-    p.add_argument("--batch", type=int)
-    p.add_argument("--test-planes", help="planes held out for testing, e.g. 20:30 (ISBI); default a seeded 20%% split")
-    p.add_argument("--grayscale-only", action="store_true", help="skip colour images (DSB2018 fluorescence subset)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--quiet", action="store_true")
+def resolve_preset(name: str = "quick", **overrides: Any) -> Preset:
+    """The preset `name` with the given fields replaced (None keeps the preset's value), checked.
 
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    preset = PRESETS["full" if args.full else "quick"]
-    overrides = {
-        "methods": tuple(args.methods.split(",")) if args.methods else None,
-        "fractions": tuple(float(f) for f in args.fractions.split(",")) if args.fractions else None,
-        "seeds": args.seeds, "pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
-        "base": args.base, "depth": args.depth, "patch": args.patch, "batch": args.batch,
-    }
-    preset = Preset(**{**asdict(preset), **{k: v for k, v in overrides.items() if v is not None}})
+    Raises TowerError for an unknown method or a value the configs it builds would refuse, before any
+    data is read.
+    """
+    preset = Preset(**{**asdict(PRESETS[name]), **{k: v for k, v in overrides.items() if v is not None}})
     unknown = [m for m in preset.methods if m not in BENCH_METHODS]
     if unknown:
         raise TowerError(f"unknown method(s) {unknown}: choose from {', '.join(BENCH_METHODS)}")
-    t0 = time.perf_counter()
-    ds = load_dataset(args.data, args.labels, args.test_planes, grayscale_only=args.grayscale_only)
-    out = Path(args.out)
-    cells = run_grid(ds, preset, out, args.device, args.quiet)
-    import platform
-
-    import torch
-
-    meta = {"preset": asdict(preset), "data": args.data, "labels": args.labels, "test_planes": args.test_planes,
-            "description": ds.description, "wall_s": time.perf_counter() - t0, "torch": torch.__version__,
-            "device": args.device, "machine": platform.platform(), "threads": torch.get_num_threads()}
-    write_report(cells, out, meta)
-    if not args.quiet:
-        print(f"bench: wrote {out / 'results.md'} in {meta['wall_s'] / 60:.1f} min")
-    return 0
+    data, model = DataConfig(patch=preset.patch), ModelConfig(base=preset.base, depth=preset.depth)
+    # The configs run_grid builds, fine-tuning first: its batch (pretraining uses at least 2) is the option's.
+    FinetuneConfig(steps=preset.finetune_steps, batch=preset.batch, data=data, model=model).validate()
+    PretrainConfig(steps=preset.pretrain_steps, batch=max(2, preset.batch), data=data, model=model).validate()
+    return preset
 
 
-__all__ = ["BENCH_METHODS", "PRESETS", "Cell", "Dataset", "load_dataset", "paired_tests", "run_grid", "write_report"]
+__all__ = ["BENCH_METHODS", "PRESETS", "Cell", "Dataset", "Preset", "load_dataset", "paired_tests", "resolve_preset",
+           "run_grid", "write_report"]

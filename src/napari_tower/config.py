@@ -225,7 +225,7 @@ class PrototypeConfig:
     """Prototype dictionary for a label-free start: cluster pretrained pixel embeddings, name clusters, pseudo-label."""
 
     k: int = param(16, "how many prototypes (pixel clusters) to find", label="prototypes (K)", min=2, max=64,
-                   noun="K")
+                   noun="K =")  # "K = 1 is invalid: use 2..64"
     seed: int = param(0, **_SEED)
     device: str = param("auto", **_DEVICE)
     # Encoder levels whose features describe a pixel (0 = full resolution); empty: the finest four (0, 1, 2, 3).

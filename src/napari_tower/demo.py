@@ -6,6 +6,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -13,18 +14,24 @@ from .config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig, Pret
 from .data import from_array
 from .samples import synthetic_nuclei
 
+# Pretraining and fine-tuning steps of the demo (CLI and widget): a couple of minutes each on a CPU.
+DEMO_STEPS = 150
 
-def run_headless(pretrain_steps: int = 150, finetune_steps: int = 150, out: str | None = None,
-                 quiet: bool = False, seed: int = 0) -> dict:
-    """Pretrain TOWER on 4 unlabelled images, fine-tune on 1 labelled one, report metrics on 2 held-out images."""
-    from .cli import ProgressBar
+
+def run_headless(pretrain_steps: int = DEMO_STEPS, finetune_steps: int = DEMO_STEPS, out: str | None = None,
+                 quiet: bool = False, seed: int = 0, progress: Callable[[Any], None] | None = None) -> dict:
+    """Pretrain TOWER on 4 unlabelled images, fine-tune on 1 labelled one, report metrics on 2 held-out images.
+
+    `progress` is called with each training step's `Progress` (the CLI passes its progress bar); `quiet`
+    silences it. The metrics line is printed either way.
+    """
     from .segment import Predictor, evaluate, finetune
     from .train import pretrain
 
     folder = Path(out or tempfile.mkdtemp(prefix="napari-tower-demo-"))
     pairs = [synthetic_nuclei((256, 256), 40, seed=seed + s) for s in range(7)]
     unlabelled = from_array(np.stack([im for im, _ in pairs[:4]]), "sample", axes="ZYX")
-    bar = ProgressBar(quiet)
+    bar = None if quiet else progress
     t0 = time.perf_counter()
     model = ModelConfig(base=16)
     pre = pretrain([unlabelled], PretrainConfig(steps=pretrain_steps, batch=8, seed=seed, data=DataConfig(patch=128),
@@ -45,8 +52,8 @@ def run_headless(pretrain_steps: int = 150, finetune_steps: int = 150, out: str 
 
 
 # The widget's settings for a first look on a CPU: a couple of minutes per step, not hours.
-GUI_PRESET = {"method": "tower", "steps": 150, "patch": 128, "batch": 8, "base": 16, "device": "auto",
-              "finetune_steps": 150, "retrain_steps": 30, "scope": "whole stack", "instances": True}
+GUI_PRESET = {"method": "tower", "steps": DEMO_STEPS, "patch": 128, "batch": 8, "base": 16, "device": "auto",
+              "finetune_steps": DEMO_STEPS, "retrain_steps": 30, "scope": "whole stack", "instances": True}
 
 
 def demo_stack(planes: int = 4, size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -94,13 +94,4 @@ def device_report(nvidia_smi: Any = None) -> DeviceReport:
     return DeviceReport(torch.__version__, build, cpu, False, hint, threads)
 
 
-def add_doctor_command(sub: Any) -> None:
-    sub.add_parser("doctor", help="show the torch build, the device in use and how to get GPU support")
-
-
-def cmd_doctor(_args: Any) -> int:
-    print(device_report().text())
-    return 0
-
-
-__all__ = ["DeviceReport", "add_doctor_command", "cmd_doctor", "device_report"]
+__all__ = ["DeviceReport", "device_report"]

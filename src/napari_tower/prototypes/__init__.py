@@ -12,11 +12,11 @@ from .dictionary import (
     pseudo_labels,
 )
 from .features import PixelEmbedder
-from .gallery import GalleryCrop, gallery_crops, gallery_mosaic, prototype_colours, tinted
+from .gallery import GalleryCrop, gallery_crops, gallery_mosaic, prototype_colours, tinted, write_gallery
 from .kmeans import kmeans
 
 __all__ = [
     "Assignment", "GalleryCrop", "PixelEmbedder", "PrototypeResult", "Prototypes", "class_margin", "find_prototypes",
     "gallery_crops", "gallery_mosaic", "kmeans", "majority_mapping", "most_typical_image", "parse_mapping",
-    "prototype_colours", "pseudo_labels", "tinted",
+    "prototype_colours", "pseudo_labels", "tinted", "write_gallery",
 ]

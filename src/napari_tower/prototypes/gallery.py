@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -105,4 +106,41 @@ def gallery_mosaic(crops: list[list[GalleryCrop]], colours: np.ndarray | None = 
     return mosaic
 
 
-__all__ = ["GalleryCrop", "gallery_crops", "gallery_mosaic", "prototype_colours", "tinted"]
+def write_gallery(path: Path, crops: list[list[GalleryCrop]], shares: Sequence[float]) -> None:
+    """gallery.png: one labelled row per prototype (matplotlib), or the plain mosaic without it; written atomically."""
+    from ..atomic import atomic_write, atomic_write_bytes
+
+    colours = prototype_colours(len(crops))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        import imageio.v3 as iio
+
+        atomic_write_bytes(path, iio.imwrite("<bytes>", gallery_mosaic(crops, colours), extension=".png"), "gallery")
+        return
+    cols = max(1, max(len(row) for row in crops))
+    fig, axes = plt.subplots(len(crops), cols, figsize=(1.3 * cols + 1.2, 1.3 * len(crops)), squeeze=False, dpi=100)
+    for r, row in enumerate(crops):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(row):
+                ax.imshow(tinted(row[c], colours[r]), interpolation="nearest")
+            else:
+                ax.axis("off")
+        axes[r][0].set_ylabel(f"{r + 1}\n{shares[r] * 100:.0f}%", rotation=0, ha="right", va="center",
+                              color=colours[r] * 0.8, fontsize=11, fontweight="bold")
+    fig.suptitle("prototypes (id, share of pixels); tinted: pixels of that prototype", fontsize=9)
+    fig.tight_layout()
+    try:
+        with atomic_write(path, "gallery") as fh:
+            fig.savefig(fh, format="png")
+    finally:
+        plt.close(fig)
+
+
+__all__ = ["GalleryCrop", "gallery_crops", "gallery_mosaic", "prototype_colours", "tinted", "write_gallery"]

@@ -85,8 +85,11 @@ def finetune(
     `init` is a pretraining checkpoint (its transferable parts are loaded), a
     segmenter checkpoint (training continues, e.g. from user corrections), or None
     for random initialisation. `weights` give per-pixel loss weights.
-    `transfer` overrides which U-Net parts a pretraining checkpoint contributes.
+    `transfer` overrides which U-Net parts a pretraining checkpoint contributes (default: `cfg.transfer`,
+    whose "auto" means the parts the pretraining method transfers).
     """
+    if transfer is None and cfg.transfer != "auto":
+        transfer = tuple(cfg.transfer.split("+"))
     if len(images) != len(labels) or not images:
         raise TowerError(f"got {len(images)} image(s) and {len(labels)} label image(s): give one label image per image")
     for im, lab in zip(images, labels):

@@ -1,0 +1,52 @@
+"""`napari-tower finetune`: train a segmenter from labels."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import FinetuneConfig
+from ..errors import TowerError
+from .console import EXIT_INTERRUPTED, ProgressBar, StopOnSignal
+from .options import add_config_options, config_from_args
+from .training import add_training_options, training_precision
+
+NAME = "finetune"
+HELP = "train a segmenter from labels"
+BUILDS = (FinetuneConfig,)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The command's arguments."""
+    p.add_argument("images", nargs="+", help="image files, folders or globs")
+    p.add_argument("--labels", nargs="+", required=True, help="label images, one per image, same order")
+    p.add_argument("--out", required=True, help="segmenter checkpoint to write")
+    p.add_argument("--init", help="pretraining checkpoint (or a segmenter to keep training)")
+    add_config_options(p, FinetuneConfig)
+    add_training_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fine-tune; on SIGINT/SIGTERM keep the model so far and say how to continue."""
+    from ..data import expand_inputs, read_image, read_labels
+    from ..segment.finetune import finetune
+    from ..model_bundle import check_writable
+
+    cfg = config_from_args(FinetuneConfig, args, **training_precision(args))
+    check_writable(args.out)
+    image_paths, label_paths = expand_inputs(args.images), expand_inputs(args.labels)
+    if len(image_paths) != len(label_paths):
+        raise TowerError(f"{len(image_paths)} image(s) but {len(label_paths)} label file(s): give one label file "
+                         "per image")
+    images = [read_image(p, level=args.level) for p in image_paths]
+    labels = [read_labels(p) for p in label_paths]
+    with StopOnSignal() as should_stop:
+        result = finetune(images, labels, cfg, args.out, args.init, None, ProgressBar(args.quiet), should_stop)
+    if result.last.stopped:
+        print(f"interrupted at step {result.last.step}; the model so far is in {args.out} "
+              f"(continue training it with --init {args.out})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not args.quiet:
+        best = f" (best validation Dice {result.best_val_dice:.3f})" if result.best_val_dice is not None else ""
+        print(f"wrote {args.out}{best}", file=sys.stderr)
+    return 0
