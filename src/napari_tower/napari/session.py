@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import fingerprint
+from .layers import WrittenLayers, fingerprint
 
 
 @dataclass
@@ -65,8 +65,8 @@ class Session:
     pretrained: dict[str, Any] | None = None
     segmenter: dict[str, Any] | None = None
     predictions: dict[int, PredictionRecord] = field(default_factory=dict)
-    previews: dict[str, weakref.ReferenceType] = field(default_factory=dict)  # corruption name -> layer
-    probabilities: dict[int, weakref.ReferenceType] = field(default_factory=dict)  # id(image layer) -> layer
+    previews: WrittenLayers = field(default_factory=WrittenLayers)  # by corruption name
+    probabilities: WrittenLayers = field(default_factory=WrittenLayers)  # by id(image layer)
 
     def set_model(self, ckpt: dict[str, Any]) -> str:
         """Keep a checkpoint as the current pretrained model or segmenter; returns its kind."""
