@@ -80,7 +80,7 @@ def upgrade(values: dict[str, Any]) -> dict[str, Any]:
     """Settings of the older flat form in the current one (current ones are returned as they are)."""
     if "version" in values:
         return values
-    out: dict[str, Any] = {k: v for k, v in values.items() if k in ("last_dir", "scope")}
+    out: dict[str, Any] = {"version": VERSION, **{k: v for k, v in values.items() if k in ("last_dir", "scope")}}
     for key, value in values.items():
         if key in LEGACY_KEYS:
             name, path = LEGACY_KEYS[key]
