@@ -44,9 +44,14 @@ def test_demo_opens_napari_with_the_sample_and_the_widget(make_napari_viewer, mo
     assert image.data.shape == labels.data.shape == (4, 256, 256)
     assert labels.data[0].max() > 10 and not labels.data[1:].any()  # one annotated plane, three to predict
     (widget,) = [w for w in viewer.window.dock_widgets.values() if isinstance(w, TowerWidget)]
-    settings = widget.settings()
-    for key, value in GUI_PRESET.items():
-        assert settings[key] == value, key
+    def assert_applied(preset: dict, settings: dict, where: str = "") -> None:
+        for key, value in preset.items():
+            if isinstance(value, dict):
+                assert_applied(value, settings[key], f"{where}{key}.")
+            else:
+                assert settings[key] == value, where + key
+
+    assert_applied(GUI_PRESET, widget.settings())
     assert widget.data.selected() == [image]
     assert widget.segment.image.layer() is image and widget.segment.labels.layer() is labels
     assert "press Pretrain" in widget.status.text()

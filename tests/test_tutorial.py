@@ -78,7 +78,7 @@ def test_tutorial_from_a_dropped_tiff_to_corrected_labels(make_napari_viewer, qt
     assert not errors, errors
     assert "1 annotated plane" in widget.status.text()
     widget.segment.scope.setCurrentText("whole stack")
-    widget.segment.instances.setChecked(True)
+    widget.segment.instances.value = True
     widget.segment.predict_button.click()
     wait_idle(qtbot, widget, WAIT_S)
     assert not errors, errors

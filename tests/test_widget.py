@@ -47,13 +47,13 @@ def snap(viewer, widget, name: str) -> None:
 
 def configure(widget, steps=8, patch=64, batch=4, base=8, finetune_steps=10, retrain_steps=10) -> None:
     t = widget.train
-    t.steps.setValue(steps)
-    t.patch.setValue(patch)
-    t.batch.setValue(batch)
-    t.base.setValue(base)
-    t.device.setCurrentText("cpu")
-    widget.segment.steps.setValue(finetune_steps)
-    widget.correct.steps.setValue(retrain_steps)
+    t.steps.value = steps
+    t.patch.value = patch
+    t.batch.value = batch
+    t.base.value = base
+    t.device.value = "cpu"
+    widget.segment.steps.value = finetune_steps
+    widget.correct.steps.value = retrain_steps
 
 
 def wait_idle(qtbot, widget, timeout_s: float) -> None:
@@ -160,7 +160,7 @@ def test_settings_roundtrip(tmp_path):
 
 
 def test_retrain_targets_follow_the_model():
-    from napari_tower.napari.widget import retrain_targets
+    from napari_tower.segment.retrain import retrain_targets
 
     mask = np.zeros((1, 16, 16), np.int64)
     mask[0, 2:6, 2:6] = 1
@@ -219,7 +219,7 @@ def test_workflow_on_synthetic_stack(make_napari_viewer, qtbot, errors):
     assert "1 annotated plane" in widget.status.text()
 
     widget.segment.scope.setCurrentText("whole stack")
-    widget.segment.probabilities.setChecked(True)
+    widget.segment.probabilities.value = True
     widget.segment.predict_button.click()
     wait_idle(qtbot, widget, 60)
     assert not errors, errors
@@ -313,8 +313,8 @@ def test_bad_input_shows_a_message_and_leaves_layers_alone(make_napari_viewer, q
     widget.correct.button.click()
     assert "Predict first" in errors[-1]
 
-    widget.train.batch.setValue(2)
-    widget.train.patch.setValue(16)
+    widget.train.batch.value = 2
+    widget.train.patch.value = 16
     widget.data.set_selected([])
     widget.train.pretrain_button.click()
     assert "no image layer" in errors[-1]
@@ -326,6 +326,7 @@ def test_bad_input_shows_a_message_and_leaves_layers_alone(make_napari_viewer, q
 
 @pytest.mark.gui
 def test_result_never_goes_into_a_changed_layer(make_napari_viewer, qtbot, errors):
+    from napari_tower.napari.segmenting import write_prediction
     from napari_tower.napari.session import LayerTag
     from napari_tower.segment import Prediction
 
@@ -335,24 +336,24 @@ def test_result_never_goes_into_a_changed_layer(make_napari_viewer, qtbot, error
     fake = Prediction(np.zeros((1, 2, 64, 64), np.float32), np.ones((1, 64, 64), np.int32))
     image.data = blobs((64, 64), seed=1)[0]  # the user replaced the data while the job ran
     n = len(viewer.layers)
-    assert widget._write_prediction(tag, fake, [0], "binary") is None
+    assert write_prediction(widget, tag, fake, [0], "binary") is None
     assert len(viewer.layers) == n and "changed" in widget.status.text()
 
     tag = LayerTag.of(image)
-    out = widget._write_prediction(tag, fake, [0], "binary")
+    out = write_prediction(widget, tag, fake, [0], "binary")
     assert out is not None and out.data.sum() == 64 * 64
     out.data = np.zeros_like(out.data)  # edited while a retrain ran: a new layer, edits untouched
-    again = widget._write_prediction(tag, fake, [0], "binary", into=out, expected=np.ones((1, 64, 64)))
+    again = write_prediction(widget, tag, fake, [0], "binary", into=out, expected=np.ones((1, 64, 64)))
     assert again is not out and out.data.sum() == 0 and again.data.sum() == 64 * 64
     viewer.layers.remove(image)
-    assert widget._write_prediction(tag, fake, [0], "binary") is None and "removed" in widget.status.text()
+    assert write_prediction(widget, tag, fake, [0], "binary") is None and "removed" in widget.status.text()
 
 
 @pytest.mark.gui
 def test_models_and_settings_persist(make_napari_viewer, qtbot, errors, tmp_path):
     viewer, widget = open_widget(make_napari_viewer)
     configure(widget, **TINY)
-    widget.train.method.setCurrentText("simclr")
+    widget.train.method.value = "simclr"
     viewer.add_image(blobs((64, 64))[0], name="nuclei")
     with pytest.raises(Exception, match="no model"):
         widget.save_model(tmp_path / "none.pt")
@@ -365,16 +366,16 @@ def test_models_and_settings_persist(make_napari_viewer, qtbot, errors, tmp_path
     assert widget.session.pretrained.method == "simclr"
     assert "pretrained: simclr" in widget.models.info.text()
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    widget._user_action(lambda: widget.load_model(tmp_path / "junk.pt"))
+    widget.user_action(lambda: widget.load_model(tmp_path / "junk.pt"))
     assert "junk.pt" in errors[-1] and widget.session.pretrained.method == "simclr"  # the good model stays
 
     widget.save_settings()
     from napari_tower.napari.settings import load_settings
     from napari_tower.napari.widget import TowerWidget
 
-    assert load_settings()["method"] == "simclr" and load_settings()["steps"] == TINY["steps"]
+    assert load_settings()["pretrain"]["method"] == "simclr" and load_settings()["pretrain"]["steps"] == TINY["steps"]
     again = TowerWidget(viewer)
-    assert again.train.method.currentText() == "simclr" and again.train.base.value() == TINY["base"]
+    assert again.train.method.value == "simclr" and again.train.base.value == TINY["base"]
     again.deleteLater()
 
 
@@ -488,7 +489,7 @@ def test_sparse_scribbles_then_retrain(make_napari_viewer, qtbot, errors):
     scribbles[truth > 0] = np.where(np.arange(truth[truth > 0].size) % 5 == 0, 2, 0)  # a few nucleus pixels
     layer = viewer.add_labels(scribbles, name="scribbles")
     widget.segment.labels.set_layer(layer)
-    widget.segment.sparse.setChecked(True)
+    widget.segment.sparse.value = True
     widget.segment.finetune_button.click()
     wait_idle(qtbot, widget, 60)
     assert not errors, errors

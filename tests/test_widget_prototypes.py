@@ -34,7 +34,7 @@ def test_prototypes_to_pseudo_labels_to_finetune(make_napari_viewer, qtbot, erro
 
     widget.train.pretrain_button.click()
     wait_idle(qtbot, widget, 60)
-    section.k.setValue(4)
+    section.k.value = 4
     section.find_button.click()
     assert widget.busy
     wait_idle(qtbot, widget, 60)
@@ -63,7 +63,7 @@ def test_prototypes_to_pseudo_labels_to_finetune(make_napari_viewer, qtbot, erro
     print(f"pseudo-label Dice on the annotated {known.mean():.0%} of pixels: {dice:.3f}")
     assert dice > 0.7
     assert widget.segment.image.layer() is layer and widget.segment.labels.layer() is pseudo
-    assert widget.segment.sparse.isChecked()
+    assert widget.segment.sparse.value
     snap(viewer, widget, "prototypes")
 
     widget.segment.finetune_button.click()  # the pseudo-labels train a segmenter as they are

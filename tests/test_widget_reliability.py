@@ -34,13 +34,13 @@ def open_widget(make_napari_viewer):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-tower", WIDGET)
     t = widget.train
-    t.steps.setValue(4)
-    t.patch.setValue(64)
-    t.batch.setValue(2)
-    t.base.setValue(4)
-    t.device.setCurrentText("cpu")
-    widget.segment.steps.setValue(2)
-    widget.correct.steps.setValue(2)
+    t.steps.value = 4
+    t.patch.value = 64
+    t.batch.value = 2
+    t.base.value = 4
+    t.device.value = "cpu"
+    widget.segment.steps.value = 2
+    widget.correct.steps.value = 2
     return viewer, widget
 
 
@@ -175,7 +175,7 @@ def test_loading_a_bad_checkpoint_keeps_the_current_model(row, kit, make_napari_
     marker = tmp_path / "pwned.txt"
     bad = tmp_path / "bad.pt"
     make(kit, bad, marker)
-    widget._user_action(lambda: widget.load_model(bad))
+    widget.user_action(lambda: widget.load_model(bad))
     assert errors and fragment in errors[-1] and "bad.pt" in errors[-1]
     assert widget.session.segmenter is current
     assert not marker.exists()
@@ -185,7 +185,7 @@ def test_saving_a_model_where_it_cannot_be_written(kit, make_napari_viewer, tmp_
     viewer, widget = open_widget(make_napari_viewer)
     widget.load_model(kit.segmenter)
     (tmp_path / "a-file").write_text("not a folder")
-    widget._user_action(lambda: widget.save_model(tmp_path / "a-file" / "model.pt"))
+    widget.user_action(lambda: widget.save_model(tmp_path / "a-file" / "model.pt"))
     assert errors and "part of the path is a file" in errors[-1]
 
 
@@ -199,7 +199,7 @@ def test_disk_full_while_saving_a_model_keeps_the_earlier_file(kit, make_napari_
     # A real kernel limit (write() fails with EFBIG past 4 kB, like a disk filling up), only while saving.
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
     try:
-        widget._user_action(lambda: widget.save_model(saved))
+        widget.user_action(lambda: widget.save_model(saved))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert errors and "could not write checkpoint" in errors[-1] and "free some space" in errors[-1]
@@ -273,7 +273,7 @@ def _job_threads() -> list[threading.Thread]:
 
 def test_closing_napari_while_training_stops_the_job_cleanly(make_napari_viewer, qtbot, errors):
     viewer, widget = open_widget(make_napari_viewer)
-    widget.train.steps.setValue(100_000)
+    widget.train.steps.value = 100_000
     viewer.add_image(blobs((128, 128))[0], name="nuclei")
     widget.train.pretrain_button.click()
     qtbot.waitUntil(lambda: widget.train.progress.last is not None and widget.train.progress.last.step >= 1,

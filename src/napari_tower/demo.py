@@ -52,8 +52,11 @@ def run_headless(pretrain_steps: int = DEMO_STEPS, finetune_steps: int = DEMO_ST
 
 
 # The widget's settings for a first look on a CPU: a couple of minutes per step, not hours.
-GUI_PRESET = {"method": "tower", "steps": DEMO_STEPS, "patch": 128, "batch": 8, "base": 16, "device": "auto",
-              "finetune_steps": DEMO_STEPS, "retrain_steps": 30, "scope": "whole stack", "instances": True}
+# In the form of the remembered settings (napari/settings.py): each section's config as a dict.
+GUI_PRESET = {"version": 2, "scope": "whole stack",
+              "pretrain": {"method": "tower", "steps": DEMO_STEPS, "batch": 8, "device": "auto", "data": {"patch": 128},
+                           "model": {"base": 16}},
+              "finetune": {"steps": DEMO_STEPS}, "retrain": {"steps": 30}, "predict": {"instances": True}}
 
 
 def demo_stack(planes: int = 4, size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

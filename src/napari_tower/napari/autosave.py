@@ -442,7 +442,7 @@ class Autosave(QObject):
                     setattr(widget.session, kind, ckpt)
                 else:
                     kept.append(kind)
-            widget._update_models()
+            widget.update_models()
         old = self.offer
         self.offer = None
         self.bar.hide()

@@ -1,4 +1,5 @@
-"""Turning napari layers into core arrays and back (no Qt; layers are duck-typed).
+"""Turning napari layers into core arrays and back, and the policy for writing results (no Qt; layers are
+duck-typed).
 
 An image layer becomes an `Image` (planes, channels, Y, X): napari shows every
 axis but Y, X (and RGB) as a slider, so all other axes are planes. Labels and
@@ -7,7 +8,8 @@ probabilities for it have the layer's shape without the RGB axis.
 
 from __future__ import annotations
 
-from typing import Any
+import weakref
+from typing import Any, Callable
 
 import numpy as np
 
@@ -77,3 +79,66 @@ def fingerprint(data: Any) -> tuple:
     index = tuple(slice(None, None, max(1, s // 32)) for s in shape)
     sample = np.ascontiguousarray(np.asarray(data[index]))
     return shape, str(data.dtype), id(data), zlib.crc32(sample.tobytes())
+
+
+# ------------------------------------------------------------------------------------------------ writing results
+
+
+def in_layers(layer: Any, layers: Any) -> bool:
+    """Whether `layer` (may be None) is one of `layers` (identity, not equality)."""
+    return layer is not None and any(layer is other for other in layers)
+
+
+def reusable(layer: Any, layers: Any, shape: tuple[int, ...], expected: np.ndarray | None = None) -> bool:
+    """The widget's one policy for writing a result: replace the layer unless the user edited it.
+
+    A layer the widget wrote before gets the new data only while it is still in the viewer, has the
+    new data's shape and, when `expected` (what it held after the last write) is given, still holds it.
+    Otherwise the result goes into a new layer and the old one, with the user's edits, is left alone.
+    """
+    if not in_layers(layer, layers) or tuple(layer.data.shape) != tuple(shape):
+        return False
+    return expected is None or np.array_equal(np.asarray(layer.data).reshape(np.shape(expected)), expected)
+
+
+class WrittenLayers:
+    """The layers the widget wrote, by key (an image layer's id, a preview's name), and what it wrote.
+
+    `write` applies `reusable`: with `check_edits`, a layer whose content is no longer what was written
+    there (the user painted on it) is never replaced; with `drop_old`, an old layer that cannot take the
+    new data (removed, other shape) is removed rather than kept (previews, which nobody edits).
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[Any, tuple[Any, np.ndarray | None]] = {}
+
+    def layer(self, key: Any, layers: Any) -> Any | None:
+        """The layer last written for `key`, while it is still in `layers`."""
+        ref, _ = self._items.get(key, (None, None))
+        layer = ref() if ref is not None else None
+        return layer if in_layers(layer, layers) else None
+
+    def keys(self) -> list[Any]:
+        return list(self._items)
+
+    def remove(self, key: Any, layers: Any) -> None:
+        """Remove the layer written for `key` from `layers` (if there) and forget it."""
+        layer = self.layer(key, layers)
+        if layer is not None:
+            layers.remove(layer)
+        self._items.pop(key, None)
+
+    def write(self, key: Any, layers: Any, data: np.ndarray, add: Callable[[np.ndarray], Any],
+              check_edits: bool = True, drop_old: bool = False) -> tuple[Any, bool]:
+        """Put `data` into the layer written for `key` if `reusable`, else into `add(data)`; (layer, reused)."""
+        ref, before = self._items.get(key, (None, None))
+        old = ref() if ref is not None else None
+        if reusable(old, layers, data.shape, before if check_edits else None):
+            old.data = data
+            layer, reused = old, True
+        else:
+            if drop_old and in_layers(old, layers):
+                layers.remove(old)
+            layer, reused = add(data), False
+        self._items[key] = (weakref.ref(layer), data.copy() if check_edits else None)
+        return layer, reused

@@ -6,41 +6,37 @@ examples per prototype. The user names prototypes (background, foreground, ...)
 and Make pseudo-labels writes a sparse Labels layer (0 = not annotated,
 1 = background, 2.. = classes) that 4. Segment > Fine-tune uses as it is.
 
-The heavy work runs in the host widget's thread worker; this module only holds
-controls, turns layers into arrays and writes results back into layers.
+The heavy work runs in the host's thread worker (`host.JobHost`: the widget's public
+interface, never its internals); this module only holds controls, turns layers into
+arrays and writes results back into layers (by `layers.WrittenLayers`' policy).
 """
 
 from __future__ import annotations
 
-import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from ..config import PrototypeConfig
 from ..errors import TowerError
-from .layers import image_from_layer, label_shape
+from .controls import ConfigControls
+from .host import JobHost
+from .layers import WrittenLayers, image_from_layer, label_shape
+from .sections import OWNED, Configurable, add_rows
 from .session import LayerTag
-
-if TYPE_CHECKING:
-    from .widget import TowerWidget
-
-OWNED = "napari_tower"  # same metadata key as sections.OWNED (kept literal to avoid an import cycle)
 CLASS_CHOICES = (("unassigned", 0), ("background", 1), ("foreground", 2), ("class 3", 3), ("class 4", 4))
 EXAMPLES = 4
 THUMB = 44
@@ -53,22 +49,14 @@ def _pixmap(rgb: np.ndarray, size: int = THUMB) -> QPixmap:
     return QPixmap.fromImage(image).scaled(size, size, Qt.KeepAspectRatio, Qt.FastTransformation)
 
 
-class PrototypeSection(QGroupBox):
+class PrototypeSection(QGroupBox, Configurable):
     """Find prototypes, name them from a gallery, make pseudo-labels for fine-tuning."""
 
-    def __init__(self, host: "TowerWidget") -> None:
+    def __init__(self, host: JobHost) -> None:
         super().__init__("Prototypes (label-free start)")
         self.host = host
-        d = PrototypeConfig()
-        self.k = QSpinBox()
-        self.k.setRange(2, 64)
-        self.k.setValue(d.k)
-        self.k.setToolTip("How many prototypes (pixel clusters) to find")
-        self.ignore = QDoubleSpinBox()
-        self.ignore.setRange(0.0, 0.9)
-        self.ignore.setSingleStep(0.05)
-        self.ignore.setValue(d.ignore)
-        self.ignore.setToolTip("Share of each class's least certain pixels left unannotated (0) in the pseudo-labels")
+        self.controls = ConfigControls(PrototypeConfig, "k", "ignore")
+        self.k, self.ignore = self.controls["k"], self.controls["ignore"]
         self.find_button = QPushButton("Find prototypes")
         self.make_button = QPushButton("Make pseudo-labels")
         self.make_button.setEnabled(False)
@@ -81,8 +69,7 @@ class PrototypeSection(QGroupBox):
         self.grid.setSpacing(2)
         self.classes: list[QComboBox] = []
         form = QFormLayout()
-        form.addRow("prototypes (K)", self.k)
-        form.addRow("leave uncertain share", self.ignore)
+        add_rows(form, self.controls)
         buttons = QHBoxLayout()
         buttons.addWidget(self.find_button)
         buttons.addWidget(self.make_button)
@@ -94,18 +81,26 @@ class PrototypeSection(QGroupBox):
 
         self.result: Any = None  # prototypes.PrototypeResult of the last search
         self.tags: list[LayerTag] = []  # the image layers it was computed from, in order
-        # id(image layer) -> (layer written, what was written): a layer is only reused while it holds that.
-        self.maps: dict[int, tuple[weakref.ReferenceType, np.ndarray]] = {}
-        self.pseudo: dict[int, tuple[weakref.ReferenceType, np.ndarray]] = {}
-        self.find_button.clicked.connect(lambda: host._user_action(self.find))
-        self.make_button.clicked.connect(lambda: host._user_action(self.make_pseudo_labels))
+        # By id(image layer): a layer is only written again while it holds what was written there.
+        self.maps = WrittenLayers()
+        self.pseudo = WrittenLayers()
+        self.find_button.clicked.connect(lambda: host.user_action(self.find))
+        self.make_button.clicked.connect(lambda: host.user_action(self.make_pseudo_labels))
 
     # ----------------------------------------------------------------- settings
 
     def config(self) -> PrototypeConfig:
-        cfg = PrototypeConfig(k=self.k.value(), ignore=round(self.ignore.value(), 4), device=self.host._device())
+        cfg = self.controls.fill(PrototypeConfig(device=self.host.device()))
+        cfg.ignore = round(cfg.ignore, 4)
         cfg.validate()
         return cfg
+
+    def configs(self) -> dict[str, Any]:
+        return {"prototypes": self.controls.fill(PrototypeConfig())}
+
+    def show_config(self, name: str, cfg: Any) -> None:
+        if name == "prototypes":
+            self.controls.show(cfg)
 
     def mapping(self) -> dict[int, int]:
         """{prototype id: sparse class} from the gallery's choices (unassigned ones left out)."""
@@ -125,7 +120,7 @@ class PrototypeSection(QGroupBox):
         from ..prototypes import find_prototypes, gallery_crops
 
         host = self.host
-        layers = host.data.selected()
+        layers = host.selected_images()
         if not layers:
             raise TowerError("no image layer chosen: tick the images to find prototypes in under 1. Data")
         ckpt = host.session.pretrained or host.session.segmenter
@@ -152,7 +147,7 @@ class PrototypeSection(QGroupBox):
             host.show_info(f"Found {result.prototypes.k} prototypes in {len(tags)} image layer(s). Name them in the "
                            "gallery (Prototypes), then Make pseudo-labels.")
 
-        host._start("prototypes", job, finished)
+        host.start_job("prototypes", job, finished)
 
     def _write_map(self, image_layer: Any, assignment: Any) -> Any:
         """Put the prototype map into this image's map layer (new or reused); returns the layer's colours."""
@@ -160,21 +155,16 @@ class PrototypeSection(QGroupBox):
         layer = self._write(self.maps, image_layer, data, "prototypes", 0.45)
         return np.array([layer.get_color(i + 1)[:3] for i in range(assignment.k)], np.float32)
 
-    def _write(self, written: dict, image_layer: Any, data: np.ndarray, what: str, opacity: float) -> Any:
+    def _write(self, written: WrittenLayers, image_layer: Any, data: np.ndarray, what: str, opacity: float) -> Any:
         """Replace the data of the layer written last time for this image, unless the user edited it
         (or removed it): then a new layer, so no edit is ever lost."""
         viewer = self.host.viewer
-        ref, before = written.get(id(image_layer), (lambda: None, None))
-        old = ref()
-        if (old is not None and any(old is l for l in viewer.layers) and tuple(old.data.shape) == data.shape
-                and np.array_equal(np.asarray(old.data), before)):
-            old.data = data
-            layer = old
-        else:
-            layer = viewer.add_labels(data, name=f"{image_layer.name} {what}", scale=image_layer.scale,
-                                      translate=image_layer.translate, opacity=opacity, metadata={OWNED: what})
-        written[id(image_layer)] = (weakref.ref(layer), data.copy())
-        return layer
+
+        def add(values: np.ndarray) -> Any:
+            return viewer.add_labels(values, name=f"{image_layer.name} {what}", scale=image_layer.scale,
+                                     translate=image_layer.translate, opacity=opacity, metadata={OWNED: what})
+
+        return written.write(id(image_layer), viewer.layers, data, add)[0]
 
     def _show_gallery(self, crops: list, colours: np.ndarray, shares: np.ndarray) -> None:
         from ..prototypes import tinted
@@ -220,7 +210,7 @@ class PrototypeSection(QGroupBox):
         if not any(c >= 2 for c in mapping.values()) or 1 not in mapping.values():
             raise TowerError("name at least one prototype background and one foreground (or another class): "
                              "the segmenter needs both to learn from")
-        ignore = round(self.ignore.value(), 4)
+        ignore = round(self.ignore.value, 4)
         result, tags = self.result, list(self.tags)
 
         def job(callback, should_stop):
@@ -237,16 +227,12 @@ class PrototypeSection(QGroupBox):
             if not written:
                 return
             image_layer, layer = written[0]
-            host.segment.image.refresh()
-            host.segment.labels.refresh()
-            host.segment.image.set_layer(image_layer)
-            host.segment.labels.set_layer(layer)
-            host.segment.sparse.setChecked(True)
+            host.use_for_finetune(image_layer, layer, sparse=True)
             share = float(np.mean([(np.asarray(l.data) > 0).mean() for _, l in written]))
             host.show_info(f"Pseudo-labels written to {len(written)} layer(s), {share * 100:.0f}% of pixels annotated. "
                            "Next: 4. Segment > Fine-tune (sparse is ticked).")
 
-        host._start("pseudo-labels", job, finished)
+        host.start_job("pseudo-labels", job, finished)
 
     def _write_pseudo(self, image_layer: Any, labels: np.ndarray) -> Any:
         data = labels.astype(np.uint8).reshape(label_shape(image_layer))

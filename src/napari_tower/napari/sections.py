@@ -1,7 +1,10 @@
 """The controls of the napari-tower widget, one small class per section of the workflow.
 
 Sections hold controls and build configs; they start no jobs and touch no layer
-data (that is `TowerWidget`'s work, in `widget.py`).
+data (that is the workflows' work: `training.py`, `segmenting.py`, `model_io.py`).
+Every parameter control is a magicgui widget made from its config field
+(`controls.py`); `configs()` and `show_config()` move values to and from the config
+objects, which the jobs use and the remembered settings store.
 """
 
 from __future__ import annotations
@@ -9,10 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from qtpy.QtCore import Qt
+from magicgui.widgets import CheckBox
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -21,14 +23,14 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from ..config import DEVICES, METHODS, DataConfig, FinetuneConfig, ModelConfig, PretrainConfig
+from ..config import DataConfig, FinetuneConfig, PredictConfig, PretrainConfig, PreviewConfig, RetrainConfig
 from ..errors import TowerError
 from ..train.engine import Progress
+from .controls import ConfigControls
 from .layers import image_from_layer
 from .plot import LossPlot
 
@@ -41,12 +43,22 @@ def owned(layer: Any) -> str | None:
     return getattr(layer, "metadata", {}).get(OWNED)
 
 
-def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
+class Configurable:
+    """A section whose parameter controls are `ConfigControls` attributes (magicgui widgets made from fields)."""
+
+    def parameter_controls(self) -> list[Any]:
+        """Every magicgui control of the section that edits a config field."""
+        groups = [c for c in vars(self).values() if isinstance(c, ConfigControls)]
+        return [w for group in groups for w in group.controls.values()]
+
+
+def add_rows(form: QFormLayout, controls: ConfigControls) -> None:
+    """One form row per control: its label and the control; a check box carries its own label."""
+    for w in controls.controls.values():
+        if isinstance(w, CheckBox):
+            form.addRow(w.native)
+        else:
+            form.addRow(w.label, w.native)
 
 
 def _eta(seconds: float) -> str:
@@ -206,27 +218,18 @@ class ProgressPanel(QWidget):
         self.text.setText(message)
 
 
-class PretrainSection(QGroupBox):
+class PretrainSection(QGroupBox, Configurable):
     """2. Self-supervised pretraining settings, Pretrain / Stop and the progress panel."""
 
     def __init__(self) -> None:
         super().__init__("2. Pretrain")
-        d = PretrainConfig()
-        self.method = QComboBox()
-        self.method.addItems(METHODS)
-        self.steps = _spin(1, 1_000_000, d.steps, 50)
-        self.patch = _spin(16, 1024, d.data.patch, 16)
-        self.batch = _spin(2, 1024, d.batch)
-        self.base = _spin(4, 256, d.model.base, 4)
-        self.device = QComboBox()
-        self.device.addItems(DEVICES)
+        self.controls = ConfigControls(PretrainConfig, "method", "steps", "data.patch", "batch", "model.base",
+                                       "device")
+        c = self.controls
+        self.method, self.steps, self.patch = c["method"], c["steps"], c["data.patch"]
+        self.batch, self.base, self.device = c["batch"], c["model.base"], c["device"]
         form = QFormLayout()
-        form.addRow("method", self.method)
-        form.addRow("steps", self.steps)
-        form.addRow("patch", self.patch)
-        form.addRow("batch", self.batch)
-        form.addRow("model size (base)", self.base)
-        form.addRow("device", self.device)
+        add_rows(form, c)
         self.pretrain_button = QPushButton("Pretrain")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
@@ -240,28 +243,44 @@ class PretrainSection(QGroupBox):
         layout.addWidget(self.progress)
 
     def config(self) -> PretrainConfig:
-        cfg = PretrainConfig(method=self.method.currentText(), steps=self.steps.value(), batch=self.batch.value(),
-                             device=self.device.currentText(), data=DataConfig(patch=self.patch.value()),
-                             model=ModelConfig(base=self.base.value()))
+        cfg = self.controls.fill(PretrainConfig())
         cfg.val_every = max(1, min(cfg.val_every, cfg.steps))
         cfg.validate()
         return cfg
 
+    def configs(self) -> dict[str, Any]:
+        return {"pretrain": self.controls.fill(PretrainConfig())}
 
-class PreviewSection(QGroupBox):
+    def show_config(self, name: str, cfg: Any) -> None:
+        if name == "pretrain":
+            self.controls.show(cfg)
+
+
+class PreviewSection(QGroupBox, Configurable):
     """3. One layer per proxy-task corruption of the current slice."""
 
     def __init__(self) -> None:
         super().__init__("3. Preview corruptions")
-        self.seed = _spin(0, 2**31 - 1, 0)
+        self.controls = ConfigControls(PreviewConfig, "seed")
+        self.seed = self.controls["seed"]
         self.button = QPushButton("Preview corruptions")
         row = QHBoxLayout(self)
-        row.addWidget(QLabel("seed"))
-        row.addWidget(self.seed)
+        row.addWidget(QLabel(self.seed.label))
+        row.addWidget(self.seed.native)
         row.addWidget(self.button, 1)
 
+    def config(self) -> PreviewConfig:
+        return self.controls.fill(PreviewConfig())
 
-class SegmentSection(QGroupBox):
+    def configs(self) -> dict[str, Any]:
+        return {"preview": self.config()}
+
+    def show_config(self, name: str, cfg: Any) -> None:
+        if name == "preview":
+            self.controls.show(cfg)
+
+
+class SegmentSection(QGroupBox, Configurable):
     """4. Fine-tune a segmenter on a Labels layer, predict into a Labels layer."""
 
     def __init__(self, viewer: Any) -> None:
@@ -271,33 +290,52 @@ class SegmentSection(QGroupBox):
         super().__init__("4. Segment")
         self.image = LayerCombo(viewer, ImageLayer)
         self.labels = LayerCombo(viewer, Labels)
-        self.sparse = QCheckBox("sparse scribbles")
-        self.sparse.setToolTip("Paint 1 on background and 2, 3, ... on classes; 0 (unpainted) is ignored.\n"
-                               "Unticked: the labels are dense (0 = background) on every plane that has any.")
-        self.steps = _spin(1, 1_000_000, FinetuneConfig.steps, 50)
+        # Not a field of its own: ticked, FinetuneConfig.target is "sparse".
+        self.sparse = CheckBox(value=False, text="sparse scribbles",
+                               tooltip="Paint 1 on background and 2, 3, ... on classes; 0 (unpainted) is ignored.\n"
+                                       "Unticked: the labels are dense (0 = background) on every plane that has any.")
+        self.finetune_controls = ConfigControls(FinetuneConfig, "steps")
+        self.steps = self.finetune_controls["steps"]
         self.finetune_button = QPushButton("Fine-tune")
         self.scope = QComboBox()
         self.scope.addItems(SCOPES)
-        self.instances = QCheckBox("instances")
-        self.instances.setToolTip("Give each object its own label id, splitting touching objects")
-        self.probabilities = QCheckBox("probability image")
-        self.probabilities.setToolTip("Also add the foreground probability as an image layer")
+        self.predict_controls = ConfigControls(PredictConfig, "instances", "probabilities")
+        self.instances, self.probabilities = self.predict_controls["instances"], self.predict_controls["probabilities"]
         self.predict_button = QPushButton("Predict")
         form = QFormLayout(self)
         form.addRow("image", self.image)
         form.addRow("annotations", self.labels)
-        form.addRow(self.sparse)
-        form.addRow("fine-tune steps", self.steps)
+        form.addRow(self.sparse.native)
+        add_rows(form, self.finetune_controls)
         form.addRow(self.finetune_button)
         form.addRow("predict on", self.scope)
         options = QHBoxLayout()
-        options.addWidget(self.instances)
-        options.addWidget(self.probabilities)
+        options.addWidget(self.instances.native)
+        options.addWidget(self.probabilities.native)
         form.addRow(options)
         form.addRow(self.predict_button)
 
+    def finetune_config(self) -> FinetuneConfig:
+        """The fine-tuning settings of this section (steps, sparse); the rest are filled in by the caller."""
+        cfg = self.finetune_controls.fill(FinetuneConfig())
+        cfg.target = "sparse" if self.sparse.value else cfg.target
+        return cfg
 
-class CorrectSection(QGroupBox):
+    def predict_config(self) -> PredictConfig:
+        return self.predict_controls.fill(PredictConfig())
+
+    def configs(self) -> dict[str, Any]:
+        return {"finetune": self.finetune_config(), "predict": self.predict_config()}
+
+    def show_config(self, name: str, cfg: Any) -> None:
+        if name == "finetune":
+            self.finetune_controls.show(cfg)
+            self.sparse.value = cfg.target == "sparse"
+        elif name == "predict":
+            self.predict_controls.show(cfg)
+
+
+class CorrectSection(QGroupBox, Configurable):
     """5. Retrain from the user's corrections of a predicted Labels layer."""
 
     def __init__(self, viewer: Any) -> None:
@@ -305,10 +343,8 @@ class CorrectSection(QGroupBox):
 
         super().__init__("5. Correct and retrain")
         self.labels = LayerCombo(viewer, Labels)
-        self.steps = _spin(1, 100_000, 50, 10)
-        self.edit_weight = QDoubleSpinBox()
-        self.edit_weight.setRange(1.0, 100.0)
-        self.edit_weight.setValue(FinetuneConfig.edit_weight)
+        self.controls = ConfigControls(RetrainConfig, "steps", "edit_weight")
+        self.steps, self.edit_weight = self.controls["steps"], self.controls["edit_weight"]
         self.button = QPushButton("Retrain from corrections")
         hint = QLabel("Edit the predicted Labels layer with napari's paint, fill and erase tools, then retrain: "
                       "the pixels you changed weigh more.")
@@ -316,9 +352,18 @@ class CorrectSection(QGroupBox):
         form = QFormLayout(self)
         form.addRow(hint)
         form.addRow("corrected labels", self.labels)
-        form.addRow("retrain steps", self.steps)
-        form.addRow("weight of edits", self.edit_weight)
+        add_rows(form, self.controls)
         form.addRow(self.button)
+
+    def config(self) -> RetrainConfig:
+        return self.controls.fill(RetrainConfig())
+
+    def configs(self) -> dict[str, Any]:
+        return {"retrain": self.config()}
+
+    def show_config(self, name: str, cfg: Any) -> None:
+        if name == "retrain":
+            self.controls.show(cfg)
 
 
 class ModelSection(QGroupBox):

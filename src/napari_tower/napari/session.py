@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..model_bundle import ModelBundle
-from .layers import fingerprint
+from .layers import WrittenLayers, fingerprint
 
 
 @dataclass
@@ -66,8 +66,8 @@ class Session:
     pretrained: ModelBundle | None = None
     segmenter: ModelBundle | None = None
     predictions: dict[int, PredictionRecord] = field(default_factory=dict)
-    previews: dict[str, weakref.ReferenceType] = field(default_factory=dict)  # corruption name -> layer
-    probabilities: dict[int, weakref.ReferenceType] = field(default_factory=dict)  # id(image layer) -> layer
+    previews: WrittenLayers = field(default_factory=WrittenLayers)  # by corruption name
+    probabilities: WrittenLayers = field(default_factory=WrittenLayers)  # by id(image layer)
 
     def set_model(self, bundle: ModelBundle) -> str:
         """Keep a model as the current pretrained model or segmenter; returns its kind."""

@@ -1,5 +1,10 @@
 """The widget's remembered settings: a small JSON file in the user config dir.
 
+The file holds `config.to_dict` of each section's config (the same dataclasses the jobs
+use) under the section's name, plus the folder last used and the prediction scope.
+Loading ignores unknown keys; a file of the older flat form ({"steps": 300, ...}) is
+read through `LEGACY_KEYS`.
+
 `NAPARI_TOWER_CONFIG_DIR` overrides the folder (tests point it at a temporary
 one). Reading never fails (a missing or damaged file gives the defaults) and
 writing is atomic (temp file + rename), so a crash never leaves half a file.
@@ -11,6 +16,9 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from ..config import FinetuneConfig, PredictConfig, PretrainConfig, PreviewConfig, PrototypeConfig, RetrainConfig
+from ..config import from_dict, to_dict
 
 ENV_DIR = "NAPARI_TOWER_CONFIG_DIR"
 FILE_NAME = "widget.json"
@@ -49,3 +57,53 @@ def save_settings(values: dict[str, Any]) -> bool:
     except TowerError:
         return False
     return True
+
+
+VERSION = 2
+CONFIGS: dict[str, type] = {"pretrain": PretrainConfig, "preview": PreviewConfig, "finetune": FinetuneConfig,
+                            "predict": PredictConfig, "retrain": RetrainConfig, "prototypes": PrototypeConfig}
+# Settings files before VERSION 2: flat key -> (config, dotted field).
+LEGACY_KEYS = {"method": ("pretrain", "method"), "steps": ("pretrain", "steps"), "patch": ("pretrain", "data.patch"),
+               "batch": ("pretrain", "batch"), "base": ("pretrain", "model.base"), "device": ("pretrain", "device"),
+               "preview_seed": ("preview", "seed"), "finetune_steps": ("finetune", "steps"),
+               "instances": ("predict", "instances"), "probabilities": ("predict", "probabilities"),
+               "retrain_steps": ("retrain", "steps"), "edit_weight": ("retrain", "edit_weight"),
+               "prototype_k": ("prototypes", "k"), "prototype_ignore": ("prototypes", "ignore")}
+
+
+def to_settings(configs: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The settings file's content: each config as `to_dict`, and `extra` plain values."""
+    return {"version": VERSION, **extra, **{name: to_dict(cfg) for name, cfg in configs.items()}}
+
+
+def upgrade(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings of the older flat form in the current one (current ones are returned as they are)."""
+    if "version" in values:
+        return values
+    out: dict[str, Any] = {"version": VERSION, **{k: v for k, v in values.items() if k in ("last_dir", "scope")}}
+    for key, value in values.items():
+        if key in LEGACY_KEYS:
+            name, path = LEGACY_KEYS[key]
+            *parents, leaf = path.split(".")
+            node = out.setdefault(name, {})
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        elif key == "sparse":
+            out.setdefault("finetune", {})["target"] = "sparse" if value else "auto"
+    return out
+
+
+def configs_from(values: dict[str, Any]) -> dict[str, Any]:
+    """The configs stored in settings `values` (either form); one that cannot be read is left out."""
+    values = upgrade(values)
+    out = {}
+    for name, cls in CONFIGS.items():
+        stored = values.get(name)
+        if not isinstance(stored, dict):
+            continue
+        try:
+            out[name] = from_dict(cls, stored)
+        except (TypeError, ValueError):
+            continue
+    return out

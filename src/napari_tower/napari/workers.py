@@ -14,7 +14,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Generator
 
@@ -117,12 +116,6 @@ def start_worker(fn: Job, stop: threading.Event, on_progress: Callable[[Progress
 
 def progress_adapter(callback: Callable[[Progress], None], phase: str) -> Callable[[int, int], None]:
     """Turn a `(done, total)` progress callback (prediction) into Progress records with an ETA."""
-    t0 = time.perf_counter()
+    from ..segment.retrain import prediction_progress
 
-    def report(done: int, total: int) -> None:
-        elapsed = time.perf_counter() - t0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        callback(Progress(phase, done, total, elapsed_s=elapsed, eta_s=(total - done) / rate if rate else 0.0,
-                          patches_per_s=rate))
-
-    return report
+    return prediction_progress(callback, phase)  # type: ignore[return-value] - never None for a callback

@@ -1,0 +1,174 @@
+"""The widget's prediction workflows: 4. Segment > Predict and 5. Correct and retrain.
+
+Retrain from corrections calls the core's `segment.retrain.retrain`, the same function a
+headless run uses; this module only turns the layers into its inputs and writes the new
+prediction back, by the layer-writing policy of `layers.reusable`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+
+from ..config import FinetuneConfig, PredictConfig, RetrainConfig
+from ..errors import TowerError
+from .host import Tower
+from .layers import current_plane, image_from_layer, label_shape, labels_to_planes, reusable
+from .sections import OWNED, SCOPES
+from .session import LayerTag, PredictionRecord
+from .training import finetune_config
+from .workers import progress_adapter
+
+
+def predict_config(w: Tower) -> PredictConfig:
+    cfg = w.segment.predict_config()
+    cfg.device = w.device()
+    return cfg
+
+
+def predict(w: Tower) -> None:
+    from ..segment import Predictor
+
+    ckpt = w.session.segmenter
+    if ckpt is None:
+        raise TowerError("no segmenter yet: fine-tune one (4. Segment > Fine-tune) or load a model")
+    image_layer = w.segment.image.layer()
+    if image_layer is None:
+        raise TowerError("no image layer to predict: choose one under 4. Segment")
+    image = image_from_layer(image_layer)
+    planes = ([current_plane(image_layer, w.viewer.dims.point)]
+              if w.segment.scope.currentText() == SCOPES[0] else list(range(image.shape[0])))
+    tag = LayerTag.of(image_layer)
+    cfg = predict_config(w)
+
+    def job(callback, should_stop):
+        predictor = Predictor(ckpt, cfg)
+        return predictor.predict(image, planes, progress_adapter(callback, "predict"), should_stop)
+
+    def finished(prediction, stopped: bool) -> None:
+        layer = write_prediction(w, tag, prediction, planes, str(ckpt.target))
+        if layer is not None and cfg.probabilities:
+            write_probabilities(w, tag.layer(w.viewer.layers), prediction, planes)
+        if layer is not None:
+            w.show_info(f"Predicted {len(planes)} plane(s) into '{layer.name}'. Correct it with the paint "
+                        "and erase tools, then Retrain from corrections.")
+
+    w.start_job("predict", job, finished)
+
+
+def write_prediction(w: Tower, tag: LayerTag, prediction: Any, planes: list[int], target: str,
+                     into: Any = None, expected: np.ndarray | None = None) -> Any | None:
+    """Write labels for `planes` into the image's output layer (or `into`), or a new layer.
+
+    Nothing is written when the image layer was removed or changed while the job ran; a layer the user
+    edited while the job ran (its content differs from `expected`) is left alone and a new layer is added.
+    """
+    layers = w.viewer.layers
+    problem = tag.problem(layers)
+    if problem:
+        w.show_warning(f"{problem} while the job ran: its result was dropped; run it again")
+        return None
+    image_layer = tag.layer(layers)
+    shape = label_shape(image_layer)
+    flat = (int(np.prod(shape[:-2])),) + shape[-2:]
+    layer = into if into is not None else w.session.output_for(image_layer, layers)
+    if not reusable(layer, layers, shape, expected):
+        if layer is not None and expected is not None and reusable(layer, layers, shape):
+            w.show_warning(f"'{layer.name}' was edited while retraining: the new prediction went into a new "
+                           "layer, your edits are untouched")
+        layer = None
+    old = w.session.record_for(layer) if layer is not None else None
+    data = np.zeros(flat, np.int32) if layer is None else np.array(layer.data, dtype=np.int32).reshape(flat)
+    data[planes] = prediction.labels
+    if layer is None:
+        layer = w.viewer.add_labels(data.reshape(shape), name=f"{image_layer.name} tower labels",
+                                    scale=image_layer.scale, translate=image_layer.translate,
+                                    metadata={OWNED: "labels"}, opacity=0.5)
+    else:
+        layer.data = data.reshape(shape)
+    written = old.written.copy() if old is not None and old.written.shape == flat else data.copy()
+    written[planes] = prediction.labels
+    done = sorted(set(old.planes if old is not None else ()) | set(planes))
+    w.session.record(layer, PredictionRecord(tag, weakref.ref(layer), written, done, target))
+    w.correct.labels.refresh()
+    w.correct.labels.set_layer(layer)
+    return layer
+
+
+def write_probabilities(w: Tower, image_layer: Any, prediction: Any, planes: list[int]) -> None:
+    """The foreground probability of `planes` into the image's probability layer (or a new one)."""
+    shape = label_shape(image_layer)
+    flat = (int(np.prod(shape[:-2])),) + shape[-2:]
+    written = w.session.probabilities
+    old = written.layer(id(image_layer), w.viewer.layers)
+    data = (np.array(old.data, np.float32).reshape(flat) if reusable(old, w.viewer.layers, shape)
+            else np.zeros(flat, np.float32))
+    data[planes] = 1.0 - prediction.probabilities[:, 0]
+
+    def add(values: np.ndarray) -> Any:
+        return w.viewer.add_image(values, name=f"{image_layer.name} tower probabilities", scale=image_layer.scale,
+                                  translate=image_layer.translate, colormap="magma", contrast_limits=(0.0, 1.0),
+                                  blending="additive", visible=False, metadata={OWNED: "probabilities"})
+
+    written.write(id(image_layer), w.viewer.layers, data.reshape(shape), add, check_edits=False)
+
+
+# ----------------------------------------------------------------------------------------------- 5. retrain
+
+
+def retrain_config(w: Tower) -> RetrainConfig:
+    cfg = w.correct.config()
+    cfg.device = w.device()
+    return cfg
+
+
+def retrain(w: Tower) -> None:
+    from ..segment.retrain import retrain as run_retrain
+
+    layer = w.correct.labels.layer()
+    if layer is None:
+        raise TowerError("no predicted Labels layer: Predict first, correct the result, then retrain")
+    record = w.session.record_for(layer)
+    if record is None:
+        raise TowerError(f"'{layer.name}' holds no napari-tower prediction: Predict first, correct its result "
+                         "with napari's tools, then retrain")
+    ckpt = w.session.segmenter
+    if ckpt is None:
+        raise TowerError("no segmenter to retrain: fine-tune or load one first")
+    problem = record.image.problem(w.viewer.layers)
+    if problem:
+        raise TowerError(f"cannot retrain: {problem} since the prediction; Predict again, then correct")
+    image_layer = record.image.layer(w.viewer.layers)
+    current = labels_to_planes(layer, image_layer)
+    planes = record.planes
+    n_changed = int(record.changed(current)[planes].sum())
+    if n_changed == 0:
+        raise TowerError(f"no corrections in '{layer.name}' yet: fix the prediction with napari's paint, "
+                         "fill or erase tools, then retrain")
+    image = image_from_layer(image_layer)
+    # Batch, patch and device of 2. Pretrain; the rest (steps, seed, weight of edits) is the retrain's own.
+    cfg, tcfg, pcfg = retrain_config(w), finetune_config(w, FinetuneConfig()), predict_config(w)
+    previous = record.written
+
+    w.autosave.save_now()  # the corrections, before anything else can happen to them
+
+    def job(callback, should_stop):
+        return run_retrain(ckpt, image, previous, current, cfg, planes, callback, should_stop,
+                           finetune_cfg=tcfg, predict_cfg=pcfg)
+
+    def finished(result, stopped: bool) -> None:
+        w.session.segmenter = result.model
+        w.update_models()
+        if result.prediction is None:
+            w.autosave.save_now()
+            w.show_info("Retraining stopped; the model so far is kept. Retrain again or Predict.")
+            return
+        out = write_prediction(w, record.image, result.prediction, planes, str(ckpt.target), into=layer,
+                               expected=current)
+        w.autosave.save_now()  # the retrained model and its new prediction
+        if out is not None:
+            w.show_info(f"Retrained on {n_changed} corrected pixel(s) and predicted again into '{out.name}'.")
+
+    w.start_job("retrain", job, finished)

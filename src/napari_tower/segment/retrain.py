@@ -1,0 +1,180 @@
+"""One round of the correct-and-retrain loop, headless: the same call the widget's Retrain makes.
+
+The user corrects a prediction (paints, fills, erases); `retrain` continues training the segmenter on
+the corrected planes, the pixels the user changed weighing `RetrainConfig.edit_weight` times more, and
+predicts those planes again. Everything it needs can come from files: the model, the image, the
+prediction the user started from and the corrected labels.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..config import FinetuneConfig, PredictConfig, RetrainConfig, from_dict
+from ..data import Image, from_array
+from ..errors import TowerError
+from ..train.engine import Progress, ProgressCallback, StopCheck
+from ..model_bundle import ModelBundle
+from .finetune import FinetuneResult, finetune
+from .predict import Prediction, Predictor
+
+Model = ModelBundle  # a segmenter
+
+
+@dataclass
+class RetrainResult:
+    """The retrained model and its new prediction of the corrected planes."""
+
+    model: Model  # the new segmenter checkpoint
+    prediction: Prediction | None  # of `planes`, in that order; None when training was stopped
+    planes: list[int]  # the image planes trained on and predicted
+    edited: int  # how many corrected pixels weighed `edit_weight`
+    training: FinetuneResult
+
+    @property
+    def stopped(self) -> bool:
+        return self.prediction is None
+
+    def labels(self, previous: np.ndarray) -> np.ndarray:
+        """`previous` (planes, Y, X) with the new prediction written into the retrained planes."""
+        out = np.array(previous, dtype=np.int32).reshape((-1,) + np.shape(previous)[-2:])
+        if self.prediction is not None:
+            out[self.planes] = self.prediction.labels
+        return out.reshape(np.shape(previous))
+
+
+def retrain_targets(labels: np.ndarray, target: str) -> np.ndarray:
+    """A corrected prediction (planes, Y, X) as dense training labels for a model with `target`.
+
+    Predictions use 0 = background and 1.. = classes or objects. A model trained on
+    instances learns them from object ids (a foreground mask is split into its
+    connected components); one trained on sparse scribbles reads 1 = background.
+    """
+    if target == "instance" and labels.max() <= 1:
+        from skimage.measure import label
+
+        return np.stack([label(plane > 0) for plane in labels]).astype(np.int64)
+    if target == "sparse":
+        return labels + 1
+    return labels
+
+
+def annotated_planes(previous: np.ndarray, corrected: np.ndarray) -> list[int]:
+    """Planes that hold a prediction or a correction (any label): the planes a retrain learns from.
+
+    A plane empty in both was never predicted (e.g. a prediction of one slice of a stack) and
+    would otherwise teach the model that it is all background.
+    """
+    return [p for p in range(corrected.shape[0]) if previous[p].any() or corrected[p].any()]
+
+
+def edit_weights(previous: np.ndarray, corrected: np.ndarray, edit_weight: float) -> np.ndarray:
+    """Per-pixel loss weights: 1, and `edit_weight` where the user changed the prediction."""
+    changed = np.asarray(corrected) != np.asarray(previous)
+    return (1.0 + (edit_weight - 1.0) * changed).astype(np.float32)
+
+
+def retrain_finetune_config(model: Model, cfg: RetrainConfig, base: FinetuneConfig | None = None) -> FinetuneConfig:
+    """The fine-tuning settings of a retrain: `base` (default: the model's own training settings) with the
+    retrain's steps, seed, device and edit weight, every plane used and none held out for validation."""
+    if base is None:
+        try:
+            base = from_dict(FinetuneConfig, dict(model.config or {}))
+        except TypeError:  # a config this version cannot read: the defaults
+            base = FinetuneConfig()
+    out = copy.deepcopy(base)  # finetune fills in fields of the config it gets
+    out.steps, out.seed, out.device, out.edit_weight = cfg.steps, cfg.seed, cfg.device, cfg.edit_weight
+    out.fraction, out.val_fraction = 1.0, 0.0
+    return out
+
+
+def prediction_progress(callback: ProgressCallback | None, phase: str = "predict") -> Callable[[int, int], None] | None:
+    """Turn a `(done, total)` prediction progress into Progress records (with an ETA) for `callback`."""
+    if callback is None:
+        return None
+    t0 = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        callback(Progress(phase, done, total, elapsed_s=elapsed, eta_s=(total - done) / rate if rate else 0.0,
+                          patches_per_s=rate))
+
+    return report
+
+
+def _as_planes(labels: Any, image: Image, what: str) -> np.ndarray:
+    array = np.asarray(labels)
+    p, _, h, w = image.shape
+    if array.ndim < 2 or array.shape[-2:] != (h, w) or int(np.prod(array.shape[:-2])) != p:
+        raise TowerError(f"the {what} labels have shape {array.shape} but the image {image.source} has {p} plane(s) "
+                         f"of {h} x {w}: use labels made for that image")
+    return array.reshape((p, h, w))
+
+
+def retrain(
+    model: Model | str | os.PathLike,
+    image: Image | np.ndarray,
+    previous: np.ndarray,
+    corrected: np.ndarray,
+    cfg: RetrainConfig | None = None,
+    planes: Sequence[int] | None = None,
+    callback: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+    finetune_cfg: FinetuneConfig | None = None,
+    predict_cfg: PredictConfig | None = None,
+) -> RetrainResult:
+    """Retrain a segmenter on the user's corrections of its prediction, then predict the corrected planes again.
+
+    model: a segmenter (`ModelBundle`, or the path of a `.pt` file).
+    image: the image the prediction was made for (`Image`, or an array whose axes `from_array` can guess).
+    previous: the prediction as it was written, before the user's edits; (planes, Y, X) or the image's shape.
+    corrected: the same labels after the user's edits.
+    cfg: steps, weight of the edited pixels, seed and device (`RetrainConfig`, default settings when None).
+    planes: the planes to learn from and predict again; default: those holding a prediction or a correction.
+    callback, should_stop: progress records and the stop check, as for `finetune`.
+    finetune_cfg: the other training settings (batch, patch, learning rate...); default: the model's own.
+    predict_cfg: how to predict afterwards; default: `PredictConfig` on `cfg.device`.
+
+    The corrected planes become dense training targets (`retrain_targets`, for the model's target kind);
+    every pixel of them counts, the changed ones `cfg.edit_weight` times. Same inputs and seed, same
+    weights and prediction. Raises TowerError when nothing was corrected on those planes.
+    """
+    cfg = cfg or RetrainConfig()
+    cfg.validate()
+    ckpt: Model = model if isinstance(model, ModelBundle) else ModelBundle.load(model, "segmenter")
+    ckpt.require_segmenter("the model to retrain")
+    if not isinstance(image, Image):
+        image = from_array(image)
+    previous = _as_planes(previous, image, "previous")
+    corrected = _as_planes(corrected, image, "corrected")
+    chosen = annotated_planes(previous, corrected) if planes is None else [int(p) for p in planes]
+    if not chosen:
+        raise TowerError("the prediction and the corrected labels are empty: predict first, correct, then retrain")
+    weights = edit_weights(previous[chosen], corrected[chosen], cfg.edit_weight)
+    edited = int((corrected[chosen] != previous[chosen]).sum())
+    if edited == 0:
+        raise TowerError("no corrections: the corrected labels equal the prediction on the planes to retrain; fix "
+                         "the prediction (paint, fill, erase), then retrain")
+    targets = retrain_targets(corrected[chosen], str(ckpt.target))
+    subset = from_array(np.asarray(image.data[chosen]), image.source, axes="ZCYX")
+    tcfg = retrain_finetune_config(ckpt, cfg, finetune_cfg)
+    pcfg = copy.deepcopy(predict_cfg) if predict_cfg is not None else PredictConfig(device=cfg.device)
+
+    training = finetune([subset], [targets], tcfg, init=ckpt, weights=[weights], callback=callback,
+                        should_stop=should_stop)
+    if training.last.stopped:
+        return RetrainResult(training.checkpoint, None, chosen, edited, training)
+    prediction = Predictor(training.checkpoint, pcfg).predict(subset, None, prediction_progress(callback),
+                                                              should_stop)
+    return RetrainResult(training.checkpoint, prediction, chosen, edited, training)
+
+
+__all__ = ["RetrainResult", "annotated_planes", "edit_weights", "retrain", "retrain_finetune_config",
+           "retrain_targets"]

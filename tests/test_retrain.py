@@ -1,0 +1,140 @@
+"""The correct-and-retrain loop headless (`segment.retrain.retrain`), and the widget's Retrain as the same call.
+
+The GUI test runs under a virtual display: `xvfb-run -a python -m pytest tests/test_retrain.py`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, RetrainConfig
+from napari_tower.errors import TowerError
+from napari_tower.segment import finetune
+from napari_tower.segment.retrain import annotated_planes, edit_weights, retrain, retrain_finetune_config
+
+from .conftest import blobs
+
+
+def in_job_thread(fn):
+    """Run `fn()` the way the widget runs a job: in its own thread, with the job's torch thread count."""
+    from napari_tower.napari.workers import training_threads
+
+    box = {}
+
+    def target():
+        torch.set_num_threads(training_threads())
+        box["value"] = fn()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    return box["value"]
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from napari_tower.data import from_array
+
+    image, truth = blobs((64, 64), seed=5)
+    cfg = FinetuneConfig(steps=3, batch=2, device="cpu", data=DataConfig(patch=32), model=ModelConfig(base=4))
+    return finetune([from_array(image)], [(truth > 0)[None].astype(np.int64)], cfg).checkpoint
+
+
+def test_planes_and_weights_of_a_correction():
+    previous = np.zeros((3, 8, 8), np.int32)
+    previous[0, 1:3, 1:3] = 1  # plane 0 predicted; planes 1 and 2 never were
+    corrected = previous.copy()
+    corrected[2, 4, 4] = 1  # a correction painted on plane 2
+    assert annotated_planes(previous, corrected) == [0, 2]
+    weights = edit_weights(previous, corrected, 5.0)
+    assert weights.dtype == np.float32 and weights[2, 4, 4] == 5.0 and (weights.sum() - 5.0) == previous.size - 1
+
+
+def test_retrain_settings_come_from_the_model_and_the_retrain_config(small_model):
+    cfg = retrain_finetune_config(small_model, RetrainConfig(steps=7, edit_weight=3.0, seed=2, device="cpu"))
+    assert (cfg.steps, cfg.edit_weight, cfg.seed, cfg.device) == (7, 3.0, 2, "cpu")
+    assert (cfg.batch, cfg.data.patch, cfg.model.base) == (2, 32, 4)  # the model's own training settings
+    assert cfg.val_fraction == 0.0 and cfg.fraction == 1.0
+
+
+def test_retrain_without_corrections_is_refused(small_model):
+    image = blobs((64, 64), seed=6)[0]
+    previous = np.zeros((64, 64), np.int32)
+    previous[10:20, 10:20] = 1
+    with pytest.raises(TowerError, match="no corrections"):
+        retrain(small_model, image, previous, previous.copy(), RetrainConfig(steps=2, device="cpu"))
+    with pytest.raises(TowerError, match="shape"):
+        retrain(small_model, image, previous[:32], previous[:32], RetrainConfig(steps=2, device="cpu"))
+
+
+def test_retrain_is_reproducible_and_learns_the_edits(small_model, tmp_path):
+    image, truth = blobs((64, 64), seed=6)
+    previous = np.zeros((64, 64), np.int32)
+    corrected = (truth > 0).astype(np.int32)  # the user painted every nucleus into an empty prediction
+    cfg = RetrainConfig(steps=3, edit_weight=5.0, seed=1, device="cpu")
+    path = small_model.save(tmp_path / "model.pt")
+    first = retrain(path, image, previous, corrected, cfg)  # from files, as a command would
+    again = retrain(small_model, image, previous, corrected, cfg)
+    assert first.planes == [0] and first.edited == int(corrected.sum()) and not first.stopped
+    assert first.model.step == 3 and first.model.config["edit_weight"] == 5.0
+    assert all(torch.equal(first.model.state[k], again.model.state[k]) for k in first.model.state)
+    assert np.array_equal(first.prediction.labels, again.prediction.labels)
+    assert first.labels(previous).shape == (64, 64)
+    assert not all(torch.equal(first.model.state[k], small_model.state[k]) for k in small_model.state)
+
+
+def test_stopping_a_retrain_keeps_the_model_without_a_prediction(small_model):
+    image, truth = blobs((64, 64), seed=6)
+    result = retrain(small_model, image, np.zeros((64, 64), np.int32), (truth > 0).astype(np.int32),
+                     RetrainConfig(steps=50, device="cpu"), should_stop=lambda: True)
+    assert result.stopped and result.prediction is None and result.model.kind == "segmenter"
+
+
+@pytest.mark.gui
+def test_the_widget_retrain_is_the_core_retrain(make_napari_viewer, qtbot, errors, tmp_path):
+    """Same model, image, prediction, corrections and seed: the widget's Retrain and `retrain` agree exactly."""
+    pytest.importorskip("napari")
+    pytest.importorskip("pytestqt")
+    from napari_tower.napari.layers import labels_to_planes
+
+    from .test_widget import TINY, configure, correct_region, open_widget, wait_idle
+
+    viewer, widget = open_widget(make_napari_viewer)
+    configure(widget, **TINY, finetune_steps=10, retrain_steps=10)
+    stack = np.stack([blobs((96, 96), seed=s)[0] for s in range(3)])
+    truth = np.stack([blobs((96, 96), seed=s)[1] for s in range(3)])
+    image = viewer.add_image(stack, name="nuclei")
+    annotations = np.zeros_like(truth)
+    annotations[0] = truth[0]
+    widget.segment.labels.set_layer(viewer.add_labels(annotations, name="annotations"))
+    widget.segment.finetune_button.click()
+    wait_idle(qtbot, widget, 60)
+    widget.segment.scope.setCurrentText("whole stack")
+    widget.segment.predict_button.click()
+    wait_idle(qtbot, widget, 60)
+    assert not errors, errors
+    out = viewer.layers["nuclei tower labels"]
+    correct_region(out, 1, (slice(10, 86), slice(10, 86)), truth[1])
+
+    # What a headless run gets from files: the model, the image, the prediction and the corrected labels.
+    model_file = widget.save_model(tmp_path / "before.pt")
+    record = widget.session.record_for(out)
+    previous, corrected = record.written.copy(), labels_to_planes(out, image)
+    widget.correct.button.click()
+    wait_idle(qtbot, widget, 60)
+    assert not errors, errors
+    in_widget = widget.session.segmenter
+
+    cfg = RetrainConfig(steps=widget.correct.steps.value, edit_weight=widget.correct.edit_weight.value, seed=0,
+                        device="cpu")
+    core = in_job_thread(lambda: retrain(model_file, stack, previous, corrected, cfg))
+    assert core.planes == record.planes == [0, 1, 2]
+    assert in_widget.step == core.model.step == 10
+    assert in_widget.state.keys() == core.model.state.keys()
+    assert all(torch.equal(in_widget.state[k], core.model.state[k]) for k in core.model.state)
+    assert np.array_equal(np.asarray(out.data), core.labels(previous))
+    assert np.array_equal(np.asarray(out.data), core.prediction.labels)
