@@ -138,3 +138,30 @@ def test_the_widget_retrain_is_the_core_retrain(make_napari_viewer, qtbot, error
     assert all(torch.equal(in_widget.state[k], core.model.state[k]) for k in core.model.state)
     assert np.array_equal(np.asarray(out.data), core.labels(previous))
     assert np.array_equal(np.asarray(out.data), core.prediction.labels)
+
+    # The command line, from files only, gives the same model and prediction as the widget.
+    from napari_tower.cli import main
+    from napari_tower.data import write_tiff
+    from napari_tower.model_bundle import ModelBundle
+
+    write_tiff(tmp_path / "stack.tif", stack)
+    write_tiff(tmp_path / "previous.tif", previous)
+    write_tiff(tmp_path / "corrected.tif", corrected)
+    args = ["retrain", str(model_file), str(tmp_path / "stack.tif"), "--labels", str(tmp_path / "corrected.tif"),
+            "--previous", str(tmp_path / "previous.tif"), "--out", str(tmp_path / "after.pt"),
+            "--prediction", str(tmp_path / "new.tif"), "--axes", "ZYX", "--steps", str(cfg.steps),
+            "--edit-weight", str(cfg.edit_weight), "--seed", "0", "--device", "cpu", "--quiet"]
+    from napari_tower.napari.workers import training_threads
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(training_threads())  # bit-identical float sums need the job's thread count
+    try:
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    from_cli = ModelBundle.load(tmp_path / "after.pt")
+    assert from_cli.step == in_widget.step
+    assert all(torch.equal(in_widget.state[k], from_cli.state[k]) for k in in_widget.state)
+    import tifffile
+
+    assert np.array_equal(tifffile.imread(tmp_path / "new.tif"), np.asarray(out.data))

@@ -15,12 +15,12 @@ from types import ModuleType
 from collections.abc import Sequence
 
 from .. import __version__
-from . import bench, demo, doctor, evaluate, export, finetune, predict, pretrain, preview, prototypes
+from . import bench, demo, doctor, evaluate, export, finetune, predict, pretrain, preview, prototypes, retrain
 from .console import EXIT_INTERRUPTED, EXIT_USER_ERROR, run_reporting_errors
 
 # In the order `napari-tower --help` and docs/cli.md list them.
-COMMANDS: tuple[ModuleType, ...] = (pretrain, preview, demo, finetune, predict, evaluate, bench, prototypes, export,
-                                    doctor)
+COMMANDS: tuple[ModuleType, ...] = (pretrain, preview, demo, finetune, predict, retrain, evaluate, bench, prototypes,
+                                    export, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:
