@@ -2,7 +2,7 @@
 """Write docs/cli.md, the command-line reference, from the argparse parser itself.
 
 Run after changing any command or option: `python scripts/gen_cli_docs.py`.
-tests/test_docs.py fails while the committed page differs from what this writes,
+tests/core/test_docs.py fails while the committed page differs from what this writes,
 so the reference can never drift from the code. The page is built from the
 parser's actions (not from argparse's help text, whose layout changes between
 Python versions and terminal widths), so it is the same on every machine.

@@ -74,3 +74,31 @@ def isbi_labels():
     if not path.exists():
         pytest.skip("../shared/data/isbi2012_em is absent")
     return path
+
+
+# Tiny models trained once per session and shared (read-only) by every test that only needs "a model".
+@pytest.fixture(scope="session")
+def tiny_segmenter():
+    """A binary segmenter (base 4) fine-tuned for 3 steps on the blobs: fast, not accurate."""
+    from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig
+    from napari_tower.data import from_array
+    from napari_tower.segment import finetune
+
+    image, truth = blobs((64, 64), seed=5)
+    cfg = FinetuneConfig(steps=3, batch=2, device="cpu", data=DataConfig(patch=32), model=ModelConfig(base=4))
+    return finetune([from_array(image)], [(truth > 0)[None].astype(np.int64)], cfg).checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_instance_model_file(tmp_path_factory):
+    """An instance segmenter (base 8, depth 2) fine-tuned for 4 steps on synthetic nuclei, as a file."""
+    from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig
+    from napari_tower.data import from_array
+    from napari_tower.samples import synthetic_nuclei
+    from napari_tower.segment import finetune
+
+    folder = tmp_path_factory.mktemp("model")
+    image, labels = synthetic_nuclei((128, 128), 20, seed=1)
+    cfg = FinetuneConfig(steps=4, batch=2, device="cpu", data=DataConfig(patch=64), model=ModelConfig(base=8, depth=2))
+    finetune([from_array(image, "nuclei")], [labels[None]], cfg, folder / "model.pt")
+    return folder / "model.pt"

@@ -86,7 +86,7 @@ def setup_viewer(viewer) -> object:  # noqa: ANN001 - a napari.Viewer; napari is
     return widget
 
 
-def run_gui() -> int:  # the blocking part (napari.run) is exercised by tests/test_demo.py with run stubbed
+def run_gui() -> int:  # the blocking part (napari.run) is exercised by tests/cli/test_demo.py with run stubbed
     try:
         import napari
     except ImportError:

@@ -118,7 +118,7 @@ def test_cli_finetune_predict_evaluate(tmp_path):
     for i, (im, lab) in enumerate(zip(images, labels)):
         tifffile.imwrite(tmp_path / f"img{i}.tif", np.asarray(im.data)[0, 0])
         tifffile.imwrite(tmp_path / f"lab{i}.tif", lab[0].astype(np.uint16))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "napari_tower", *map(str, a)],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "napari_tower", *map(str, a)],
                                     capture_output=True, text=True, timeout=300)
     r = run("finetune", tmp_path / "img*.tif", "--labels", tmp_path / "lab*.tif", "--out", tmp_path / "m.pt",
             "--steps", "100", "--patch", "64", "--base", "8", "--depth", "3", "--batch", "4", "--lr", "3e-3", "--quiet")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_tower"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "napari_tower"
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -32,7 +32,7 @@ WAIT_S = 900 if SCREENSHOTS else 120
 
 
 @pytest.mark.gui
-def test_tutorial_from_a_dropped_tiff_to_corrected_labels(make_napari_viewer, qtbot, errors, tmp_path):  # noqa: F811
+def test_tutorial_from_a_dropped_tiff_to_corrected_labels(make_napari_viewer, qtbot, errors, tmp_path):
     stack, truth = demo_stack(planes=3, size=128)
     path = tmp_path / "nuclei.tif"
     tifffile.imwrite(path, stack, metadata={"axes": "ZYX"})

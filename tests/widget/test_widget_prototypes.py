@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from .test_widget import TINY, configure, open_widget, snap, wait_idle  # noqa: E402
+from .test_widget import TINY, configure, open_widget, snap, wait_idle
 
 
 @pytest.mark.gui

@@ -19,9 +19,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -32,11 +32,11 @@ from napari_tower.cli import main
 from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig, PretrainConfig, from_dict
 from napari_tower.data import read_image, read_labels
 from napari_tower.errors import CheckpointError, TowerError
-from napari_tower.segment import finetune
 from napari_tower.model_bundle import VERSION, ModelBundle
+from napari_tower.segment import finetune
 from napari_tower.train import pretrain
 
-from .conftest import blobs
+from ..conftest import blobs
 
 TINY = ["--patch", "64", "--batch", "2", "--base", "4", "--quiet"]
 
@@ -360,7 +360,7 @@ def test_disk_full_while_writing_keeps_the_previous_checkpoint_and_prediction(ki
                               "--quiet"],
         "prediction": base + ["predict", str(kit.segmenter), str(kit.stack), "--out", str(folder), "--quiet"],
     }
-    for what, command in runs.items():
+    for _what, command in runs.items():
         result = subprocess.run(command, capture_output=True, text=True, timeout=300,
                                 preexec_fn=_limit_file_size(128))  # below any checkpoint or TIFF
         assert_user_error(result.returncode, result.stderr, "could not write", "free some space")
@@ -416,7 +416,7 @@ def test_prediction_out_of_memory_even_for_one_small_tile_gives_advice():
 
     cfg = PredictConfig(tile=256, overlap=16, batch=2)
     notes: list[str] = []
-    with pytest.raises(TowerError, match="out of memory even for one 64 px tile.*device cpu"):
+    with pytest.raises(TowerError, match=r"out of memory even for one 64 px tile.*device cpu"):
         predict_tiled_within_memory(np.zeros((1, 200, 300), np.float32), never_fits, 2, cfg, notify=notes.append)
     assert notes == ["out of memory with 2 tile(s) of 256 px at a time: retrying with 1 of 256 px",
                      "out of memory with 1 tile(s) of 256 px at a time: retrying with 1 of 128 px",
@@ -539,9 +539,8 @@ def test_interrupted_write_keeps_the_old_file(tmp_path):
 
     target = tmp_path / "model.pt"
     target.write_bytes(b"the good old checkpoint")
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_write(target, "checkpoint") as fh:
-            fh.write(b"half of a new one")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_write(target, "checkpoint") as fh:
+        fh.write(b"half of a new one")
+        raise KeyboardInterrupt
     assert target.read_bytes() == b"the good old checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ from napari_tower.data import from_array
 from napari_tower.segment import finetune
 from napari_tower.train.engine import Loop, cosine_lr_at
 
-from .conftest import blobs
+from ..conftest import blobs
 
 
 def test_a_budgeted_loop_stops_on_time_and_anneals_by_time():
@@ -35,7 +36,7 @@ def test_a_budgeted_loop_stops_on_time_and_anneals_by_time():
     assert last.done and "time budget" in last.message and last.step == len(lrs)
     assert saved[-1] == (last.step, True)
     assert lrs[0] > 0.999 and lrs[-1] < 0.1  # the schedule reached its end with the budget
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
 
 
 def test_finetune_for_minutes_runs_about_that_long():

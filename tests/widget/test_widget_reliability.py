@@ -20,8 +20,8 @@ import torch
 
 from napari_tower.model_bundle import VERSION, ModelBundle
 
-from .conftest import blobs
-from .test_bad_inputs import Kit, _CreatesFile, _truncated_copy, kit  # noqa: F401 - kit is a fixture
+from ..cli.test_bad_inputs import Kit, _CreatesFile, _truncated_copy, kit  # noqa: F401 - kit is a fixture
+from ..conftest import blobs
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
@@ -212,10 +212,9 @@ def test_disk_full_while_saving_a_model_keeps_the_earlier_file(kit, make_napari_
 
 def test_prediction_out_of_memory_is_retried_smaller(kit, make_napari_viewer, qtbot, errors, monkeypatch):
     from napari_tower.config import PredictConfig
+    from napari_tower.data import from_array
     from napari_tower.segment import Predictor
     from napari_tower.segment.retry import MIN_TILE
-
-    from napari_tower.data import from_array
 
     smallest = max(MIN_TILE, 2 * PredictConfig().overlap)  # the smallest tile the retry goes down to
     data = blobs((300, 300), 40)[0]

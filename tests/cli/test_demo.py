@@ -25,7 +25,7 @@ def test_demo_opens_napari_with_the_sample_and_the_widget(make_napari_viewer, mo
     from napari_tower import demo
     from napari_tower.napari.widget import TowerWidget
 
-    from .test_widget import snap
+    from ..widget.test_widget import snap
 
     viewers = []
 

@@ -18,8 +18,8 @@ from napari_tower.cli.training import training_precision
 from napari_tower.config import AcceleratorConfig, PretrainConfig, from_dict, to_dict
 from napari_tower.errors import TowerError
 from napari_tower.methods.losses import nt_xent
-from napari_tower.samples import synthetic_nuclei
 from napari_tower.model_bundle import ModelBundle
+from napari_tower.samples import synthetic_nuclei
 from napari_tower.train.engine import Optimise, batch_to_device, prepare_module, step_rng
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 PACKAGE_DATA = ("napari/napari.yaml", "napari/sample_nuclei.tif", "napari/sample_nuclei_labels.tif")
 

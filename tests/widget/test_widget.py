@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import ISBI, blobs
+from ..conftest import ISBI, blobs
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 WIDGET = "TOWER segmentation"
 TINY = {"steps": 8, "patch": 64, "batch": 4, "base": 8}
 
@@ -85,7 +85,7 @@ class StallMeter:
             self.gaps.append(now - self.last)
         self.last = now
 
-    def __enter__(self) -> "StallMeter":
+    def __enter__(self) -> StallMeter:
         self.timer.start()
         return self
 

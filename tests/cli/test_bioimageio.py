@@ -17,18 +17,18 @@ import torch
 
 pytest.importorskip("bioimageio.core")
 
-from napari_tower.bioimageio.exporter import (  # noqa: E402
+from napari_tower.bioimageio.exporter import (
     BioimageioExportConfig,
     check_bioimageio_package,
     export_bioimageio,
 )
-from napari_tower.bioimageio.reader import is_bioimageio_package  # noqa: E402
-from napari_tower.cli import main  # noqa: E402
-from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig  # noqa: E402
-from napari_tower.data import from_array  # noqa: E402
-from napari_tower.samples import synthetic_nuclei  # noqa: E402
-from napari_tower.segment import Predictor, finetune  # noqa: E402
-from napari_tower.model_bundle import ModelBundle  # noqa: E402
+from napari_tower.bioimageio.reader import is_bioimageio_package
+from napari_tower.cli import main
+from napari_tower.config import DataConfig, ModelConfig, PredictConfig
+from napari_tower.data import from_array
+from napari_tower.model_bundle import ModelBundle
+from napari_tower.samples import synthetic_nuclei
+from napari_tower.segment import Predictor
 
 
 @pytest.fixture(autouse=True)
@@ -49,14 +49,10 @@ def offline(tmp_path, monkeypatch):
     assert not attempts, f"tried to reach the network: {attempts}"
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
+@pytest.fixture
+def model_file(tiny_instance_model_file):
     """A small instance segmenter fine-tuned on the synthetic nuclei (a few steps: fast, not accurate)."""
-    folder = tmp_path_factory.mktemp("model")
-    image, labels = synthetic_nuclei((128, 128), 20, seed=1)
-    cfg = FinetuneConfig(steps=4, batch=2, device="cpu", data=DataConfig(patch=64), model=ModelConfig(base=8, depth=2))
-    finetune([from_array(image, "nuclei")], [labels[None]], cfg, folder / "model.pt")
-    return folder / "model.pt"
+    return tiny_instance_model_file
 
 
 def _read_npy(package, name: str) -> np.ndarray:
@@ -167,8 +163,8 @@ def test_cli_export_checks_the_package(model_file, tmp_path, capsys):
 
 
 def test_bad_exports_and_foreign_packages_get_clear_messages(model_file, tmp_path, capsys):
-    from napari_tower.train import pretrain
     from napari_tower.config import PretrainConfig
+    from napari_tower.train import pretrain
 
     image, _ = synthetic_nuclei((64, 64), 5)
     pretrain([from_array(image, "x")], PretrainConfig(steps=1, batch=2, device="cpu", data=DataConfig(patch=32),
@@ -210,7 +206,7 @@ def test_widget_exports_a_package_and_loads_it_back(model_file, make_napari_view
     pytest.importorskip("pytestqt")
     from napari_tower.device import device_report
 
-    from .test_widget import open_widget, wait_idle
+    from ..widget.test_widget import open_widget, wait_idle
 
     viewer, widget = open_widget(make_napari_viewer)
     assert widget.models.doctor.text() == device_report().text()  # the device doctor

@@ -35,5 +35,5 @@ def test_bench_writes_table_plot_json_and_is_reproducible(tmp_path):
     assert {t["baseline"] for t in first["paired_tests"]} == {"scratch", "tower-encoder-only"}
     assert (tmp_path / "a" / "dice_vs_fraction.png").read_bytes()[:4] == b"\x89PNG"
     second = _run(tmp_path, tmp_path / "b")
-    dice = lambda r: [c["mean"]["dice"] for c in r["cells"]]  # noqa: E731
+    dice = lambda r: [c["mean"]["dice"] for c in r["cells"]]
     assert dice(first) == dice(second)

@@ -11,7 +11,7 @@ import tifffile
 
 from napari_tower.cli import main
 
-from .conftest import blobs
+from ..conftest import blobs
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -44,5 +44,5 @@ def test_shifted_views_train_and_bad_options_are_refused():
     losses = method.step(torch.rand(4, 1, 64, 64), torch.Generator().manual_seed(0))
     losses["loss"].backward()
     assert all(torch.isfinite(v) for v in losses.values())
-    with pytest.raises(TowerError, match="mask ratio 0.95 is invalid"):
+    with pytest.raises(TowerError, match=r"mask ratio 0\.95 is invalid"):
         _tower(mask_ratio=0.95)

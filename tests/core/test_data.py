@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_tower.data import PatchSampler, Source, compute_normalisation, expand_inputs, from_array, read_image, read_labels
+from napari_tower.data import (
+    PatchSampler,
+    Source,
+    compute_normalisation,
+    expand_inputs,
+    from_array,
+    read_image,
+    read_labels,
+)
 from napari_tower.errors import TowerError
 
 
@@ -109,7 +117,7 @@ def test_sampler_is_seeded_and_prior_prefers_structure():
     np.testing.assert_array_equal(a, b)
     uniform = _sampler(image, False).sample(200, np.random.default_rng(1))["image"]
     prior = _sampler(image, True).sample(200, np.random.default_rng(1))["image"]
-    textured = lambda batch: float((batch.std(axis=(1, 2, 3)) > 0.05).mean())  # noqa: E731
+    textured = lambda batch: float((batch.std(axis=(1, 2, 3)) > 0.05).mean())
     assert textured(prior) > textured(uniform) + 0.3
 
 

@@ -12,7 +12,7 @@ from napari_tower.methods import METHOD_CLASSES, build_method
 from napari_tower.methods.losses import nt_xent
 from napari_tower.train import pretrain
 
-from .conftest import ISBI, blobs
+from ..conftest import ISBI, blobs
 
 
 def _images():

@@ -23,7 +23,7 @@ from napari_tower.config import AcceleratorConfig
 from napari_tower.demo import DEMO_STEPS
 from napari_tower.params import cli_flag, default_of, params
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "napari_tower"
+SRC = Path(__file__).resolve().parents[2] / "src" / "napari_tower"
 
 # Defaults a command sets on purpose, each explained where the option is added.
 OWN_DEFAULTS = {

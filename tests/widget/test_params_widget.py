@@ -10,8 +10,14 @@ import json
 
 import pytest
 
-from napari_tower.config import (FinetuneConfig, PredictConfig, PretrainConfig, PreviewConfig, PrototypeConfig,
-                                 RetrainConfig)
+from napari_tower.config import (
+    FinetuneConfig,
+    PredictConfig,
+    PretrainConfig,
+    PreviewConfig,
+    PrototypeConfig,
+    RetrainConfig,
+)
 from napari_tower.params import default_of, params
 
 # Which field each parameter control of the widget edits (the controls the widget must have).

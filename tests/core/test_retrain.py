@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, RetrainConfig
+from napari_tower.config import RetrainConfig
 from napari_tower.errors import TowerError
-from napari_tower.segment import finetune
 from napari_tower.segment.retrain import annotated_planes, edit_weights, retrain, retrain_finetune_config
 
-from .conftest import blobs
+from ..conftest import blobs
 
 
 def in_job_thread(fn):
@@ -35,13 +34,9 @@ def in_job_thread(fn):
     return box["value"]
 
 
-@pytest.fixture(scope="module")
-def small_model():
-    from napari_tower.data import from_array
-
-    image, truth = blobs((64, 64), seed=5)
-    cfg = FinetuneConfig(steps=3, batch=2, device="cpu", data=DataConfig(patch=32), model=ModelConfig(base=4))
-    return finetune([from_array(image)], [(truth > 0)[None].astype(np.int64)], cfg).checkpoint
+@pytest.fixture
+def small_model(tiny_segmenter):
+    return tiny_segmenter
 
 
 def test_planes_and_weights_of_a_correction():
@@ -101,7 +96,7 @@ def test_the_widget_retrain_is_the_core_retrain(make_napari_viewer, qtbot, error
     pytest.importorskip("pytestqt")
     from napari_tower.napari.layers import labels_to_planes
 
-    from .test_widget import TINY, configure, correct_region, open_widget, wait_idle
+    from ..widget.test_widget import TINY, configure, correct_region, open_widget, wait_idle
 
     viewer, widget = open_widget(make_napari_viewer)
     configure(widget, **TINY, finetune_steps=10, retrain_steps=10)
