@@ -7,6 +7,7 @@ import sys
 
 from ..config import FinetuneConfig
 from ..errors import TowerError
+from ..generalist import resolve_init
 from .console import EXIT_INTERRUPTED, ProgressBar, StopOnSignal
 from .options import add_config_options, config_from_args
 from .training import add_training_options, training_precision
@@ -21,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files, folders or globs")
     p.add_argument("--labels", nargs="+", required=True, help="label images, one per image, same order")
     p.add_argument("--out", required=True, help="segmenter checkpoint to write")
-    p.add_argument("--init", help="pretraining checkpoint (or a segmenter to keep training)")
+    p.add_argument("--init", help="pretraining checkpoint, 'generalist' for the built-in one, or a segmenter to "
+                   "keep training (default: random initialisation)")
     add_config_options(p, FinetuneConfig)
     add_training_options(p)
 
@@ -29,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fine-tune; on SIGINT/SIGTERM keep the model so far and say how to continue."""
     from ..data import expand_inputs, read_image, read_labels
-    from ..segment.finetune import finetune
     from ..model_bundle import check_writable
+    from ..segment.finetune import finetune
 
     cfg = config_from_args(FinetuneConfig, args, **training_precision(args))
     check_writable(args.out)
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     images = [read_image(p, level=args.level) for p in image_paths]
     labels = [read_labels(p) for p in label_paths]
     with StopOnSignal() as should_stop:
-        result = finetune(images, labels, cfg, args.out, args.init, None, ProgressBar(args.quiet), should_stop)
+        result = finetune(images, labels, cfg, args.out, resolve_init(args.init), None, ProgressBar(args.quiet),
+                          should_stop)
     if result.last.stopped:
         print(f"interrupted at step {result.last.step}; the model so far is in {args.out} "
               f"(continue training it with --init {args.out})", file=sys.stderr)

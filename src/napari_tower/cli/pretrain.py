@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..config import PretrainConfig
+from ..generalist import resolve_init
 from ..params import default_of
 from .console import EXIT_INTERRUPTED, ProgressBar, StopOnSignal
 from .options import add_config_options, config_from_args
@@ -23,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files, folders or globs (TIFF, PNG, NPY, zarr)")
     p.add_argument("--out", required=True, help="checkpoint file to write")
     p.add_argument("--resume", help="continue this checkpoint's run")
-    p.add_argument("--init", help="warm-start the network from this checkpoint")
+    p.add_argument("--init", help="warm-start the network from this checkpoint, or 'generalist' for the built-in one "
+                   "(adapts it to your images)")
     # --steps None: the field's default, or with --resume the interrupted run's own step count.
     add_config_options(p, PretrainConfig, defaults={"steps": None},
                        notes={"steps": f"default {default_of(PretrainConfig, 'steps')}, with --resume the "
@@ -40,15 +42,16 @@ def _steps(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Pretrain; on SIGINT/SIGTERM keep a resumable checkpoint and say how to continue."""
-    from ..train import pretrain
     from ..model_bundle import check_writable
+    from ..train import pretrain
 
     cfg = config_from_args(PretrainConfig, args, steps=_steps(args), **training_precision(args))
     out = Path(args.out)
     check_writable(out)
     images = read_images(args.images, args.level)
     with StopOnSignal() as should_stop:
-        result = pretrain(images, cfg, out, ProgressBar(args.quiet), should_stop, args.resume, args.init)
+        result = pretrain(images, cfg, out, ProgressBar(args.quiet), should_stop, args.resume,
+                          resolve_init(args.init))
     if result.world_size > 1:  # under torchrun: one line per rank, so a rank that did not train shows
         losses = " ".join(f"{k}={v:.4f}" for k, v in result.last.losses.items())
         print(f"rank {result.rank}/{result.world_size}: {result.last.step} steps, {losses}", file=sys.stderr)
