@@ -98,7 +98,11 @@ class Predictor:
     def labels_from(self, probs: np.ndarray) -> np.ndarray:
         """Labels of one plane: instance ids, or class ids (0 = background)."""
         if self.target == "instance":
-            fg = 1.0 - probs[0]
+            # Foreground where interior or boundary wins the argmax, as fine-tuning validates it, not where
+            # interior + boundary > 0.5: the soft-Dice term inflates the thin boundary class, so that sum
+            # spread foreground past object edges (issue 21: +17% share on the training image itself).
+            # argmax > 0 implies 1 - p0 > 0.5, so the masked map keeps the watershed's 0.5 threshold.
+            fg = np.where(probs.argmax(0) > 0, 1.0 - probs[0], 0.0).astype(np.float32)
             if self.cfg.instances:
                 return instances_from_probabilities(fg, probs[2], min_size=self.cfg.min_size)
             return (fg > 0.5).astype(np.int32)
