@@ -160,7 +160,11 @@ class PredictConfig:
     device: str = "auto"
     instances: bool = False
     min_size: int = 16
-    normalise: str = "image"  # per-image percentiles, or "model": the training statistics
+    # "model": the intensity mapping stored with the model (the training images' percentiles), so every image is
+    # scaled as the model saw its training data; "image": each image's own 1st/99.8th percentiles, which move with
+    # its content (issue 21: sparse phase frames had their background lifted from 0.28 to 0.38-0.42, and 95-99% of
+    # them was predicted as cells). Use "image" for images from another microscope or exposure than the training's.
+    normalise: str = "model"
     # Block-wise (out-of-core) prediction: approximate block side, and context read around each block,
     # which must hold the largest objects whole for instance ids to agree across block seams.
     block: int = 4096
