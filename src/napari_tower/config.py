@@ -200,9 +200,14 @@ class PredictConfig:
     instances: bool = param(False, "instance labels (watershed) instead of classes", label="instances")
     probabilities: bool = param(False, "also write the class probabilities", label="probability image")
     min_size: int = param(16, "smallest object kept, in pixels", min=0, max=1_000_000)
-    # per-image percentiles, or "model": the training statistics
-    normalise: str = param("image", "normalisation: this image's percentiles, or the training images' (model)",
-                           flag="", choices=("image", "model"))
+    # "model": the intensity mapping stored with the model (the training images' percentiles), so every image is
+    # scaled as the model saw its training data; "image": each image's own 1st/99.8th percentiles, which move with
+    # its content (issue 21: sparse phase frames had their background lifted from 0.28 to 0.38-0.42, and 95-99% of
+    # them was predicted as cells). An image whose range is far from the training's (another bit depth or
+    # exposure) falls back to its own percentiles, with a note (`segment.predict.normalisation_for`).
+    normalise: str = param("model", "intensity scaling: the training images' (model; per image when an image's "
+                           "range is far from theirs) or each image's own percentiles (image)",
+                           choices=("model", "image"))
     # Block-wise (out-of-core) prediction: approximate block side, and context read around each block,
     # which must hold the largest objects whole for instance ids to agree across block seams.
     block: int = param(4096, "block side for zarr output", min=256, max=1 << 20, multiple_of=16)

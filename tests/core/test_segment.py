@@ -20,6 +20,8 @@ from napari_tower.segment import Predictor, evaluate, finetune
 from napari_tower.segment.finetune import segmentation_loss, select_fraction
 from napari_tower.segment.targets import encode_targets, infer_target_kind
 
+from ..conftest import blobs
+
 
 def _cfg(steps=60, **kw):
     return FinetuneConfig(steps=steps, batch=4, lr=3e-3, seed=0, val_every=0, checkpoint_every=0,
@@ -181,3 +183,18 @@ def test_bfloat16_prediction_matches_float32():
     assert resolve_precision("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
     with pytest.raises(TowerError, match="precision"):
         PredictConfig(precision="float8").validate()
+
+
+def test_model_normalisation_falls_back_for_an_image_of_another_range(tiny_segmenter):
+    """A model's stored intensities would mis-scale an image of another bit depth: that image uses its own."""
+    from napari_tower.config import PredictConfig
+    from napari_tower.data import from_array
+    from napari_tower.segment import Predictor
+
+    image, _ = blobs((64, 64), seed=9)
+    brighter = (image.astype(np.float64) * 60).astype(np.uint16)  # a 16-bit camera instead of the training's
+    model = Predictor(tiny_segmenter, PredictConfig(device="cpu", tile=64, overlap=0))
+    per_image = Predictor(tiny_segmenter, PredictConfig(device="cpu", tile=64, overlap=0, normalise="image"))
+    assert model.normalisation_for(from_array(image)) is model.stored_norm  # same range as training: stored
+    assert model.normalisation_for(from_array(brighter)) is not model.stored_norm
+    assert np.array_equal(model.predict(from_array(brighter)).labels, per_image.predict(from_array(brighter)).labels)

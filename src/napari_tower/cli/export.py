@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=",".join(WEIGHT_FORMATS),
                    help=f"comma-separated weight formats from {','.join(WEIGHT_FORMATS)} (default both)")
     p.add_argument("--normalise", choices=NORMALISE_MODES, default=BioimageioExportConfig.normalise,
-                   help="preprocessing: per-image percentiles (as napari-tower predict) or the model's stored ones")
+                   help="preprocessing: per-image percentiles or the model's stored ones (as napari-tower predict)")
     p.add_argument("--no-check", action="store_true", help="skip bioimage.io's own test of the written package")
 
 
