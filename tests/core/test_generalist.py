@@ -43,7 +43,7 @@ def test_a_file_whose_hash_does_not_match_is_refused(packaged, tmp_path):
     data = bytearray(out.read_bytes())
     data[len(data) // 2] ^= 0xFF
     damaged.write_bytes(bytes(data))
-    with pytest.raises(TowerError, match="does not match its recorded hash.*reinstall"):
+    with pytest.raises(TowerError, match=r"does not match its recorded hash.*reinstall"):
         generalist.verify(damaged, digest)
     with pytest.raises(TowerError, match="missing"):
         generalist.verify(tmp_path / "absent.pt", digest)
