@@ -11,8 +11,8 @@ arguments), add_arguments(parser) and run(args) -> int; `COMMANDS` is the one re
 from __future__ import annotations
 
 import argparse
-from types import ModuleType
 from collections.abc import Sequence
+from types import ModuleType
 
 from .. import __version__
 from . import bench, demo, doctor, evaluate, export, finetune, predict, pretrain, preview, prototypes, retrain

@@ -29,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fine-tune; on SIGINT/SIGTERM keep the model so far and say how to continue."""
     from ..data import expand_inputs, read_image, read_labels
-    from ..segment.finetune import finetune
     from ..model_bundle import check_writable
+    from ..segment.finetune import finetune
 
     cfg = config_from_args(FinetuneConfig, args, **training_precision(args))
     check_writable(args.out)

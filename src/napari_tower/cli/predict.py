@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..data import expand_inputs, read_image, write_tiff
-    from ..segment.predict import Predictor
     from ..model_bundle import ModelBundle
+    from ..segment.predict import Predictor
 
     cfg = config_from_args(PredictConfig, args)
     ckpt = ModelBundle.load(args.model)

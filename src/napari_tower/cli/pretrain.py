@@ -40,8 +40,8 @@ def _steps(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Pretrain; on SIGINT/SIGTERM keep a resumable checkpoint and say how to continue."""
-    from ..train import pretrain
     from ..model_bundle import check_writable
+    from ..train import pretrain
 
     cfg = config_from_args(PretrainConfig, args, steps=_steps(args), **training_precision(args))
     out = Path(args.out)

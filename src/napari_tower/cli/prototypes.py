@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_bytes
@@ -43,9 +43,16 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..data import expand_inputs, read_image, write_tiff
-    from ..prototypes import (Prototypes, find_prototypes, gallery_crops, most_typical_image, parse_mapping,
-                              pseudo_labels, write_gallery)
     from ..model_bundle import ModelBundle
+    from ..prototypes import (
+        Prototypes,
+        find_prototypes,
+        gallery_crops,
+        most_typical_image,
+        parse_mapping,
+        pseudo_labels,
+        write_gallery,
+    )
 
     cfg = config_from_args(PrototypeConfig, args)
     out = Path(args.out)
