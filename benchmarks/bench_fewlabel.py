@@ -24,7 +24,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +32,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus import SHARED, entries, read_grayscale  # noqa: E402
+from corpus import SHARED, entries, read_grayscale
 
-from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig, PretrainConfig  # noqa: E402
-from napari_tower.data import from_array  # noqa: E402
-from napari_tower.segment import Predictor, finetune  # noqa: E402
-from napari_tower.segment.metrics import dice  # noqa: E402
-from napari_tower.stats import compare  # noqa: E402
-from napari_tower.train import pretrain  # noqa: E402
+from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig, PretrainConfig
+from napari_tower.data import from_array
+from napari_tower.segment import Predictor, finetune
+from napari_tower.segment.metrics import dice
+from napari_tower.stats import compare
+from napari_tower.train import pretrain
 
 ARMS = ("scratch", "generalist", "default", "tower")
 
@@ -74,7 +74,8 @@ def load_split(name: str, max_test: int) -> Split:
         return Split(name, pairs[:cut], pairs[cut:][:max_test])
     rows = [e for e in entries() if e.dataset == name and e.mask is not None]
     if name.startswith("dsb2018"):
-        rows = [e for e in rows if _tif(e.image).ndim == 2]  # grayscale (fluorescence) images: the generalist is 1-channel
+        # grayscale (fluorescence) images: the generalist is 1-channel
+        rows = [e for e in rows if _tif(e.image).ndim == 2]
     def pair(e):
         return read_grayscale(e.image), _tif(e.mask).astype(np.int32)
     train = [pair(e) for e in rows if not e.test]

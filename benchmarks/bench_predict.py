@@ -59,7 +59,8 @@ def main() -> None:
     fp32 = Predictor(ckpt, PredictConfig(tile=1024, overlap=0, precision="float32")).predict(im).labels[0]
     print(json.dumps({
         "size": args.size, "base": args.base, "tile": args.tile, "overlap": args.overlap, "threads": args.threads,
-        "precision": str(predictor.dtype).replace("torch.", ""), "seconds": round(seconds, 2), "mpix_per_s": round(args.size**2 / seconds / 1e6, 3),
+        "precision": str(predictor.dtype).replace("torch.", ""), "seconds": round(seconds, 2),
+        "mpix_per_s": round(args.size**2 / seconds / 1e6, 3),
         "tiled_vs_untiled_dice": round(dice(tiled, whole), 5),
         "auto_vs_float32_dice": round(dice(whole, fp32), 5),
     }, indent=2))

@@ -73,7 +73,8 @@ def main() -> None:
     plain_ms = _time(plain, args.repeats)
     tower_ms = _time(tower, args.repeats)
 
-    images = [from_array(np.stack([synthetic_nuclei((512, 512), 150, seed=s)[0] for s in range(4)]), "bench", axes="ZYX")]
+    stack = np.stack([synthetic_nuclei((512, 512), 150, seed=s)[0] for s in range(4)])
+    images = [from_array(stack, "bench", axes="ZYX")]
     run_cfg = PretrainConfig(steps=args.steps, batch=args.batch, val_every=0, checkpoint_every=0,
                              data=DataConfig(patch=args.patch), model=ModelConfig(base=args.base))
     t0 = time.perf_counter()

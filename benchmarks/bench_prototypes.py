@@ -1,7 +1,8 @@
 """Label-free start on DSB2018 nuclei: prototypes named from ONE labelled image -> pseudo-labels -> segmenter.
 
     python benchmarks/bench_prototypes.py [--data ../shared/data/dsb2018] [--checkpoint tower.pt]
-        [--pretrain-steps 400] [--k 16] [--levels 0,1,2,3] [--ignore 0.2] [--finetune-steps 400] [--label-seed 0] [--out DIR]
+        [--pretrain-steps 400] [--k 16] [--levels 0,1,2,3] [--ignore 0.2] [--finetune-steps 400]
+        [--label-seed 0] [--out DIR]
 
 Grayscale images only, split 80/20 with the seed `napari-tower bench` uses. Phases, each timed:
 1. pretrain TOWER on the training images (unlabelled), unless --checkpoint is given;
@@ -129,7 +130,8 @@ def main() -> None:
     for seed in range(20):
         i = draw(seed)
         m = naming(i)
-        spread.append(float(np.mean([dice(pseudo_labels(result.assignments[j], m, 0.0)[0] >= 2, ds.train_labels[j][0] > 0)
+        spread.append(float(np.mean([dice(pseudo_labels(result.assignments[j], m, 0.0)[0] >= 2,
+                                          ds.train_labels[j][0] > 0)
                                      for j in range(len(ds.train_images)) if j != i])))
 
     t0 = time.perf_counter()

@@ -36,9 +36,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from napari_tower.models import UNet  # noqa: E402
-from napari_tower.proxy import GENESIS_TASKS, TOWER_TASKS, compose, structure_weights  # noqa: E402
-from napari_tower.proxy import tasks as proxy_tasks  # noqa: E402
+from napari_tower.models import UNet
+from napari_tower.proxy import GENESIS_TASKS, TOWER_TASKS, compose, structure_weights
+from napari_tower.proxy import tasks as proxy_tasks
 
 # ----------------------------------------------------------------------------------------------
 # per-sample reference (numpy), modelled on Models Genesis
@@ -117,7 +117,7 @@ def ref_block_mask(x: np.ndarray, rng: random.Random, weights: np.ndarray | None
                    ratio: float = 0.25, floor: float = 0.25) -> np.ndarray:
     _, rows, cols = x.shape
     gh, gw = -(-rows // cell), -(-cols // cell)
-    k = int(round(ratio * gh * gw))
+    k = round(ratio * gh * gw)
     if weights is None:
         chosen = rng.sample(range(gh * gw), k)
     else:
@@ -245,8 +245,8 @@ def compiled_pixel_pass(x: torch.Tensor, gen: torch.Generator, model_step, repea
         after = []
         for _ in range(repeats):
             model_step()
-            after.append(_call(lambda: fn(x, lut, shift))[0])
-        alone = [_call(lambda: fn(x, lut, shift))[0] for _ in range(repeats)]
+            after.append(_call(lambda fn=fn: fn(x, lut, shift))[0])  # called at once: bind this iteration's fn
+        alone = [_call(lambda fn=fn: fn(x, lut, shift))[0] for _ in range(repeats)]
         print(f"pixel pass {name:<9} after a U-Net step {np.median(after) * 1e6:7.0f} us, "
               f"back to back {np.median(alone) * 1e6:7.0f} us")
 
@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=30,
-                        help="calls per path and case in training; back to back: batched calls per loop (3 loops), reference calls in all")
+                        help="calls per path and case in training; "
+                             "back to back: batched calls per loop (3 loops), reference calls in all")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)

@@ -60,8 +60,8 @@ def _phase(args: argparse.Namespace) -> None:
 
     from napari_tower.config import PredictConfig
     from napari_tower.data import from_array, read_image
-    from napari_tower.segment import Predictor
     from napari_tower.model_bundle import ModelBundle
+    from napari_tower.segment import Predictor
     from napari_tower.segment.blockwise import predict_blockwise
 
     torch.set_num_threads(args.threads)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from corpus import generalist_corpus, read_grayscale  # noqa: E402
+from corpus import generalist_corpus, read_grayscale
 
-from napari_tower.config import DataConfig, ModelConfig, PretrainConfig  # noqa: E402
-from napari_tower.data import from_array  # noqa: E402
-from napari_tower.train import pretrain  # noqa: E402
+from napari_tower.config import DataConfig, ModelConfig, PretrainConfig
+from napari_tower.data import from_array
+from napari_tower.train import pretrain
 
 
 def main() -> int:

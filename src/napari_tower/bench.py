@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,8 @@ class Preset:
 
 PRESETS = {
     # About 15 minutes on a 2-core CPU for ISBI.
-    "quick": Preset(fractions=(0.1,), seeds=3, pretrain_steps=120, finetune_steps=150, base=8, depth=3, patch=96, batch=8),
+    "quick": Preset(fractions=(0.1,), seeds=3, pretrain_steps=120, finetune_steps=150, base=8, depth=3, patch=96,
+                    batch=8),
     # The whole grid, meant for a GPU (mixed precision on CUDA is on by default).
     "full": Preset(fractions=(0.01, 0.1, 1.0), seeds=5, pretrain_steps=3000, finetune_steps=1500, base=32, depth=4,
                    patch=128, batch=32),
@@ -85,7 +87,7 @@ def load_dataset(data: Sequence[str], labels: Sequence[str], test_planes: str | 
         test = set(range(start, min(stop, n)))
     else:
         order = np.random.default_rng(split_seed).permutation(n)
-        test = set(order[: max(1, int(round(test_fraction * n)))].tolist())
+        test = set(order[: max(1, round(test_fraction * n))].tolist())
     train = [i for i in range(n) if i not in test]
     if not train or not test:
         raise TowerError("the split leaves no training or no test images: give more images or another split")
@@ -125,8 +127,9 @@ def run_grid(ds: Dataset, preset: Preset, out: Path, device: str = "auto", quiet
                 if source == "scratch":
                     pretrained[key] = (None, 0.0)
                 else:
-                    cfg = PretrainConfig(method=source, steps=preset.pretrain_steps, batch=max(2, preset.batch), seed=seed,
-                                         device=device, val_every=0, checkpoint_every=0, data=data, model=model)
+                    cfg = PretrainConfig(method=source, steps=preset.pretrain_steps, batch=max(2, preset.batch),
+                                         seed=seed, device=device, val_every=0, checkpoint_every=0, data=data,
+                                         model=model)
                     ckpt = pretrain(ds.train_images, cfg).checkpoint
                     pretrained[key] = (ckpt, time.perf_counter() - t0)
             ckpt, pre_s = pretrained[key]
@@ -184,9 +187,9 @@ def paired_tests(cells: list[Cell], reference: str = "tower") -> list[dict[str, 
 
 def write_report(cells: list[Cell], out: Path, meta: dict[str, Any]) -> None:
     tests = paired_tests(cells)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "cells": [asdict(c) for c in cells], "paired_tests": tests},
-                                                 indent=2))
-    lines = [f"# napari-tower benchmark\n", f"{meta.get('description', '')}\n",
+    results = {"meta": meta, "cells": [asdict(c) for c in cells], "paired_tests": tests}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    lines = ["# napari-tower benchmark\n", f"{meta.get('description', '')}\n",
              "| method | fraction | Dice (mean ± sd over seeds) | IoU | object F1@0.5 | seeds |",
              "|---|---|---|---|---|---|"]
     for fraction in sorted({c.fraction for c in cells}):
@@ -203,7 +206,8 @@ def write_report(cells: list[Cell], out: Path, meta: dict[str, Any]) -> None:
               "|---|---|---|---|---|---|---|---|"]
     for t in tests:
         low, high = t["ci95_points"]
-        lines.append(f"| {t['fraction']:g} | {t['baseline']} | {t['dice_diff_points']:+.2f} | [{low:+.2f}, {high:+.2f}] "
+        lines.append(f"| {t['fraction']:g} | {t['baseline']} | {t['dice_diff_points']:+.2f} "
+                     f"| [{low:+.2f}, {high:+.2f}] "
                      f"| {t['n_seeds']} | {t['paired_t_p']:.3g} | {t['wilcoxon_p']:.3g} | {t['verdict']} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     _plot(cells, out / "dice_vs_fraction.png")

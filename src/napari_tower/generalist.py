@@ -69,7 +69,7 @@ def resolve_init(value: str | os.PathLike | None) -> str | None:
     return str(value)
 
 
-def package_generalist(bundle: "ModelBundle", out: str | os.PathLike, recipe: dict[str, Any]) -> str:
+def package_generalist(bundle: ModelBundle, out: str | os.PathLike, recipe: dict[str, Any]) -> str:
     """Write the shippable form of a finished pretraining run; returns its SHA-256 to record above.
 
     Float tensors become float16 (half the size; they are cast back when loaded into a model) and the

@@ -123,7 +123,7 @@ class ModelBundle:
                 **{k: v for k, v in values.items() if v is not None}}
 
     @classmethod
-    def from_dict(cls, data: Any, source: str | os.PathLike = "the checkpoint") -> "ModelBundle":
+    def from_dict(cls, data: Any, source: str | os.PathLike = "the checkpoint") -> ModelBundle:
         """Check an on-disk dict (format, version, kind, config, weights) and build the bundle from it."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CheckpointError(f"{source} is not a napari-tower checkpoint: give a file written by napari-tower")
@@ -162,7 +162,7 @@ class ModelBundle:
     # ------------------------------------------------------------------ the one reader and the one writer
 
     @classmethod
-    def load(cls, path: str | os.PathLike, kind: str | None = None) -> "ModelBundle":
+    def load(cls, path: str | os.PathLike, kind: str | None = None) -> ModelBundle:
         """Read a model file safely; `kind` ("pretrained"/"segmenter") is checked when given.
 
         Only tensors and plain containers are unpickled (`weights_only=True`): a file

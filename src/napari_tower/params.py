@@ -65,7 +65,7 @@ def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def param(default: Any, help: str, **meta: Any) -> Any:  # noqa: A002 - mirrors argparse's keyword
+def param(default: Any, help: str, **meta: Any) -> Any:  # `help` shadows the builtin: mirrors argparse's keyword
     """A dataclass field with `Param` metadata (see `Param` for the keywords)."""
     return dataclasses.field(default=default, metadata={PARAM: Param(help=help, **meta)})
 

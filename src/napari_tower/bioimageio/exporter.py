@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +75,8 @@ class BioimageioExportConfig:
             raise TowerError("the package needs a name: give --name")
         bad = [w for w in self.weight_formats if w not in WEIGHT_FORMATS]
         if bad or not self.weight_formats:
-            raise TowerError(f"weight format(s) {bad or '(none)'} not supported: choose from {', '.join(WEIGHT_FORMATS)}")
+            raise TowerError(f"weight format(s) {bad or '(none)'} not supported: "
+                             f"choose from {', '.join(WEIGHT_FORMATS)}")
         if self.normalise not in NORMALISE_MODES:
             raise TowerError(f"normalise '{self.normalise}' is invalid: choose 'image' or 'model'")
 
@@ -107,7 +109,8 @@ def _test_plane(image: Any, in_channels: int, multiple: int) -> np.ndarray:
     _, _, h, w = img.shape
     ch, cw = (min(s, TEST_SIDE) // multiple * multiple for s in (h, w))
     if ch < multiple or cw < multiple:
-        raise TowerError(f"the test image {img.source} is {h} x {w}: give one of at least {multiple} x {multiple} pixels")
+        raise TowerError(f"the test image {img.source} is {h} x {w}: "
+                         f"give one of at least {multiple} x {multiple} pixels")
     y0, x0 = (h - ch) // 2, (w - cw) // 2
     return np.asarray(img.data[0:1, :, y0:y0 + ch, x0:x0 + cw], dtype=np.float32)
 
@@ -170,7 +173,8 @@ images, e.g. with `napari-tower predict` then `napari-tower evaluate --pred ... 
 def _stored(bundle: ModelBundle) -> Any:
     """The normalisation stored with the model (what `--normalise model` writes as preprocessing)."""
     if bundle.normalisation is None:
-        raise TowerError("the model stores no normalisation: export it with per-image normalisation (--normalise image)")
+        raise TowerError("the model stores no normalisation: "
+                         "export it with per-image normalisation (--normalise image)")
     return bundle.normalisation
 
 
@@ -197,7 +201,8 @@ def export_bioimageio(model: str | os.PathLike | ModelBundle, out: str | os.Path
     bundle.require_segmenter(str(model) if not isinstance(model, ModelBundle) else "the model")
     out = Path(out)
     if out.suffix.lower() != ".zip":
-        raise TowerError(f"{out} is not a .zip name: bioimage.io packages are zip files, e.g. {out.with_suffix('.zip')}")
+        raise TowerError(f"{out} is not a .zip name: "
+                         f"bioimage.io packages are zip files, e.g. {out.with_suffix('.zip')}")
     check_writable(out)
 
     in_channels, classes, target = bundle.in_channels, int(bundle.classes), str(bundle.target)
@@ -268,7 +273,8 @@ def export_bioimageio(model: str | os.PathLike | ModelBundle, out: str | os.Path
         metadata.update({"napari_tower_version": __version__, "normalise": cfg.normalise})
         descr = bmz.ModelDescr(
             name=cfg.name,
-            description=cfg.description or f"2D U-Net {target} segmenter, TOWER-pretrained, fine-tuned with napari-tower",
+            description=(cfg.description
+                         or f"2D U-Net {target} segmenter, TOWER-pretrained, fine-tuned with napari-tower"),
             authors=[bmz.Author(name=a) for a in cfg.authors],
             cite=[bmz.CiteEntry(text="Chen, Li, Chen, Luo. A knowledge-based learning framework for self-supervised "
                                      "pre-training towards enhanced recognition of biomedical microscopy images. "

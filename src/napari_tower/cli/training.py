@@ -31,8 +31,9 @@ def training_precision(args: argparse.Namespace) -> dict[str, Any]:
     """PretrainConfig/FinetuneConfig keyword arguments for --precision and --compile."""
     mixed = args.precision != "float32"
     return {"mixed_precision": mixed,
-            "accel": AcceleratorConfig(amp_dtype=args.precision if mixed else default_of(AcceleratorConfig, "amp_dtype"),
-                                       compile=args.compile)}
+            "accel": AcceleratorConfig(
+                amp_dtype=args.precision if mixed else default_of(AcceleratorConfig, "amp_dtype"),
+                compile=args.compile)}
 
 
 def read_images(items: Sequence[str], level: int = 0) -> list[Any]:

@@ -11,9 +11,10 @@ import contextlib
 import glob
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class Image:
     def channels(self) -> int:
         return int(self.data.shape[1])
 
-    def select_planes(self, planes: Sequence[int]) -> "Image":
+    def select_planes(self, planes: Sequence[int]) -> Image:
         """The listed planes as an `Image`; nothing is read for data on disk or in dask."""
         idx = [int(p) for p in planes]
         if isinstance(self.data, AxesView):
@@ -241,7 +242,8 @@ def _read_raw(path: Path, level: int = 0) -> tuple[Any, str | None]:
                          "or copy it to a folder you can read") from None
     except (OSError, ValueError, KeyError, IndexError, EOFError, RuntimeError) as exc:
         raise TowerError(
-            f"{path} could not be read ({type(exc).__name__}: {str(exc)[:120]}): the file may be truncated or not an image"
+            f"{path} could not be read ({type(exc).__name__}: {str(exc)[:120]}): "
+            "the file may be truncated or not an image"
         ) from None
     check_array(data, str(path))
     return data, file_axes
@@ -265,7 +267,8 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     """Read a label image as (planes, Y, X) integers; a trailing axis of 3 is a plane axis here, not RGB."""
     path = Path(path)
     data, file_axes = _read_raw(path)
-    axes = file_axes if file_axes and "C" not in file_axes and "S" not in file_axes else guess_axes(data.shape, rgb=False)
+    no_channel_axis = file_axes and "C" not in file_axes and "S" not in file_axes
+    axes = file_axes if no_channel_axis else guess_axes(data.shape, rgb=False)
     arr = np.asarray(to_pcyx(np.asarray(data), axes))
     if arr.shape[1] != 1:
         raise TowerError(f"{path} has {arr.shape[1]} channels: labels must be a single-channel integer image")
@@ -275,9 +278,8 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
 def labels_as_int(labels: np.ndarray, source: str) -> np.ndarray:
     """Labels as int64, refusing negative, fractional or non-finite values."""
     labels = np.asarray(labels)
-    if labels.dtype.kind == "f":
-        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
-            raise TowerError(f"{source} holds fractional or NaN values: labels must be whole numbers (0 = background)")
+    if labels.dtype.kind == "f" and (not np.isfinite(labels).all() or (labels != np.round(labels)).any()):
+        raise TowerError(f"{source} holds fractional or NaN values: labels must be whole numbers (0 = background)")
     if labels.dtype.kind not in "biuf":
         raise TowerError(f"{source} has data type {labels.dtype}: labels must be integers")
     out = labels.astype(np.int64)

@@ -82,7 +82,7 @@ class AxesView:
     def __repr__(self) -> str:
         return f"AxesView({type(self.base).__name__} {tuple(self.base.shape)} '{self.axes}' -> {self.shape})"
 
-    def select_planes(self, planes: Any) -> "AxesView":
+    def select_planes(self, planes: Any) -> AxesView:
         """A view of some planes only (indices into this view's planes), still lazy."""
         return AxesView(self.base, self.axes, self._planes[np.asarray(planes, dtype=np.int64)])
 

@@ -34,7 +34,7 @@ class Normalisation:
         return {"low": list(map(float, self.low)), "high": list(map(float, self.high))}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Normalisation":
+    def from_dict(cls, d: dict[str, Any]) -> Normalisation:
         return cls([float(v) for v in d["low"]], [float(v) for v in d["high"]])
 
 
@@ -52,7 +52,8 @@ def _subsample(data: Any) -> np.ndarray:
     plane_step = max(1, p // 64)
     if is_lazy(data) and len(range(0, p, plane_step)) * h * w > _MAX_STRIDED_READ:
         return _windows(data)
-    return read_region(data, (slice(None, None, plane_step), slice(None), slice(None, None, step), slice(None, None, step)))
+    return read_region(data, (slice(None, None, plane_step), slice(None),
+                              slice(None, None, step), slice(None, None, step)))
 
 
 def _windows(data: Any) -> np.ndarray:

@@ -9,8 +9,9 @@ the patches drawn are read and normalised.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -63,7 +64,8 @@ class PatchSampler:
         self.prior_floor = prior_floor if structure_prior else 1.0
         channels = {s.image.channels for s in self.sources}
         if len(channels) > 1:
-            raise TowerError(f"images have different channel counts {sorted(channels)}: use images with the same channels")
+            raise TowerError(f"images have different channel counts {sorted(channels)}: "
+                             "use images with the same channels")
         self.channels = channels.pop()
         self._index_planes()
 
@@ -93,7 +95,8 @@ class PatchSampler:
         total = 0.0
         if self.prior_floor < 1.0:
             if len(planes) > _MAX_SCORED_PLANES:
-                self.scored = np.unique(np.linspace(0, len(planes) - 1, _MAX_SCORED_PLANES).round().astype(int)).tolist()
+                spaced = np.linspace(0, len(planes) - 1, _MAX_SCORED_PLANES).round().astype(int)
+                self.scored = np.unique(spaced).tolist()
             else:
                 self.scored = list(range(len(planes)))
             for k in self.scored:

@@ -57,7 +57,7 @@ def blur(x: torch.Tensor, gen: torch.Generator, p: float = 0.5, max_sigma: float
     device = x.device
     sigma = 0.1 + (max_sigma - 0.1) * _rand(n, gen, device)
     apply = _rand(n, gen, device) < p
-    radius = int(math.ceil(3 * max_sigma))
+    radius = math.ceil(3 * max_sigma)
     t = torch.arange(-radius, radius + 1, device=device, dtype=x.dtype)
     k = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
     k = k / k.sum(dim=1, keepdim=True)  # (N, K)

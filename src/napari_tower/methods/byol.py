@@ -25,7 +25,8 @@ class BYOL(Method):
     def __init__(self, cfg: PretrainConfig) -> None:
         super().__init__(cfg)
         dim = cfg.model.projection_dim
-        self.predict = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+        self.predict = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+                                     nn.Linear(dim, dim))
         self.target_encoder = momentum_copy(self.unet.encoder)
         self.target_project = momentum_copy(self.project)
 

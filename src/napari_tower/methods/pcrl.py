@@ -29,7 +29,8 @@ class PCRL(Method):
         super().__init__(cfg)
         self.key_encoder = momentum_copy(self.unet.encoder)
         self.key_project = momentum_copy(self.project)
-        queue = F.normalize(torch.randn(QUEUE, cfg.model.projection_dim, generator=torch.Generator().manual_seed(cfg.seed)), dim=1)
+        queue_gen = torch.Generator().manual_seed(cfg.seed)
+        queue = F.normalize(torch.randn(QUEUE, cfg.model.projection_dim, generator=queue_gen), dim=1)
         self.register_buffer("queue", queue)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
@@ -50,7 +51,8 @@ class PCRL(Method):
         hybrid_feats = [lam * a + (1 - lam) * b[perm] for a, b in zip(q_feats, k_feats)]
         hybrid_restored = self.restore(self.unet.decoder(hybrid_feats))
 
-        gen_loss = F.l1_loss(restored, x) + F.l1_loss(mix_restored, mixed_target) + F.l1_loss(hybrid_restored, mixed_target)
+        gen_loss = (F.l1_loss(restored, x) + F.l1_loss(mix_restored, mixed_target)
+                    + F.l1_loss(hybrid_restored, mixed_target))
         self._enqueue(F.normalize(k.float(), dim=1))
         return {"gen": gen_loss, "con": con, "loss": gen_loss + con}
 

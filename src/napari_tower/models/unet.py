@@ -23,7 +23,8 @@ class Encoder(nn.Module):
     def __init__(self, in_channels: int, base: int, depth: int) -> None:
         super().__init__()
         widths = [base * 2**i for i in range(depth + 1)]
-        self.levels = nn.ModuleList([_block(in_channels, widths[0])] + [_block(widths[i - 1], widths[i]) for i in range(1, depth + 1)])
+        self.levels = nn.ModuleList([_block(in_channels, widths[0])]
+                                    + [_block(widths[i - 1], widths[i]) for i in range(1, depth + 1)])
         self.pool = nn.MaxPool2d(2)
         self.out_channels = widths[-1]
 
@@ -40,7 +41,8 @@ class Decoder(nn.Module):
     def __init__(self, base: int, depth: int) -> None:
         super().__init__()
         widths = [base * 2**i for i in range(depth + 1)]
-        self.ups = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))])
+        self.ups = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
+                                  for i in reversed(range(depth))])
         self.blocks = nn.ModuleList([_block(widths[i] * 2, widths[i]) for i in reversed(range(depth))])
         self.out_channels = base
 

@@ -15,6 +15,7 @@ writes them on a background thread, so painting never stutters.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -94,7 +95,7 @@ class AutosaveStore:
         self.folder = folder
 
     @classmethod
-    def new_session(cls) -> "AutosaveStore":
+    def new_session(cls) -> AutosaveStore:
         """A folder of its own for a new widget: time, process and a counter keep it unique."""
         stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         while True:
@@ -104,8 +105,8 @@ class AutosaveStore:
 
     def write(self, snap: Snapshot) -> None:
         """Write the changed parts of `snap`, then the manifest; files of removed layers go last."""
-        from ..data import write_tiff
         from ..atomic import atomic_write_bytes
+        from ..data import write_tiff
 
         self.folder.mkdir(parents=True, exist_ok=True)
         layers = []
@@ -364,10 +365,8 @@ class Autosave(QObject):
 
     @staticmethod
     def _emit(signal: Any, message: str) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the widget was closed while the write ran: nobody to tell
             signal.emit(message)
-        except RuntimeError:  # the widget was closed while the write ran: nobody to tell
-            pass
 
     def _show_failure(self, message: str) -> None:
         # Write everything again next time: what failed may be missing or stale on disk.

@@ -7,7 +7,8 @@ Both are Protocols, so nothing here imports the widget and no module imports it 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from napari.viewer import Viewer

@@ -9,7 +9,8 @@ becomes one message, never a traceback. `StatusLine` shows errors, warnings and 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QLabel, QPushButton, QWidget

@@ -9,7 +9,8 @@ probabilities for it have the layer's shape without the RGB axis.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,10 +34,7 @@ def layer_axes(layer: Any) -> str:
 
 def image_from_layer(layer: Any) -> Image:
     """The core `Image` view of an image layer (no copy for numpy, lazy for dask/zarr)."""
-    if getattr(layer, "multiscale", False):
-        data = layer.data[0]
-    else:
-        data = layer.data
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     return from_array(data, layer.name, axes=layer_axes(layer), rgb=bool(getattr(layer, "rgb", False)))
 
 

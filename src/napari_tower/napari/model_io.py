@@ -55,7 +55,8 @@ def export_bioimageio(w: Tower, path: str | Path) -> None:
     A centred crop of the image chosen under 4. Segment becomes the package's test input
     (the built-in sample when there is none, or its channels do not fit the model).
     """
-    from ..bioimageio.exporter import BioimageioExportConfig, check_bioimageio_package, export_bioimageio as export
+    from ..bioimageio.exporter import BioimageioExportConfig, check_bioimageio_package
+    from ..bioimageio.exporter import export_bioimageio as export
 
     ckpt = w.session.segmenter
     if ckpt is None:

@@ -37,6 +37,7 @@ from .host import JobHost
 from .layers import WrittenLayers, image_from_layer, label_shape
 from .sections import OWNED, Configurable, add_rows
 from .session import LayerTag
+
 CLASS_CHOICES = (("unassigned", 0), ("background", 1), ("foreground", 2), ("class 3", 3), ("class 4", 4))
 EXAMPLES = 4
 THUMB = 44

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import Qt
 from magicgui.widgets import CheckBox
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -62,7 +62,7 @@ def add_rows(form: QFormLayout, controls: ConfigControls) -> None:
 
 
 def _eta(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 

@@ -26,7 +26,7 @@ class LayerTag:
     print_: tuple
 
     @classmethod
-    def of(cls, layer: Any) -> "LayerTag":
+    def of(cls, layer: Any) -> LayerTag:
         return cls(weakref.ref(layer), layer.name, fingerprint(layer.data))
 
     def layer(self, layers: Any) -> Any | None:

@@ -17,8 +17,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import FinetuneConfig, PredictConfig, PretrainConfig, PreviewConfig, PrototypeConfig, RetrainConfig
-from ..config import from_dict, to_dict
+from ..config import (
+    FinetuneConfig,
+    PredictConfig,
+    PretrainConfig,
+    PreviewConfig,
+    PrototypeConfig,
+    RetrainConfig,
+    from_dict,
+    to_dict,
+)
 
 ENV_DIR = "NAPARI_TOWER_CONFIG_DIR"
 FILE_NAME = "widget.json"

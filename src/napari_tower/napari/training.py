@@ -95,7 +95,7 @@ def show_previews(w: Tower, layer: Any, views: dict[str, np.ndarray], offset: tu
     translate = np.asarray(layer.translate)[-2:] + np.asarray(offset) * scale
     rgb = bool(getattr(layer, "rgb", False))
     layers, previews = w.viewer.layers, w.session.previews
-    for name in previews.keys():
+    for name in previews.keys():  # noqa: SIM118 - WrittenLayers, not a dict: keys() is a copy to remove from
         if name not in views:
             previews.remove(name, layers)
     for name, view in views.items():

@@ -12,8 +12,9 @@ the remembered settings in `settings.py`. Sections and workflows see the widget 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from napari.viewer import Viewer
 from qtpy.QtCore import Qt, QTimer

@@ -14,8 +14,9 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Callable, Generator
+from typing import Any
 
 from ..errors import TowerError
 from ..train.engine import Progress

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ class Prototypes:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Prototypes":
+    def load(cls, path: str | os.PathLike) -> Prototypes:
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -103,7 +103,8 @@ def _report(callback: ProgressCallback | None, t0: float, done: int, total: int,
 
 
 def fit_prototypes(embedder: PixelEmbedder, images: Sequence[Image], cfg: PrototypeConfig,
-                   progress: Callable[[int, int], None] | None = None, should_stop: StopCheck | None = None) -> Prototypes:
+                   progress: Callable[[int, int], None] | None = None,
+                   should_stop: StopCheck | None = None) -> Prototypes:
     """K-means over a seeded sample of pixel descriptors of `images`."""
     norms = [embedder.normalisation(im) for im in images]
     x = sample_descriptors(embedder, images, norms, cfg.samples, cfg.seed, progress=progress, should_stop=should_stop)
@@ -112,8 +113,8 @@ def fit_prototypes(embedder: PixelEmbedder, images: Sequence[Image], cfg: Protot
     result = kmeans(x, cfg.k, cfg.seed, cfg.iterations, cfg.restarts)
     counts = torch.bincount(result.labels, minlength=cfg.k).numpy()
     order = np.argsort(-counts, kind="stable")  # prototype 1 is the commonest (often the background)
-    return Prototypes(result.centroids.numpy()[order].astype(np.float32), (counts[order] / counts.sum()).astype(np.float32),
-                      cfg, embedder.levels)
+    return Prototypes(result.centroids.numpy()[order].astype(np.float32),
+                      (counts[order] / counts.sum()).astype(np.float32), cfg, embedder.levels)
 
 
 def assign_image(embedder: PixelEmbedder, image: Image, prototypes: Prototypes,
@@ -136,7 +137,8 @@ def assign_image(embedder: PixelEmbedder, image: Image, prototypes: Prototypes,
             shape = plane.shape
             ndim = 3
 
-            def __getitem__(self, key):  # noqa: ANN001
+            # `plane` bound now: this plane's view is read only within this iteration (predict_tiled below).
+            def __getitem__(self, key, plane=plane):  # noqa: ANN001
                 return norm.apply(np.asarray(plane[key]), channel_axis=0)
 
         scores = predict_tiled(_Normalised(), lambda t: embedder.scores(t, centroids), prototypes.k,

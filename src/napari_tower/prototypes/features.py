@@ -11,7 +11,8 @@ those K maps are upsampled. Memory stays O(K x pixels) per tile.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,6 @@ from ..model_bundle import ModelBundle
 from ..models import UNet
 from ..train.engine import resolve_device
 from ..train.pretrain import load_unet_weights
-
 
 # The finest four levels (full to 1/8 resolution). Level 3 adds the context that tells a flat bright background
 # (brightfield) from a bright nucleus; the coarsest level blurs object edges. DSB2018 nuclei, K = 16 named from one

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -43,7 +43,8 @@ def gallery_crops(images: Sequence[Image], assignments: Sequence[Assignment], pe
     candidates: list[list[np.ndarray]] = [[] for _ in range(k)]
     for a in assignments:
         nearest = a.nearest[:, 0].reshape(-1)
-        certainty = a.gaps[:, 0].reshape(-1).astype(np.float32) if a.gaps.shape[1] else np.ones(nearest.size, np.float32)
+        certainty = (a.gaps[:, 0].reshape(-1).astype(np.float32) if a.gaps.shape[1]
+                     else np.ones(nearest.size, np.float32))
         order = np.argsort(nearest, kind="stable")
         bounds = np.searchsorted(nearest[order], np.arange(k + 1))
         for proto in range(k):

@@ -8,8 +8,16 @@ import numpy as np
 import torch
 
 from ..errors import TowerError
-from .tasks import TOWER_TASKS, block_mask, compose, inpaint, local_shuffle, nonlinear_remap, outpaint, \
-    structure_weights
+from .tasks import (
+    TOWER_TASKS,
+    block_mask,
+    compose,
+    inpaint,
+    local_shuffle,
+    nonlinear_remap,
+    outpaint,
+    structure_weights,
+)
 
 PREVIEW_ATTEMPTS = 8
 

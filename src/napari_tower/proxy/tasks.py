@@ -280,7 +280,7 @@ def _draw_mask(x: torch.Tensor, gen: torch.Generator, cell: int, ratio: float, f
         if tuple(weights.shape[2:]) != (gh, gw) or (gh, gw) == (h, w):
             wt = F.avg_pool2d(wt, cell, stride=cell, ceil_mode=True)
         cell_w = wt.reshape(n, gh * gw)
-    k = int(round(ratio * gh * gw))
+    k = round(ratio * gh * gw)
     return _masked_cells(gen, n, gh * gw, k, dev, cell_w, float(floor)), gh, gw
 
 
@@ -317,7 +317,7 @@ def block_mask(x: torch.Tensor, gen: torch.Generator, cell: int = 8, ratio: floa
     return torch.where(mask, _noise_like(x, gen), x)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _keyword_defaults(fn) -> dict[str, object]:
     """The options `compose` may pass to a task function, with their defaults (its own signature)."""
     return {name: param.default for name, param in inspect.signature(fn).parameters.items()
@@ -429,7 +429,7 @@ def _random_partition(gen: torch.Generator, m: int, length: int, side: int, slot
 
 def _piece_slots(length: int, side: int) -> int:
     """Room for the pieces of one axis: about 3.5 sd above the mean need at 128 px."""
-    return int(math.ceil(1.3 * length / ((1 + side) / 2))) + 6
+    return math.ceil(1.3 * length / ((1 + side) / 2)) + 6
 
 
 def _shuffle_rounds(gen: torch.Generator, rounds: int, m: int, h: int, w: int, side: int, bank: int,
@@ -473,7 +473,7 @@ def local_shuffle(x: torch.Tensor, gen: torch.Generator, p: float = SHUFFLE_P, n
         raise TowerError(f"bank={bank} is invalid: use at least 1 permutation per window shape")
     dev = x.device
     apply = _chance(gen, n, p, dev)
-    n_eff = 0 if n_windows == 0 else max(1, int(round(n_windows * h * w / REFERENCE_SIDE ** 2)))
+    n_eff = 0 if n_windows == 0 else max(1, round(n_windows * h * w / REFERENCE_SIDE ** 2))
     side = max(1, min(max_side, h, w))
     chosen = torch.nonzero(apply).flatten()
     m = int(chosen.numel())

@@ -28,10 +28,12 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -102,8 +104,8 @@ def block_grid(shape: tuple[int, int, int, int], core: int, halo: int, min_exten
     xs = list(range(0, w, core)) + [w]
     blocks = []
     for pi in range(p):
-        for r, (y0, y1) in enumerate(zip(ys[:-1], ys[1:])):
-            for c, (x0, x1) in enumerate(zip(xs[:-1], xs[1:])):
+        for r, (y0, y1) in enumerate(pairwise(ys)):
+            for c, (x0, x1) in enumerate(pairwise(xs)):
                 ext = _extent(y0, y1, h, halo, min_extent) + _extent(x0, x1, w, halo, min_extent)
                 blocks.append(Block(pi, r, c, (y0, y1, x0, x1), ext))
     return blocks
@@ -377,12 +379,8 @@ def _create_outputs(tmp: Path, image: Image, predictor: Predictor, chunk: int, p
     import zarr
 
     p, _, h, w = image.shape
-    lead = () if p == 1 else (p,)
-    lead_chunks = () if p == 1 else (1,)
-    if instances:
-        dtype = np.uint32
-    else:
-        dtype = np.uint8 if predictor.classes <= 255 else np.uint16
+    lead, lead_chunks = ((), ()) if p == 1 else ((p,), (1,))
+    dtype = np.uint32 if instances else np.uint8 if predictor.classes <= 255 else np.uint16
     root = zarr.open_group(str(tmp), mode="w")
 
     def create(name: str, shape: tuple, chunks: tuple, dt: Any) -> Any:
@@ -500,7 +498,8 @@ def predict_blockwise(
             out.parent.mkdir(parents=True, exist_ok=True)
             shape, arrays = _create_outputs(tmp, image, predictor, chunk, probabilities, instances)
         except OSError as exc:
-            raise TowerError(f"could not write {out} ({exc.strerror or exc}): check the folder is writable and has space") from None
+            raise TowerError(f"could not write {out} ({exc.strerror or exc}): "
+                             "check the folder is writable and has space") from None
         job = _Job(token, image, norm.to_dict(), str(tmp), image.shape[0] == 1, instances, probabilities)
         if scheduler is not None:
             job.ckpt, job.predict_cfg = predictor.ckpt, to_dict(cfg)
@@ -533,7 +532,8 @@ def predict_blockwise(
         try:
             _replace_dir(tmp, out)
         except OSError as exc:
-            raise TowerError(f"could not move the prediction into {out} ({exc.strerror or exc}): check the folder") from None
+            raise TowerError(f"could not move the prediction into {out} ({exc.strerror or exc}): "
+                             "check the folder") from None
         return BlockwiseResult(out, shape, len(blocks), objects, time.perf_counter() - t0)
     finally:
         if runner is not None:

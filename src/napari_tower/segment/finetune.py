@@ -5,21 +5,31 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import FinetuneConfig, to_dict
-from ..config import loop_steps
+from ..config import FinetuneConfig, loop_steps, to_dict
 from ..data import Image, PatchSampler, Source, compute_normalisation
 from ..errors import TowerError
 from ..model_bundle import ModelBundle
-from ..train.engine import (Loop, Optimise, Progress, ProgressCallback, StopCheck, autocast, batch_to_device, cosine_lr_at,
-                            prepare_module, resolve_device, step_rng)
+from ..train.engine import (
+    Loop,
+    Optimise,
+    Progress,
+    ProgressCallback,
+    StopCheck,
+    autocast,
+    batch_to_device,
+    cosine_lr_at,
+    prepare_module,
+    resolve_device,
+    step_rng,
+)
 from ..train.pretrain import load_unet_weights, model_normalisation
 from .model import Segmenter
 from .targets import check_labels, encode_targets, infer_target_kind, n_classes
@@ -56,7 +66,7 @@ def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torc
 def select_fraction(n: int, fraction: float, seed: int) -> np.ndarray:
     """Indices of a seeded subset of `n` items; subsets for smaller fractions nest inside larger ones."""
     order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[: max(1, int(math.ceil(fraction * n)))])
+    return np.sort(order[: max(1, math.ceil(fraction * n))])
 
 
 def _planes(images: Sequence[Image], labels: Sequence[np.ndarray], weights: Sequence[np.ndarray | None] | None):
@@ -147,10 +157,11 @@ def finetune(
         init_method = str(ckpt.method)
     prepare_module(model.to(device), device, cfg.accel)
 
-    norms = [compute_normalisation(im.data, im.source, cfg.data.low_percentile, cfg.data.high_percentile) for im in images]
+    norms = [compute_normalisation(im.data, im.source, cfg.data.low_percentile, cfg.data.high_percentile)
+             for im in images]
     planes = _planes(images, targets, weights)
     chosen = [planes[i] for i in select_fraction(len(planes), cfg.fraction, cfg.seed)]
-    n_val = int(round(cfg.val_fraction * len(chosen))) if len(chosen) >= 3 else 0
+    n_val = round(cfg.val_fraction * len(chosen)) if len(chosen) >= 3 else 0
     val_idx = set(np.random.default_rng(cfg.seed + 1).permutation(len(chosen))[:n_val].tolist())
     train_planes = [c for k, c in enumerate(chosen) if k not in val_idx]
     val_planes = [c for k, c in enumerate(chosen) if k in val_idx]
@@ -164,7 +175,8 @@ def finetune(
     val_batch = None
     if val_planes:
         vs = PatchSampler(sources(val_planes), patch, structure_prior=False, augment=False)
-        val_batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in vs.sample(4 * cfg.batch, np.random.default_rng(cfg.seed + 7)).items()}
+        val_batch = {k: torch.from_numpy(np.ascontiguousarray(v))
+                     for k, v in vs.sample(4 * cfg.batch, np.random.default_rng(cfg.seed + 7)).items()}
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     optimise = Optimise(optimizer, device, cfg.mixed_precision, cfg.accel)
@@ -204,7 +216,8 @@ def finetune(
 
     def save(step: int, final: bool) -> None:
         nonlocal saved
-        state = best_state if (final and best_state is not None) else {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        state = (best_state if (final and best_state is not None)
+                 else {k: v.detach().cpu() for k, v in model.state_dict().items()})
         saved = ModelBundle(
             kind="segmenter", target=kind, classes=classes, init_method=init_method, config=to_dict(cfg),
             normalisation=norm, state=state, step=step, history=loop.history,
@@ -213,7 +226,8 @@ def finetune(
         if out is not None:
             saved.save(out)
 
-    loop = Loop("finetune", loop_steps(cfg.steps, cfg.minutes), cfg.batch, train_step, save, validate if val_batch is not None else None,
+    loop = Loop("finetune", loop_steps(cfg.steps, cfg.minutes), cfg.batch, train_step, save,
+                validate if val_batch is not None else None,
                 cfg.val_every, cfg.checkpoint_every, 0, callback, should_stop, budget_s=cfg.minutes * 60)
     last = loop.run(0)
     assert saved is not None  # the loop always saves once at its end

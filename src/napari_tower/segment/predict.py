@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,7 +90,8 @@ class Predictor:
             hint = ("it looks like RGB while the model was trained on single-channel images; convert it to grayscale"
                     if image.channels in (3, 4) and self.in_channels == 1 else
                     f"give an image with {self.in_channels} channel(s)")
-            raise TowerError(f"{image.source} has {image.channels} channel(s) but the model expects {self.in_channels}: {hint}")
+            raise TowerError(f"{image.source} has {image.channels} channel(s) "
+                             f"but the model expects {self.in_channels}: {hint}")
 
     def probabilities(self, plane: Any, norm: Normalisation, out: Any = None) -> np.ndarray:
         """Class probabilities (K, Y, X) of one (C, Y, X) plane, tiled."""

@@ -11,16 +11,17 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..config import FinetuneConfig, PredictConfig, RetrainConfig, from_dict
 from ..data import Image, from_array
 from ..errors import TowerError
-from ..train.engine import Progress, ProgressCallback, StopCheck
 from ..model_bundle import ModelBundle
+from ..train.engine import Progress, ProgressCallback, StopCheck
 from .finetune import FinetuneResult, finetune
 from .predict import Prediction, Predictor
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..config import PredictConfig
 from ..errors import TowerError

@@ -22,7 +22,8 @@ sums, so no 2D weight buffer is kept. Memory beyond ``out`` is O(tile x W).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

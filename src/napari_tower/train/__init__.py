@@ -3,4 +3,4 @@
 from .engine import Progress, resolve_device
 from .pretrain import PretrainResult, pretrain
 
-__all__ = ["Progress", "PretrainResult", "pretrain", "resolve_device"]
+__all__ = ["PretrainResult", "Progress", "pretrain", "resolve_device"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -51,7 +51,8 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise TowerError("device 'cuda' was asked for but torch sees no CUDA GPU: use --device cpu or install a CUDA build of torch")
+        raise TowerError("device 'cuda' was asked for but torch sees no CUDA GPU: "
+                         "use --device cpu or install a CUDA build of torch")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise TowerError("device 'mps' was asked for but is not available: use --device cpu")
     return torch.device(name)
@@ -200,7 +201,8 @@ class Loop:
             elapsed = time.perf_counter() - t0
             rate = done_steps / elapsed if elapsed > 0 else 0.0
             val = None
-            if self.validate is not None and self.val_every > 0 and ((step + 1) % self.val_every == 0 or step + 1 == self.total):
+            if self.validate is not None and self.val_every > 0 and (
+                    (step + 1) % self.val_every == 0 or step + 1 == self.total):
                 val = self.validate()
                 if val < self.best_val - 1e-6:
                     self.best_val, bad_rounds = val, 0
@@ -226,7 +228,8 @@ class Loop:
             if self.patience and bad_rounds >= self.patience:
                 self.save(step + 1, True)
                 return self._emit(Progress(self.phase, step + 1, self.total, losses, last.patches_per_s, elapsed, 0.0,
-                                           val, done=True, message=f"early stop at step {step + 1}: validation stopped improving"))
+                                           val, done=True,
+                                           message=f"early stop at step {step + 1}: validation stopped improving"))
         self.save(self.total, True)
         return self._emit(Progress(self.phase, self.total, self.total, last.losses, last.patches_per_s,
                                    time.perf_counter() - t0, 0.0, last.val_loss, done=True, message="finished"))

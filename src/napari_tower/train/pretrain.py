@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from ..config import PretrainConfig, from_dict, to_dict
-from ..config import loop_steps
+from ..config import PretrainConfig, from_dict, loop_steps, to_dict
 from ..data import Image, Normalisation, PatchSampler, Source, compute_normalisation
 from ..errors import CheckpointError, TowerError
 from ..methods import Method, build_method
 from ..model_bundle import ModelBundle
 from .distributed import Distributed
-from .engine import (Loop, Optimise, Progress, ProgressCallback, StopCheck, autocast, batch_to_device, cosine_lr_at,
-                     prepare_module, resolve_device, step_rng)
+from .engine import (
+    Loop,
+    Optimise,
+    Progress,
+    ProgressCallback,
+    StopCheck,
+    autocast,
+    batch_to_device,
+    cosine_lr_at,
+    prepare_module,
+    resolve_device,
+    step_rng,
+)
 
 VAL_SEED_OFFSET = 2**31 - 1
 
@@ -34,14 +45,16 @@ class PretrainResult:
 
 
 def pretrain_normalisation(images: Sequence[Image], cfg: PretrainConfig) -> list[Normalisation]:
-    return [compute_normalisation(im.data, im.source, cfg.data.low_percentile, cfg.data.high_percentile) for im in images]
+    return [compute_normalisation(im.data, im.source, cfg.data.low_percentile, cfg.data.high_percentile)
+            for im in images]
 
 
 def model_normalisation(norms: Sequence[Normalisation]) -> Normalisation:
     """The statistics stored with the model: the per-channel median over the training images."""
     import numpy as np
 
-    return Normalisation(np.median([n.low for n in norms], axis=0).tolist(), np.median([n.high for n in norms], axis=0).tolist())
+    return Normalisation(np.median([n.low for n in norms], axis=0).tolist(),
+                         np.median([n.high for n in norms], axis=0).tolist())
 
 
 def method_state(method: Method) -> dict[str, Any]:
@@ -129,7 +142,8 @@ def _pretrain(images: Sequence[Image], cfg: PretrainConfig, out: str | os.PathLi
 
     # Every rank validates on the same batch with the same weights, so early-stop decisions agree.
     val_rng, _ = step_rng(cfg.seed, VAL_SEED_OFFSET)
-    val_batch = batch_to_device(sampler.sample(cfg.batch * max(1, cfg.val_batches), val_rng)["image"], device, cfg.accel)
+    val_batch = batch_to_device(sampler.sample(cfg.batch * max(1, cfg.val_batches), val_rng)["image"],
+                                device, cfg.accel)
     norm = model_normalisation(norms)
 
     def train_step(step: int) -> dict[str, float]:
@@ -172,7 +186,8 @@ def _pretrain(images: Sequence[Image], cfg: PretrainConfig, out: str | os.PathLi
         def stop() -> bool:
             return world.any(should_stop is not None and should_stop())
 
-    loop = Loop("pretrain", loop_steps(cfg.steps, cfg.minutes), cfg.batch, train_step, save, validate, cfg.val_every, cfg.checkpoint_every,
+    loop = Loop("pretrain", loop_steps(cfg.steps, cfg.minutes), cfg.batch, train_step, save, validate, cfg.val_every,
+                cfg.checkpoint_every,
                 cfg.early_stop_patience, callback if world.is_main else None, stop, history,
                 budget_s=cfg.minutes * 60)
     last = loop.run(start)
