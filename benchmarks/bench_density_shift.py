@@ -52,7 +52,8 @@ def otsu_dice(image: np.ndarray, truth: np.ndarray) -> float:
 def select(name: str, n_sparse: int) -> tuple[str, list[str]]:
     """(dense training image, sparse test images) of a set, as file stems."""
     root = SHARED / name
-    rows = list(csv.DictReader(open(root / "index.csv")))
+    with open(root / "index.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     if name == "dsb2018":
         cand = []
         for r in rows:
@@ -70,7 +71,8 @@ def select(name: str, n_sparse: int) -> tuple[str, list[str]]:
 
 def load(name: str, stem: str) -> tuple[np.ndarray, np.ndarray]:
     root = SHARED / name
-    return tifffile.imread(root / "images" / f"{stem}.tif"), tifffile.imread(root / "masks" / f"{stem}.tif").astype(np.int64)
+    image = tifffile.imread(root / "images" / f"{stem}.tif")
+    return image, tifffile.imread(root / "masks" / f"{stem}.tif").astype(np.int64)
 
 
 def run_set(name: str, seed: int, args: argparse.Namespace) -> dict:
@@ -110,8 +112,8 @@ def run_set(name: str, seed: int, args: argparse.Namespace) -> dict:
         "mean_dice": float(np.mean([r["dice"] for r in tests])),
         "mean_otsu_dice": float(np.mean([r["otsu_dice"] for r in tests])),
         "mean_share_ratio": float(np.mean([r["pred_share"] / r["true_share"] for r in tests])),
-        "worst_share_ratio": float(max(max(r["pred_share"] / r["true_share"], r["true_share"] / max(r["pred_share"], 1e-9))
-                                       for r in tests)),
+        "worst_share_ratio": float(max(max(r["pred_share"] / r["true_share"],
+                                           r["true_share"] / max(r["pred_share"], 1e-9)) for r in tests)),
     }
 
 
