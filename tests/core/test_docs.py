@@ -79,7 +79,7 @@ def _files_written_by_tests() -> set[str]:
     """File names the tests write: `snap(viewer, widget, NAME)` writes NAME.png and NAME-widget.png;
     other outputs appear in the test as a quoted file name (the corruption figure below, bench's plot)."""
     names: set[str] = set()
-    for test in (ROOT / "tests").glob("test_*.py"):
+    for test in (ROOT / "tests").rglob("test_*.py"):
         text = test.read_text(encoding="utf-8")
         # snap(viewer, widget, "name"), or a helper handing its `shot="name"` on to snap
         for name in re.findall(r"""snap\([^)]*?["']([\w.-]+)["']\)|\bshot=["']([\w.-]+)["']""", text):
