@@ -542,3 +542,32 @@ def test_preview_of_a_large_image_is_a_crop_around_the_view(make_napari_viewer, 
     assert masked.data.shape == (1024, 1024)
     assert tuple(masked.scale) == tuple(layer.scale)
     assert np.allclose(masked.translate, (0.0, (1250 - 1024) * 0.5))  # clipped to the image's edges
+
+
+@pytest.mark.gui
+def test_start_from_a_checkpoint_file_for_pretrain_and_finetune(make_napari_viewer, qtbot, errors, tmp_path):
+    """'start from' a pretraining file: Pretrain continues it (its shape, not the size box) and Fine-tune without
+    a session model starts from it; scratch stays the default."""
+    from napari_tower.config import DataConfig, ModelConfig, PretrainConfig
+    from napari_tower.data import from_array
+    from napari_tower.train import pretrain
+
+    image, truth = blobs((96, 96), seed=4)
+    start = tmp_path / "start.pt"
+    pretrain([from_array(image)], PretrainConfig(method="simclr", steps=1, batch=2, device="cpu", val_every=0,
+                                                 data=DataConfig(patch=64), model=ModelConfig(base=4, depth=2)), start)
+    viewer, widget = open_widget(make_napari_viewer)
+    configure(widget, **TINY, finetune_steps=2)  # base 8 in the box; the file's network has base 4
+    assert widget.train.start.currentText() == "scratch" and widget.train.start.value() is None
+    viewer.add_image(image, name="nuclei")
+    widget.train.start.set_file(str(start))
+    widget.segment.labels.set_layer(viewer.add_labels(truth, name="annotations"))
+    widget.segment.finetune_button.click()
+    wait_idle(qtbot, widget, 60)
+    assert not errors, errors
+    assert widget.session.segmenter.init_method == "simclr" and widget.session.segmenter.base == 4
+    widget.data.set_selected([viewer.layers["nuclei"]])
+    widget.train.pretrain_button.click()
+    wait_idle(qtbot, widget, 60)
+    assert not errors, errors
+    assert widget.session.pretrained.base == 4 and widget.session.pretrained.step == TINY["steps"]

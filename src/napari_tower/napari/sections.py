@@ -218,6 +218,49 @@ class ProgressPanel(QWidget):
         self.text.setText(message)
 
 
+class StartFrom(QComboBox):
+    """Where training starts without a model of this session: the built-in generalist, scratch, or a file."""
+
+    GENERALIST, SCRATCH, FILE = "built-in generalist", "scratch", "file..."
+
+    def __init__(self) -> None:
+        from ..generalist import available
+
+        super().__init__()
+        self.path: str | None = None
+        # Scratch stays first (the default) until the few-label benchmark shows the generalist wins there.
+        self.addItems([self.SCRATCH, self.GENERALIST, self.FILE] if available() else [self.SCRATCH, self.FILE])
+        self.setToolTip("What Pretrain adapts, and what Fine-tune starts from when this session has no pretrained\n"
+                        "model: the built-in generalist (TOWER on a multi-modality corpus), random weights,\n"
+                        "or a pretraining checkpoint file")
+        self.activated.connect(self._chosen)
+
+    def _chosen(self, _index: int) -> None:
+        if self.currentText() != self.FILE:
+            return
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self, "Start from a pretraining checkpoint", "",
+                                              "napari-tower model (*.pt)")
+        if path:
+            self.set_file(path)
+        else:
+            self.setCurrentText(self.SCRATCH)
+
+    def set_file(self, path: str) -> None:
+        """Start from this checkpoint file."""
+        self.path = str(path)
+        self.setCurrentText(self.FILE)
+        self.setToolTip(f"start from {self.path}")
+
+    def value(self) -> str | None:
+        """The `--init` equivalent: 'generalist', a file path, or None for scratch."""
+        text = self.currentText()
+        if text == self.GENERALIST:
+            return "generalist"
+        return self.path if text == self.FILE and self.path else None
+
+
 class PretrainSection(QGroupBox, Configurable):
     """2. Self-supervised pretraining settings, Pretrain / Stop and the progress panel."""
 
@@ -230,6 +273,8 @@ class PretrainSection(QGroupBox, Configurable):
         self.batch, self.base, self.device = c["batch"], c["model.base"], c["device"]
         form = QFormLayout()
         add_rows(form, c)
+        self.start = StartFrom()
+        form.addRow("start from", self.start)
         self.pretrain_button = QPushButton("Pretrain")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..config import DataConfig, FinetuneConfig, ModelConfig
 from ..errors import TowerError
+from ..generalist import resolve_init
 from .host import Tower
 from .layers import current_plane, image_from_layer, labels_to_planes
 from .sections import OWNED
@@ -28,9 +29,15 @@ def pretrain(w: Tower) -> None:
         raise TowerError("no image layer chosen: tick at least one image layer under 1. Data")
     images = [image_from_layer(layer) for layer in layers]
     cfg = w.train.config()
+    init = resolve_init(w.train.start.value())  # the generalist is checked against its hash here, not in the job
+    if init is not None:  # continuing a checkpoint: its network shape, whatever the size box says
+        from ..model_bundle import ModelBundle
+
+        start = ModelBundle.load(init, "pretrained")
+        cfg.model.base, cfg.model.depth = start.base, start.depth
 
     def job(callback, should_stop):
-        return run_pretrain(images, cfg, callback=callback, should_stop=should_stop)
+        return run_pretrain(images, cfg, callback=callback, should_stop=should_stop, init=init)
 
     def finished(result, stopped: bool) -> None:
         w.session.pretrained = result.checkpoint
@@ -145,7 +152,7 @@ def finetune(w: Tower) -> None:
     if len(planes) < labels.shape[0]:
         image = from_array(np.asarray(image.data[planes]), image.source, axes="ZCYX")
         labels = labels[planes]
-    init = w.session.pretrained
+    init = w.session.pretrained if w.session.pretrained is not None else resolve_init(w.train.start.value())
 
     def job(callback, should_stop):
         return run_finetune([image], [labels], cfg, init=init, callback=callback, should_stop=should_stop)
@@ -154,7 +161,8 @@ def finetune(w: Tower) -> None:
         w.session.segmenter = result.checkpoint
         w.update_models()
         dice = f", best validation Dice {result.best_val_dice:.3f}" if result.best_val_dice is not None else ""
-        start = "from the pretrained model" if init is not None else "from scratch (no pretrained model)"
+        start = ("from the pretrained model" if init is w.session.pretrained and init is not None else
+                 f"from {w.train.start.currentText()}" if init is not None else "from scratch (no pretrained model)")
         w.show_info(f"Fine-tuned {start} on {len(planes)} annotated plane(s){' (stopped)' if stopped else ''}"
                     f"{dice}. Next: Predict.")
 
