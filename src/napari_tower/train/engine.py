@@ -125,10 +125,6 @@ def step_rng(seed: int, step: int, rank: int = 0) -> tuple[np.random.Generator, 
     return np.random.default_rng([seed, step, rank]), torch.Generator().manual_seed(torch_seed)
 
 
-def cosine_lr(optimizer: torch.optim.Optimizer, base_lr: float, step: int, total: int) -> None:
-    cosine_lr_at(optimizer, base_lr, min(step, total) / max(1, total))
-
-
 def cosine_lr_at(optimizer: torch.optim.Optimizer, base_lr: float, fraction: float) -> None:
     """Cosine decay from `base_lr` to 0 over a run's progress `fraction` (steps done, or time used, over the total)."""
     lr = base_lr * 0.5 * (1 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
