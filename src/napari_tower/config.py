@@ -147,6 +147,11 @@ class FinetuneConfig:
                         choices=TARGETS)
     transfer: str = param("auto", "which pretrained parts initialise the segmenter (auto: what the method "
                           "transfers)", choices=TRANSFERS)
+    pretrained_lr_scale: float = param(1.0, "learning-rate multiplier for the layers loaded from a pretraining "
+                                       "checkpoint (below 1 keeps more of what pretraining learned)",
+                                       min=0, max=10, step=0.1)
+    warmup: float = param(0.0, "share of the run over which the learning rate ramps up linearly", min=0, max=0.5,
+                          step=0.05)
     val_fraction: float = param(0.2, "share of labelled planes held out for validation", flag="", min=0, max=1,
                                 max_open=True)
     val_every: int = param(50, **_VAL_EVERY)

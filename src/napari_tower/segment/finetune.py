@@ -79,6 +79,18 @@ def _planes(images: Sequence[Image], labels: Sequence[np.ndarray], weights: Sequ
     return out
 
 
+def _param_groups(model: torch.nn.Module, pretrained_parts: Sequence[str], scale: float) -> list[dict]:
+    """Two optimiser groups: the U-Net parts loaded from pretraining (learning rate x `scale`) and the rest."""
+    prefixes = tuple(f"unet.{p}." for p in pretrained_parts)
+    named = list(model.named_parameters())
+    pretrained = [p for n, p in named if prefixes and n.startswith(prefixes)]
+    fresh = [p for n, p in named if not (prefixes and n.startswith(prefixes))]
+    groups = [{"params": fresh, "lr_scale": 1.0}]
+    if pretrained:
+        groups.append({"params": pretrained, "lr_scale": scale})
+    return groups
+
+
 def finetune(
     images: Sequence[Image],
     labels: Sequence[np.ndarray],
@@ -151,9 +163,10 @@ def finetune(
     if ckpt is not None and ckpt.kind == "segmenter":
         model.load_state_dict(ckpt.state)
         init_method = ckpt.init_method if ckpt.init_method is not None else "segmenter"
-    elif ckpt is not None:
+    loaded: list[str] = []
+    if ckpt is not None and ckpt.kind != "segmenter":
         parts = ckpt.transfers if ckpt.transfers is not None else ("encoder", "decoder")
-        load_unet_weights(model, ckpt, tuple(transfer or parts), str(init))
+        loaded = load_unet_weights(model, ckpt, tuple(transfer or parts), str(init))
         init_method = str(ckpt.method)
     prepare_module(model.to(device), device, cfg.accel)
 
@@ -178,7 +191,7 @@ def finetune(
         val_batch = {k: torch.from_numpy(np.ascontiguousarray(v))
                      for k, v in vs.sample(4 * cfg.batch, np.random.default_rng(cfg.seed + 7)).items()}
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(_param_groups(model, loaded, cfg.pretrained_lr_scale), lr=cfg.lr)
     optimise = Optimise(optimizer, device, cfg.mixed_precision, cfg.accel)
     best_state: dict[str, torch.Tensor] | None = None
     best_dice = -1.0
@@ -190,7 +203,7 @@ def finetune(
         x = batch_to_device(b["image"], device, cfg.accel)
         t = batch_to_device(b["labels"], device, cfg.accel)
         w = batch_to_device(b["weights"], device, cfg.accel)
-        cosine_lr_at(optimizer, cfg.lr, loop.fraction(step))
+        cosine_lr_at(optimizer, cfg.lr, loop.fraction(step), cfg.warmup)
         with autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype):
             logits = model(x)
         loss = segmentation_loss(logits, t, w)

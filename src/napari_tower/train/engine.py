@@ -125,11 +125,18 @@ def step_rng(seed: int, step: int, rank: int = 0) -> tuple[np.random.Generator, 
     return np.random.default_rng([seed, step, rank]), torch.Generator().manual_seed(torch_seed)
 
 
-def cosine_lr_at(optimizer: torch.optim.Optimizer, base_lr: float, fraction: float) -> None:
-    """Cosine decay from `base_lr` to 0 over a run's progress `fraction` (steps done, or time used, over the total)."""
-    lr = base_lr * 0.5 * (1 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
+def cosine_lr_at(optimizer: torch.optim.Optimizer, base_lr: float, fraction: float, warmup: float = 0.0) -> None:
+    """Cosine decay from `base_lr` to 0 over a run's progress `fraction` (steps done, or time used, over the total).
+
+    The first `warmup` share of the run ramps linearly up to the cosine curve, so freshly initialised heads do not
+    push large gradients through pretrained layers. A parameter group's `lr_scale` (default 1) multiplies its rate.
+    """
+    f = min(max(fraction, 0.0), 1.0)
+    lr = base_lr * 0.5 * (1 + math.cos(math.pi * f))
+    if warmup > 0 and f < warmup:
+        lr *= f / warmup
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 @dataclass
