@@ -13,8 +13,15 @@ Adaptation and TOWER pretraining see the images a user would have open: the trai
 without their labels. Scores: foreground Dice per test image (ISBI: membrane Dice, the boundary-aware metric,
 since interior Dice saturates). Verdicts at the seed level (`napari_tower.stats.compare`).
 
+- generalist_lr / default_lr: as generalist / default, fine-tuning the pretrained layers at
+  `--pretrained-lr-scale` of the rate after a `--warmup` ramp (the fine-tuning options issue 16 asks to measure).
+
     python benchmarks/bench_fewlabel.py --datasets dsb2018 usiigaci_phase --labelled 1 2 --seeds 5 \
         --budget 300 --out docs/benchmarks/fewlabel
+
+On another device (a GPU), `--rates FT PT` turns the budget into the step counts this CPU reaches in it (FT
+fine-tuning steps/s at batch 8, PT TOWER steps/s at batch 16, from `--calibrate`), so the arms get the same work
+as on the CPU and the verdict is the CPU's, only computed faster; `--workers N` runs N arms at once.
 """
 
 from __future__ import annotations
@@ -41,15 +48,31 @@ from napari_tower.segment.metrics import dice
 from napari_tower.stats import compare
 from napari_tower.train import pretrain
 
-ARMS = ("scratch", "generalist", "default", "tower")
+ARMS = ("scratch", "generalist", "default", "tower", "generalist_lr", "default_lr")
+
+
+def labelled_draw(n_train: int, k: int, seed: int) -> list[int]:
+    """The training images labelled in run (k, seed): the same draw from the full data and from a pack."""
+    return sorted(np.random.default_rng([seed, k]).choice(n_train, k, replace=False).tolist())
+
+
+def extra_unlabelled(n_train: int, m: int) -> list[int]:
+    """Training images (labels unused) that join the unlabelled pool a user would have open."""
+    return sorted(np.random.default_rng(12345).permutation(n_train)[:m].tolist())
 
 
 @dataclass
 class Split:
     name: str
-    train: list[tuple[np.ndarray, np.ndarray]]  # (image, labels) planes
+    train: dict[int, tuple[np.ndarray, np.ndarray]]  # (image, labels) planes by index (a pack holds only some)
     test: list[tuple[np.ndarray, np.ndarray]]
     membrane: bool = False  # score the boundary class (ISBI) instead of the foreground
+    n_train: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, list):
+            self.train = dict(enumerate(self.train))
+        self.n_train = self.n_train or len(self.train)
 
 
 def _tif(path: Path) -> np.ndarray:
@@ -59,7 +82,16 @@ def _tif(path: Path) -> np.ndarray:
 
 
 def load_split(name: str, max_test: int) -> Split:
-    """Labelled training pool and test images of one shared data set (grayscale planes)."""
+    """Labelled training pool and test images of one shared data set (grayscale planes), from a pack if one is set."""
+    from pack import load_pack
+
+    packed = load_pack()
+    if packed is not None:
+        p = packed["splits"][name]
+        f32 = [(a.astype(np.float32), b.astype(np.int32)) for a, b in p["test"]]
+        return Split(name, {i: (a.astype(np.float32), None if b is None else b.astype(np.int32))
+                            for i, (a, b) in p["train"].items()},
+                     f32[:max_test], p["membrane"], p["n_train"])
     if name == "isbi2012_em":
         vol, lab = _tif(SHARED / name / "train-volume.tif"), _tif(SHARED / name / "train-labels.tif")
         # Labels: 255 = cell interior, 0 = membrane. Slices 20-29 held out (adjacent slices are correlated).
@@ -87,8 +119,8 @@ def _images(planes: list[np.ndarray]) -> list:
     return [from_array(p[None], f"plane{i}", axes="ZYX") for i, p in enumerate(planes)]
 
 
-def _score(split: Split, seg) -> list[float]:
-    predictor = Predictor(seg, PredictConfig(device="cpu", instances=False))
+def _score(split: Split, seg, device: str) -> list[float]:
+    predictor = Predictor(seg, PredictConfig(device=device, instances=False))
     scores = []
     for image, truth in split.test:
         pred = predictor.predict(from_array(image[None], "test", axes="ZYX")).labels[0]
@@ -99,35 +131,99 @@ def _score(split: Split, seg) -> list[float]:
     return scores
 
 
-def run_arm(arm: str, split: Split, labelled: list[int], seed: int, budget_s: float, adapt_share: float,
-            generalist: str | None, model: ModelConfig, patch: int) -> dict:
+@dataclass
+class Budget:
+    """What every arm may spend after install: seconds on this machine, or the steps a CPU reaches in them."""
+
+    seconds: float
+    rates: tuple[float, float] | None = None  # (fine-tune, TOWER) steps/s of the CPU the verdict is for
+    device: str = "cpu"
+
+    def pretrain(self, share: float) -> dict:
+        s = self.seconds * share
+        return {"steps": max(1, round(s * self.rates[1]))} if self.rates else {"steps": 1, "minutes": s / 60}
+
+    def finetune(self, left_s: float) -> dict:
+        return {"steps": max(1, round(left_s * self.rates[0]))} if self.rates else {"steps": 1, "minutes": left_s / 60}
+
+
+def run_arm(arm: str, split: Split, labelled: list[int], seed: int, budget: Budget, opts: argparse.Namespace,
+            generalist: str | None) -> dict:
     images = _images([split.train[i][0] for i in labelled])
     labels = [split.train[i][1][None] for i in labelled]
-    unlabelled = _images([p[0] for p in split.train] + [p[0] for p in split.test])
+    pool = sorted(set(labelled) | set(extra_unlabelled(split.n_train, opts.unlabelled_extra)) & set(split.train))
+    unlabelled = _images([split.train[i][0] for i in pool] + [p[0] for p in split.test])
+    model = ModelConfig()
+    gpu = budget.device != "cpu"
     t0 = time.perf_counter()
     init = None
     pre_history: dict = {}
     pre_s = 0.0
-    if arm in ("default", "tower"):
-        share = adapt_share if arm == "default" else 0.5
-        pcfg = PretrainConfig(method="tower", steps=1, minutes=budget_s * share / 60, batch=16, seed=seed,
-                              device="cpu", val_every=0, checkpoint_every=0, data=DataConfig(patch=patch),
-                              model=ModelConfig(base=model.base, depth=model.depth))
-        result = pretrain(unlabelled, pcfg, init=generalist if arm == "default" else None)
+    share = 0.0
+    if arm in ("default", "default_lr", "tower"):
+        share = opts.adapt_share if arm != "tower" else 0.5
+        pcfg = PretrainConfig(method="tower", **budget.pretrain(share), batch=16, seed=seed, device=budget.device,
+                              val_every=0, checkpoint_every=0, data=DataConfig(patch=opts.patch),
+                              model=ModelConfig(base=model.base, depth=model.depth), mixed_precision=False)
+        result = pretrain(unlabelled, pcfg, init=generalist if arm != "tower" else None)
         init, pre_history = result.checkpoint, result.checkpoint.history
         pre_s = time.perf_counter() - t0
-    elif arm == "generalist":
+    elif arm in ("generalist", "generalist_lr"):
         init = generalist
-    left = max(1.0, budget_s - (time.perf_counter() - t0))
-    fcfg = FinetuneConfig(steps=1, minutes=left / 60, batch=8, seed=seed, device="cpu", val_every=0,
-                          checkpoint_every=0, data=DataConfig(patch=patch),
-                          model=ModelConfig(base=model.base, depth=model.depth))
+    # On the CPU the fine-tuning gets what the budget has left; in step mode, the budget's share.
+    left = budget.seconds * (1 - share) if budget.rates else max(1.0, budget.seconds - (time.perf_counter() - t0))
+    lr_opts = {"pretrained_lr_scale": opts.pretrained_lr_scale, "warmup": opts.warmup} if arm.endswith("_lr") else {}
+    fcfg = FinetuneConfig(**budget.finetune(left), batch=8, seed=seed, device=budget.device, val_every=0,
+                          checkpoint_every=0, data=DataConfig(patch=opts.patch), mixed_precision=False,
+                          model=ModelConfig(base=model.base, depth=model.depth), **lr_opts)
     tuned = finetune(images, labels, fcfg, init=init)
     wall = time.perf_counter() - t0
-    scores = _score(split, tuned.checkpoint)
+    scores = _score(split, tuned.checkpoint, budget.device)
+    history = {k: [round(float(x), 5) for x in v] for k, v in pre_history.items() if v}
     return {"arm": arm, "seed": seed, "labelled": labelled, "scores": scores, "mean": float(np.mean(scores)),
-            "wall_s": wall, "pretrain_s": pre_s, "finetune_steps": tuned.last.step,
-            "pretrain_loss": {k: v[-1] for k, v in pre_history.items() if v and k != "step"}}
+            "wall_s": wall, "pretrain_s": pre_s, "finetune_steps": tuned.last.step, "device": budget.device,
+            "gpu": gpu, "pretrain_loss": {k: v[-1] for k, v in history.items() if k != "step"},
+            "pretrain_history": history}
+
+
+_SPLITS: dict[tuple[str, int], Split] = {}
+
+
+def _job(job: tuple) -> dict:
+    """One (data set, label count, seed, arm) run, in a worker process that keeps the splits it loaded."""
+    name, k, seed, arm, budget, opts, generalist = job
+    torch.set_num_threads(opts.threads)
+    if budget.device.startswith("cuda"):
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # the CPU's float32
+    key = (name, opts.max_test)
+    if key not in _SPLITS:
+        _SPLITS[key] = load_split(name, opts.max_test)
+    split = _SPLITS[key]
+    run = run_arm(arm, split, labelled_draw(split.n_train, k, seed), seed, budget, opts, generalist)
+    run.update(dataset=name, n_labelled=k)
+    return run
+
+
+def calibrate(seconds: float = 30.0) -> tuple[float, float]:
+    """This CPU's fine-tuning (batch 8) and TOWER (batch 16) steps per second on 128-px patches, 2 threads."""
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    image = rng.random((256, 256), dtype=np.float32)
+    labels = (image > 0.5).astype(np.int32)[None]
+    rates = []
+    for phase in ("finetune", "pretrain"):
+        times = []
+        for steps in (5, 5 + int(seconds)):
+            t = time.perf_counter()
+            if phase == "finetune":
+                finetune(_images([image]), [labels], FinetuneConfig(steps=steps, batch=8, device="cpu", val_every=0,
+                                                                      checkpoint_every=0))
+            else:
+                pretrain(_images([image]), PretrainConfig(method="tower", steps=steps, batch=16, device="cpu",
+                                                          val_every=0, checkpoint_every=0))
+            times.append(time.perf_counter() - t)
+        rates.append(int(seconds) / (times[1] - times[0]))
+    return rates[0], rates[1]
 
 
 def main() -> int:
@@ -137,15 +233,30 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per arm, everything after install")
     parser.add_argument("--adapt-share", type=float, default=0.3, help="share of the budget the default adapts for")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS[:4]), choices=ARMS)
     parser.add_argument("--generalist", help="generalist checkpoint (default: the one shipped in the package)")
     parser.add_argument("--max-test", type=int, default=20)
+    parser.add_argument("--unlabelled-extra", type=int, default=8,
+                        help="training images (labels unused) in the unlabelled pool, beside the labelled and test")
     parser.add_argument("--patch", type=int, default=128)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--pretrained-lr-scale", type=float, default=0.3, help="for the *_lr arms")
+    parser.add_argument("--warmup", type=float, default=0.05, help="for the *_lr arms")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rates", nargs=2, type=float, metavar=("FT", "PT"),
+                        help="CPU steps/s (fine-tune, TOWER): spend the budget as those steps, on any device")
+    parser.add_argument("--calibrate", action="store_true", help="print this CPU's rates for --rates and exit")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    if args.calibrate:
+        ft, pt = calibrate()
+        print(f"--rates {ft:.3f} {pt:.3f}   ({platform.processor() or platform.machine()}, torch {torch.__version__})")
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
     generalist = args.generalist
-    if generalist is None and {"generalist", "default"} & set(args.arms):
+    if generalist is None and {"generalist", "default", "generalist_lr", "default_lr"} & set(args.arms):
         from napari_tower.generalist import generalist_path
 
         generalist = str(generalist_path())
@@ -155,24 +266,29 @@ def main() -> int:
     if results.exists():  # resume: skip what is done
         runs = json.loads(results.read_text())["runs"]
     done = {(r["dataset"], r["n_labelled"], r["arm"], r["seed"]) for r in runs}
-    model = ModelConfig()
-    for name in args.datasets:
-        split = load_split(name, args.max_test)
-        for k in args.labelled:
-            for seed in range(args.seeds):
-                labelled = sorted(np.random.default_rng([seed, k]).choice(len(split.train), k, replace=False).tolist())
-                for arm in args.arms:
-                    if (name, k, arm, seed) in done:
-                        continue
-                    run = run_arm(arm, split, labelled, seed, args.budget, args.adapt_share, generalist, model,
-                                  args.patch)
-                    run.update(dataset=name, n_labelled=k)
-                    runs.append(run)
-                    print(f"{name} k={k} seed={seed} {arm:<10} Dice {run['mean']:.4f} ({run['wall_s']:.0f} s, "
-                          f"{run['finetune_steps']} fine-tune steps)", flush=True)
-                    meta = {"budget_s": args.budget, "adapt_share": args.adapt_share, "patch": args.patch,
-                            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
-                    results.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
+    budget = Budget(args.budget, tuple(args.rates) if args.rates else None, args.device)
+    jobs = [(name, k, seed, arm, budget, args, generalist) for name in args.datasets for k in args.labelled
+            for seed in range(args.seeds) for arm in args.arms if (name, k, arm, seed) not in done]
+    meta = {"budget_s": args.budget, "rates": args.rates, "device": args.device, "adapt_share": args.adapt_share,
+            "patch": args.patch, "unlabelled_extra": args.unlabelled_extra, "max_test": args.max_test,
+            "pretrained_lr_scale": args.pretrained_lr_scale, "warmup": args.warmup, "generalist": generalist,
+            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
+
+    def record(run: dict) -> None:
+        runs.append(run)
+        print(f"{run['dataset']} k={run['n_labelled']} seed={run['seed']} {run['arm']:<13} Dice {run['mean']:.4f} "
+              f"({run['wall_s']:.0f} s, {run['finetune_steps']} fine-tune steps)", flush=True)
+        results.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
+
+    if args.workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=None) as pool:
+            for run in pool.imap_unordered(_job, jobs):
+                record(run)
+    else:
+        for job in jobs:
+            record(_job(job))
     write_summary(runs, args.out)
     return 0
 
@@ -186,6 +302,7 @@ def write_summary(runs: list[dict], out: Path) -> None:
     for name, k in keys:
         group = [r for r in runs if r["dataset"] == name and r["n_labelled"] == k]
         by_arm = {arm: {r["seed"]: r["scores"] for r in group if r["arm"] == arm} for arm in ARMS}
+        by_arm = {a: v for a, v in by_arm.items() if v or a == "scratch"}
         for arm, seeds in by_arm.items():
             if not seeds:
                 continue

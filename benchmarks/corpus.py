@@ -2,7 +2,8 @@
 
 One place defines which images are held out for testing, so the generalist checkpoint never sees an image the
 few-label benchmark scores it on. Test splits: DSB2018 by a hash of the image id (20%), Usiigaci by its source's
-own `val` split, S-BIAD634 images 3 and 4, DSB2018 stage-1 test whole. The corpus takes only sets whose licence
+own `val` split, S-BIAD634 images 3 and 4; DSB2018 stage-1 test is never in the corpus (its benchmark split is a
+hash half). The corpus takes only sets whose licence
 allows redistributing derived weights (CC0, CC BY, MIT): ISBI 2012 (no data licence) and the ssTEM VNC set
 (CC BY-NC-SA) are evaluation-only.
 """
@@ -19,6 +20,7 @@ import numpy as np
 
 SHARED = Path(os.environ.get("NAPARI_TOWER_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
 REDISTRIBUTABLE = ("CC0", "CC BY 4.0", "MIT")
+EVAL_ONLY = ("dsb2018_stage1_test",)  # held out of the corpus whole, so it tests generalisation to unseen images
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,11 @@ def entries(shared: Path = SHARED) -> list[Entry]:
     for row in _rows(d):
         out.append(Entry("dsb2018", d / "images" / f"{row['id']}.tif", d / "masks" / f"{row['id']}.tif", "CC0",
                          _hash_share(row["id"]) < 0.2))
+    d = shared / "dsb2018_stage1_test"
+    if d.exists():  # evaluation only (never in the corpus): a seeded half is the training pool, half the test
+        for row in _rows(d):
+            out.append(Entry("dsb2018_stage1_test", d / "images" / f"{row['id']}.tif", d / "masks" / f"{row['id']}.tif",
+                             "CC0", _hash_share(row["id"]) < 0.5))
     d = shared / "usiigaci_phase"
     for row in _rows(d):
         out.append(Entry("usiigaci_phase", d / "images" / row["file"], d / "masks" / row["file"], "MIT",
@@ -66,7 +73,7 @@ def entries(shared: Path = SHARED) -> list[Entry]:
 
 def generalist_corpus(shared: Path = SHARED, dsb_images: int = 200, seed: int = 0) -> list[Entry]:
     """The pretraining corpus: redistributable, never a test image; DSB2018 subsampled so no set dominates."""
-    pool = [e for e in entries(shared) if not e.test and e.licence in REDISTRIBUTABLE]
+    pool = [e for e in entries(shared) if not e.test and e.licence in REDISTRIBUTABLE and e.dataset not in EVAL_ONLY]
     dsb = [e for e in pool if e.dataset == "dsb2018"]
     keep = set(np.random.default_rng(seed).permutation(len(dsb))[:dsb_images].tolist())
     return [e for e in pool if e.dataset != "dsb2018"] + [e for i, e in enumerate(dsb) if i in keep]

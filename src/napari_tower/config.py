@@ -90,6 +90,8 @@ class AcceleratorConfig:
     channels_last: bool = param(True, "NHWC tensors and weights on CUDA (tensor-core convolutions)", flag="")
     compile: bool = param(False, "torch.compile the U-Net (slow start, faster long GPU runs)")
     pin_memory: bool = param(True, "page-locked host batches, copied to CUDA asynchronously", flag="")
+    cpu_bf16: bool = param(False, "bfloat16 autocast when training on a CPU that computes it natively "
+                           "(AVX512-BF16 or AMX); ignored on other CPUs and on GPUs")
 
     def validate(self) -> None:
         check_params(self)

@@ -204,7 +204,7 @@ def finetune(
         t = batch_to_device(b["labels"], device, cfg.accel)
         w = batch_to_device(b["weights"], device, cfg.accel)
         cosine_lr_at(optimizer, cfg.lr, loop.fraction(step), cfg.warmup)
-        with autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype):
+        with autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype, cfg.accel.cpu_bf16):
             logits = model(x)
         loss = segmentation_loss(logits, t, w)
         optimise(loss)
@@ -214,7 +214,7 @@ def finetune(
         nonlocal best_state, best_dice
         assert val_batch is not None
         model.eval()
-        with torch.no_grad(), autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype):
+        with torch.no_grad(), autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype, cfg.accel.cpu_bf16):
             pred = torch.cat([model(chunk.to(device)).argmax(1).cpu() for chunk in val_batch["image"].split(cfg.batch)])
         t = val_batch["labels"]
         fg_pred, fg_true, annotated = pred > 0, t > 1, t > 0

@@ -13,7 +13,7 @@ from ..config import PredictConfig
 from ..data import Image, Normalisation, compute_normalisation
 from ..errors import TowerError
 from ..model_bundle import ModelBundle
-from ..train.engine import resolve_device
+from ..train.engine import cpu_has_native_bf16, resolve_device
 from .instances import instances_from_probabilities
 from .model import Segmenter, inference_segmenter
 from .retry import predict_tiled_within_memory
@@ -36,10 +36,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     if device.type == "cpu":
-        # Without AVX512-BF16/AMX, oneDNN emulates bfloat16 and is slower than float32.
-        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
-            getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        return torch.bfloat16 if native else torch.float32
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return torch.float32
 
 

@@ -58,10 +58,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, enabled: bool, dtype: str = "bfloat16") -> contextlib.AbstractContextManager:
-    """bf16 (or fp16) autocast on CUDA when enabled; a no-op elsewhere (CPU autocast is slower for convolutions)."""
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere oneDNN emulates it, slowly."""
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def autocast(device: torch.device, enabled: bool, dtype: str = "bfloat16",
+             cpu_bf16: bool = False) -> contextlib.AbstractContextManager:
+    """bf16 (or fp16) autocast on CUDA when `enabled`; bf16 on a CPU only when `cpu_bf16` and it is native there."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=getattr(torch, dtype))
+    if cpu_bf16 and device.type == "cpu" and cpu_has_native_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -151,16 +151,16 @@ def _pretrain(images: Sequence[Image], cfg: PretrainConfig, out: str | os.PathLi
         rng, gen = step_rng(cfg.seed, step, world.rank)  # each rank draws its own patches
         x = batch_to_device(sampler.sample(cfg.batch, rng)["image"], device, cfg.accel)
         cosine_lr_at(optimizer, cfg.lr, loop.fraction(step))
-        with autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype):
+        with autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype, cfg.accel.cpu_bf16):
             losses = model(x, gen)
         optimise(losses["loss"])
-        method.after_step(step / max(1, cfg.steps))
+        method.after_step(loop.fraction(step))  # steps or time: the momentum schedules follow the budget
         return world.mean({k: float(v.detach()) for k, v in losses.items()})
 
     def validate() -> float:
         method.eval()
         gen = torch.Generator().manual_seed(cfg.seed + VAL_SEED_OFFSET)
-        with torch.no_grad(), autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype):
+        with torch.no_grad(), autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype, cfg.accel.cpu_bf16):
             vals = [method.validation_loss(chunk, gen) for chunk in val_batch.split(cfg.batch)]
         return float(sum(vals) / len(vals))
 
