@@ -247,8 +247,10 @@ def main() -> int:
     parser.add_argument("--calibrate", action="store_true", help="print this CPU's rates for --rates and exit")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
+    parser.add_argument("--deadline", type=float, default=0.0, help="stop starting runs after this many seconds")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    started = time.perf_counter()
     if args.calibrate:
         ft, pt = calibrate()
         print(f"--rates {ft:.3f} {pt:.3f}   ({platform.processor() or platform.machine()}, torch {torch.__version__})")
@@ -267,8 +269,10 @@ def main() -> int:
         runs = json.loads(results.read_text())["runs"]
     done = {(r["dataset"], r["n_labelled"], r["arm"], r["seed"]) for r in runs}
     budget = Budget(args.budget, tuple(args.rates) if args.rates else None, args.device)
-    jobs = [(name, k, seed, arm, budget, args, generalist) for name in args.datasets for k in args.labelled
-            for seed in range(args.seeds) for arm in args.arms if (name, k, arm, seed) not in done]
+    # Seed-major, the main arms before the ablation arms: a run cut short by --deadline leaves whole seeds.
+    jobs = [(name, k, seed, arm, budget, args, generalist) for ablation in (False, True)
+            for seed in range(args.seeds) for name in args.datasets for k in args.labelled
+            for arm in args.arms if arm.endswith("_lr") == ablation and (name, k, arm, seed) not in done]
     meta = {"budget_s": args.budget, "rates": args.rates, "device": args.device, "adapt_share": args.adapt_share,
             "patch": args.patch, "unlabelled_extra": args.unlabelled_extra, "max_test": args.max_test,
             "pretrained_lr_scale": args.pretrained_lr_scale, "warmup": args.warmup, "generalist": generalist,
@@ -283,12 +287,17 @@ def main() -> int:
     if args.workers > 1:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=None) as pool:
-            for run in pool.imap_unordered(_job, jobs):
+        with mp.get_context("spawn").Pool(args.workers) as pool:
+            for run in pool.imap(_job, jobs):
                 record(run)
+                if args.deadline and time.perf_counter() - started > args.deadline:
+                    print("deadline reached: the remaining runs are left for a --resume", flush=True)
+                    break
     else:
         for job in jobs:
             record(_job(job))
+            if args.deadline and time.perf_counter() - started > args.deadline:
+                break
     write_summary(runs, args.out)
     return 0
 
