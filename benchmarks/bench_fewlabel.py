@@ -288,7 +288,7 @@ def main() -> int:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(args.workers) as pool:
-            for run in pool.imap(_job, jobs):
+            for run in pool.imap_unordered(_job, jobs):
                 record(run)
                 if args.deadline and time.perf_counter() - started > args.deadline:
                     print("deadline reached: the remaining runs are left for a --resume", flush=True)
