@@ -78,12 +78,41 @@ def main() -> int:
         print(f"corpus: {len(pack['corpus'])} images", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with lzma.open(args.out, "wb", preset=6) as fh:
-        pickle.dump(pack, fh, protocol=4)
+        pickle.dump(dedupe(pack), fh, protocol=4)
     print(f"{args.out}: {args.out.stat().st_size / 2**20:.1f} MiB")
     return 0
 
 
 _LOADED: dict[str, dict] = {}
+
+
+def _digest(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha1(a.tobytes() + str(a.shape).encode()).hexdigest()
+
+
+def dedupe(pack: dict) -> dict:
+    """Split images that are also corpus images travel once: as a ("corpus", index) reference."""
+    where = {_digest(a): i for i, (_, _, _, a) in enumerate(pack["corpus"])}
+
+    def ref(a):
+        return ("corpus", where[_digest(a)]) if isinstance(a, np.ndarray) and _digest(a) in where else a
+
+    for split in pack["splits"].values():
+        split["train"] = {i: (ref(a), b) for i, (a, b) in split["train"].items()}
+        split["test"] = [(ref(a), b) for a, b in split["test"]]
+    return pack
+
+
+def _resolve(pack: dict) -> dict:
+    def get(a):
+        return pack["corpus"][a[1]][3] if isinstance(a, tuple) else a
+
+    for split in pack.get("splits", {}).values():
+        split["train"] = {i: (get(a), b) for i, (a, b) in split["train"].items()}
+        split["test"] = [(get(a), b) for a, b in split["test"]]
+    return pack
 
 
 def load_pack() -> dict | None:
@@ -93,7 +122,7 @@ def load_pack() -> dict | None:
         return None
     if path not in _LOADED:
         with lzma.open(path, "rb") as fh:
-            _LOADED[path] = pickle.load(fh)
+            _LOADED[path] = _resolve(pickle.load(fh))
     return _LOADED[path]
 
 

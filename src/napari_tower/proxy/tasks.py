@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..config import PROXY_TASKS
 from ..errors import TowerError
+from .structure import _check_batch, _float32, structure_weights  # noqa: F401  (structure_weights: public)
 
 REFERENCE_SIDE = 128  # the spec's parameters are for 128 x 128 patches
 TOWER_TASKS = ("nonlinear", "masking")
@@ -42,17 +43,6 @@ OUTPAINT_P = PAINT_P * (1.0 - INPAINT_SHARE)
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-
-def _check_batch(x: torch.Tensor, name: str = "x") -> tuple[int, int, int, int]:
-    if not isinstance(x, torch.Tensor):
-        raise TowerError(f"{name} must be a torch tensor of shape (N, C, H, W), got {type(x).__name__}")
-    if x.ndim != 4:
-        raise TowerError(f"{name} must have shape (N, C, H, W), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TowerError(f"{name} must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
-    n, c, h, w = x.shape
-    return n, c, h, w
 
 
 def _check_p(p: float, name: str = "p") -> None:
@@ -186,6 +176,7 @@ def _lookup(x: torch.Tensor, lut: torch.Tensor, shift: torch.Tensor | None = Non
     return table.gather(1, cell).addcmul_(pos.frac_(), slope.gather(1, cell)).view(x.shape).to(x.dtype)
 
 
+@_float32
 def nonlinear_remap(x: torch.Tensor, gen: torch.Generator, p: float = NONLINEAR_P, *,
                     invert_p: float = 0.5, n_times: int = 1000, lut_size: int = 1025) -> torch.Tensor:
     """Models Genesis's non-linear intensity transform, one random Bezier curve per sample.
@@ -210,31 +201,6 @@ def nonlinear_remap(x: torch.Tensor, gen: torch.Generator, p: float = NONLINEAR_
 
 # ----------------------------------------------------------------------------------------------
 # block masking and the structure prior
-
-
-def structure_weights(x: torch.Tensor, cell: int = 8, per_cell: bool = False) -> torch.Tensor:
-    """(N, 1, H, W) structure score in [0, 1]: local variance over `cell` x `cell` cells.
-
-    Variance is E[x^2] - E[x]^2 per cell (averaged over channels), broadcast to the cell's pixels
-    and divided by each sample's maximum. Flat samples get all zeros. This is the "prior
-    knowledge" of the spec: masking and patch sampling prefer cells with structure.
-    With `per_cell` the scores stay on the (N, 1, ceil(H / cell), ceil(W / cell)) cell grid, which
-    `block_mask` takes as it is (the training hot path: no upsampling and pooling back).
-    """
-    n, c, h, w = _check_batch(x)
-    if cell < 1:
-        raise TowerError(f"cell={cell} is invalid: use a positive cell size in pixels")
-    xf = x.float()
-    mean = F.avg_pool2d(xf, cell, stride=cell, ceil_mode=True)
-    sq = F.avg_pool2d(xf * xf, cell, stride=cell, ceil_mode=True)
-    var = sq - mean * mean
-    var = torch.where(var > 1e-6 * sq, var, torch.zeros_like(var)).mean(dim=1, keepdim=True)  # rounding -> 0
-    peak = var.flatten(1).amax(dim=1)[:, None, None, None]
-    score = torch.where(peak > 0, var / peak.clamp_min(1e-30), torch.zeros_like(var))
-    if per_cell:
-        return score.to(x.dtype).contiguous()
-    score = score.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)[:, :, :h, :w]
-    return score.to(x.dtype).contiguous()
 
 
 def _masked_cells(gen: torch.Generator, n: int, ncell: int, k: int, device: torch.device,
@@ -294,6 +260,7 @@ def _along_rows(values: torch.Tensor, gh: int, gw: int, cell: int) -> torch.Tens
     return values.view(n, 1, gh, 1, gw, 1).expand(n, 1, gh, 1, gw, cell).reshape(n, 1, gh, 1, gw * cell)
 
 
+@_float32
 def block_mask(x: torch.Tensor, gen: torch.Generator, cell: int = 8, ratio: float = 0.25,
                fill: str = "zero", weights: torch.Tensor | None = None, floor: float = 0.25) -> torch.Tensor:
     """Block masking: a grid of `cell`-pixel cells, `ratio` of them set to 0 or uniform noise.
@@ -447,6 +414,7 @@ def _shuffle_rounds(gen: torch.Generator, rounds: int, m: int, h: int, w: int, s
                 cell=shape_id * bank + pick, keys=keys)
 
 
+@_float32
 def local_shuffle(x: torch.Tensor, gen: torch.Generator, p: float = SHUFFLE_P, n_windows: int = 1250,
                   max_side: int = 12, *, bank: int = 8) -> torch.Tensor:
     """Local pixel shuffling: about `n_windows` windows of side 1..`max_side` shuffled in place.
@@ -623,6 +591,7 @@ def check_tasks(tasks: Iterable[str] | str) -> tuple[str, ...]:
     return tasks
 
 
+@_float32
 def compose(x: torch.Tensor, tasks: Iterable[str] | str, gen: torch.Generator,
             weights: torch.Tensor | None = None, *, force: bool = False,
             options: Mapping[str, Mapping[str, object]] | None = None) -> torch.Tensor:
