@@ -2,7 +2,7 @@
 
     python benchmarks/bench_density_shift.py [--sets dsb2018 usiigaci_phase sbiad634_ganglioneuroblastoma]
         [--seeds 0 1 2] [--steps 300] [--threads 2] [--sparse 4] [--init CKPT] [--out results.json]
-        [--save-models DIR | --load-models DIR]
+        [--save-models DIR | --load-models DIR] [--jitter 0.2] [--device cpu] [--fp32]
 
 For each labelled set in ../shared/data (or $NAPARI_TOWER_SHARED/data) the image with the highest
 foreground share is the training image and the `--sparse` images with the lowest share (same modality and
@@ -10,7 +10,9 @@ channel count; DSB: grayscale fluorescence with >= 5 nuclei, so one-nucleus imag
 are predicted. Fine-tuning and prediction use the defaults a user gets (FinetuneConfig and PredictConfig:
 300 steps, batch 8, patch 128, base 16, random init, per-image normalisation), called through the core
 Python API. Per image it records the true and predicted foreground share, the foreground Dice and the Dice
-of an Otsu threshold on the same image (polarity chosen by the better Dice, which favours Otsu).
+of an Otsu threshold on the same image (polarity chosen by the better Dice, which favours Otsu), and the
+predicted share again with every normalised intensity shifted by +0.05 (`shift_share`: a model that keys on
+the training image's absolute background level floods there).
 Prints a per-set, per-seed summary and writes every raw number to `--out` as JSON.
 """
 
@@ -30,7 +32,7 @@ import tifffile
 import torch
 
 from napari_tower.config import FinetuneConfig, PredictConfig
-from napari_tower.data import compute_normalisation, from_array
+from napari_tower.data import Normalisation, compute_normalisation, from_array
 from napari_tower.segment import Predictor, finetune
 
 SHARED = Path(os.environ.get("NAPARI_TOWER_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
@@ -78,9 +80,12 @@ def load(name: str, stem: str) -> tuple[np.ndarray, np.ndarray]:
 def run_set(name: str, seed: int, args: argparse.Namespace) -> dict:
     dense, sparse = select(name, args.sparse)
     image, mask = load(name, dense)
-    cfg = FinetuneConfig(seed=seed, device="cpu")
+    cfg = FinetuneConfig(seed=seed, device=args.device)
     if args.steps is not None:
         cfg.steps = args.steps
+    if args.jitter is not None and hasattr(cfg, "intensity_jitter"):  # absent before issue 21's augmentation
+        cfg.intensity_jitter = args.jitter
+    cfg.mixed_precision = not args.fp32
     t0 = time.perf_counter()
     saved = Path(args.load_models or "-") / f"{name}-seed{seed}.pt"
     if args.load_models:  # the same fine-tuned models, predicted again (e.g. before/after a prediction change)
@@ -91,7 +96,7 @@ def run_set(name: str, seed: int, args: argparse.Namespace) -> dict:
         Path(args.save_models).mkdir(parents=True, exist_ok=True)
         torch.save(ckpt, Path(args.save_models) / f"{name}-seed{seed}.pt")
     train_s = time.perf_counter() - t0
-    predictor = Predictor(ckpt, PredictConfig(device="cpu"))
+    predictor = Predictor(ckpt, PredictConfig(device=args.device))
     rows = []
     for stem in [dense] + sparse:
         im, truth = load(name, stem)
@@ -99,10 +104,14 @@ def run_set(name: str, seed: int, args: argparse.Namespace) -> dict:
         pred = predictor.predict(img).labels[0]
         norm = compute_normalisation(img.data, stem)
         normed = norm.apply(np.asarray(img.data[0]))[0]
+        used = predictor.normalisation_for(img)
+        span = np.subtract(used.high, used.low)  # the same mapping, plus 0.05 before clipping
+        up = Normalisation((used.low - 0.05 * span).tolist(), (used.high - 0.05 * span).tolist())
+        shifted = predictor.probabilities(img.data[0], up).argmax(0) > 0
         rows.append({
             "image": stem, "role": "train" if stem == dense else "test",
             "true_share": float((truth > 0).mean()), "pred_share": float((pred > 0).mean()),
-            "dice": fg_dice(pred, truth), "otsu_dice": otsu_dice(im, truth),
+            "dice": fg_dice(pred, truth), "otsu_dice": otsu_dice(im, truth), "shift_share": float(shifted.mean()),
             # Normalised intensity of background and foreground pixels (per-image percentiles, as predicted).
             "bg_intensity": float(np.median(normed[truth == 0])), "fg_intensity": float(np.median(normed[truth > 0])),
         })
@@ -112,6 +121,7 @@ def run_set(name: str, seed: int, args: argparse.Namespace) -> dict:
         "mean_dice": float(np.mean([r["dice"] for r in tests])),
         "mean_otsu_dice": float(np.mean([r["otsu_dice"] for r in tests])),
         "mean_share_ratio": float(np.mean([r["pred_share"] / r["true_share"] for r in tests])),
+        "worst_shift_ratio": float(max(r["shift_share"] / r["true_share"] for r in tests)),
         "worst_share_ratio": float(max(max(r["pred_share"] / r["true_share"],
                                            r["true_share"] / max(r["pred_share"], 1e-9)) for r in tests)),
     }
@@ -122,7 +132,7 @@ def summarise(runs: list[dict]) -> dict:
     for name in dict.fromkeys(r["set"] for r in runs):
         per_seed = [r for r in runs if r["set"] == name]
         s = {}
-        for key in ("mean_dice", "mean_otsu_dice", "mean_share_ratio", "worst_share_ratio"):
+        for key in ("mean_dice", "mean_otsu_dice", "mean_share_ratio", "worst_share_ratio", "worst_shift_ratio"):
             v = np.array([r[key] for r in per_seed])
             s[key] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                       "per_seed": v.round(4).tolist()}
@@ -150,6 +160,9 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="pretraining checkpoint (default: random init)")
     ap.add_argument("--save-models", default=None, help="folder to keep each fine-tuned checkpoint in")
     ap.add_argument("--load-models", default=None, help="folder of checkpoints saved by --save-models: predict only")
+    ap.add_argument("--jitter", type=float, default=None, help="FinetuneConfig.intensity_jitter (default: its default)")
+    ap.add_argument("--device", default="cpu", help="device for fine-tuning and prediction (cpu, cuda, auto)")
+    ap.add_argument("--fp32", action="store_true", help="train in float32 on CUDA too (CPU always does)")
     ap.add_argument("--out", default=None, help="JSON file for the raw results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -1,9 +1,11 @@
 """Issue 21: a segmenter fine-tuned on one crowded image must not flood a sparse image with foreground.
 
 Real data (Usiigaci phase contrast, ../shared): train briefly on a crop of the most crowded labelled frame
-(set26, 37% cells in the crop), predict a sparse whole frame (set34, 6.7% cells). Measured with this exact
-training on the development machine: per-image percentile normalisation predicted 33.7% foreground
-(Dice 0.30, Otsu 0.28); the model's stored normalisation (the default since issue 21) predicts 13.4% (Dice 0.57).
+(set26, 37% cells in the crop), predict a sparse whole frame (set34, 6.7% cells), as it is and with its
+normalised intensities shifted by +-0.05 (set30's background sits 0.04 above the training image's under the
+model's normalisation). Measured with this exact training on the development machine: without intensity
+jitter the prediction is 2.0x the true share and 14.3x under the -0.05 shift (the model keys on the training
+image's absolute intensities); with the default jitter (0.4) it is 1.7x, and 1.6x / 1.8x under the shifts.
 The issue's target, a share within 1.5x of the truth, is not reached by a model trained on one image
 (docs/benchmarks.md, "Dense-to-sparse transfer"): that check is a strict xfail, so it is noticed when it passes.
 """
@@ -14,14 +16,14 @@ import numpy as np
 import pytest
 
 from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig
-from napari_tower.data import from_array
+from napari_tower.data import Normalisation, from_array
 from napari_tower.segment import Predictor, finetune
 
 from ..conftest import SHARED
 
 PHASE = SHARED / "usiigaci_phase"
 
-pytestmark = pytest.mark.skipif(not (PHASE / "images" / "set30.tif").exists(),
+pytestmark = pytest.mark.skipif(not (PHASE / "images" / "set34.tif").exists(),
                                 reason="needs the shared Usiigaci data (../shared/data/usiigaci_phase)")
 
 
@@ -31,7 +33,7 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def transfer():
-    """(predicted foreground, true foreground, Otsu's best Dice) on the sparse frame."""
+    """Predicted foreground at intensity shifts 0, +0.05, -0.05, true foreground, Otsu's best Dice (sparse frame)."""
     import tifffile
     from skimage.filters import threshold_otsu
 
@@ -43,20 +45,36 @@ def transfer():
 
     sparse = tifffile.imread(PHASE / "images" / "set34.tif")
     truth = tifffile.imread(PHASE / "masks" / "set34.tif") > 0
-    pred = Predictor(ckpt, PredictConfig(device="cpu")).predict(from_array(sparse)).labels[0] > 0
+    predictor = Predictor(ckpt, PredictConfig(device="cpu"))
+    img = from_array(sparse)
+    norm = predictor.normalisation_for(img)
+    span = np.subtract(norm.high, norm.low)
+    preds = {}
+    for shift in (0.0, 0.05, -0.05):  # norm(x) + shift, before clipping to [0, 1]
+        shifted = Normalisation((norm.low - shift * span).tolist(), (norm.high - shift * span).tolist())
+        preds[shift] = predictor.probabilities(img.data[0], shifted).argmax(0) > 0
     above = sparse > threshold_otsu(sparse)
     otsu = max(_dice(above, truth), _dice(~above, truth))  # either polarity, whichever suits Otsu better
-    return pred, truth, otsu
+    return preds, truth, otsu
 
 
 def test_dense_to_sparse_transfer_does_not_flood(transfer):
-    pred, truth, otsu = transfer
-    ratio = pred.mean() / truth.mean()
-    assert ratio < 2.5, f"predicted foreground share {pred.mean():.3f} vs true {truth.mean():.3f} (flooded)"
+    preds, truth, otsu = transfer
+    pred = preds[0.0]
+    assert pred.mean() / truth.mean() < 2.5, f"predicted share {pred.mean():.3f} vs true {truth.mean():.3f} (flood)"
     assert _dice(pred, truth) > otsu
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 target not reached: one training image leaves 2x too much foreground")
+def test_prediction_does_not_key_on_absolute_intensity(transfer):
+    """A 0.05 intensity shift (a sparse frame's background level) moves the predicted share by less than 1.5x."""
+    preds, _, _ = transfer
+    base = preds[0.0].mean()
+    for shift in (0.05, -0.05):
+        ratio = preds[shift].mean() / base
+        assert 1 / 1.5 < ratio < 1.5, f"shift {shift:+}: predicted share {preds[shift].mean():.3f} vs {base:.3f}"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 21 target not reached: one training image leaves 1.7x the foreground")
 def test_dense_to_sparse_share_within_1_5x(transfer):
-    pred, truth, _ = transfer
-    assert 1 / 1.5 <= pred.mean() / truth.mean() <= 1.5
+    preds, truth, _ = transfer
+    assert 1 / 1.5 <= preds[0.0].mean() / truth.mean() <= 1.5

@@ -55,12 +55,14 @@ class PatchSampler:
         structure_prior: bool = True,
         prior_floor: float = 0.25,
         augment: bool = True,
+        intensity: float = 0.0,
     ) -> None:
         if not sources:
             raise TowerError("no images to sample from: add at least one image")
         self.sources = list(sources)
         self.patch = patch
         self.augment = augment
+        self.intensity = intensity
         self.prior_floor = prior_floor if structure_prior else 1.0
         channels = {s.image.channels for s in self.sources}
         if len(channels) > 1:
@@ -148,6 +150,8 @@ class PatchSampler:
                 img = _aug(img, k, flip)
                 lab = _aug(lab, k, flip) if lab is not None else None
                 wts = _aug(wts, k, flip) if wts is not None else None
+                if self.intensity > 0:
+                    img = jitter_intensity(img, self.intensity, rng)
             images[i] = img
             if labels is not None:
                 labels[i] = lab
@@ -163,3 +167,16 @@ class PatchSampler:
 def _aug(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
     a = np.rot90(a, k, axes=(-2, -1))
     return a[..., ::-1] if flip else a
+
+
+def jitter_intensity(img: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """A random contrast (gamma and gain) and brightness (offset) change of a [0, 1] patch, clipped to [0, 1].
+
+    `strength` s: gamma and gain log-uniform in [1 / (1 + s), 1 + s], offset uniform in [-s / 2, s / 2].
+    Fine-tuning on one image otherwise lets the model key on that image's absolute background level.
+    """
+    lo, hi = -np.log1p(strength), np.log1p(strength)
+    gamma, gain = np.exp(rng.uniform(lo, hi, 2))
+    offset = rng.uniform(-strength / 2, strength / 2)
+    out = np.power(np.clip(img, 0.0, 1.0), gamma, dtype=np.float32) * np.float32(gain) + np.float32(offset)
+    return np.clip(out, 0.0, 1.0, out=out)

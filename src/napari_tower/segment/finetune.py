@@ -184,7 +184,8 @@ def finetune(
         return [Source(images[i].select_planes([p]), norms[i], t, w) for i, p, t, w in items]
 
     patch = min(cfg.data.patch, *(min(images[i].shape[2:]) // 16 * 16 for i, _, _, _ in chosen))
-    sampler = PatchSampler(sources(train_planes), patch, structure_prior=False)
+    # Uniform draws (the structure prior is for pretraining): background is seen as often as the image holds it.
+    sampler = PatchSampler(sources(train_planes), patch, structure_prior=False, intensity=cfg.intensity_jitter)
     val_batch = None
     if val_planes:
         vs = PatchSampler(sources(val_planes), patch, structure_prior=False, augment=False)
