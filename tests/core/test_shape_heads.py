@@ -12,8 +12,9 @@ from napari_tower.errors import TowerError
 from napari_tower.model_bundle import ModelBundle
 from napari_tower.samples import synthetic_nuclei
 from napari_tower.segment import Predictor, finetune
+from napari_tower.segment.instance_heads import head_for
 from napari_tower.segment.metrics import object_scores
-from napari_tower.segment.shape_heads import head_for, normalised_distance
+from napari_tower.segment.shape_heads import normalised_distance
 from napari_tower.segment.shape_training import ShapeObjective, instance_ids, tune_postprocess
 from napari_tower.segment.stardist import RAYS, ray_distances
 

@@ -57,7 +57,7 @@ class ProbabilitySegmenter(Segmenter):
     def __init__(self, in_channels: int, classes: int, base: int = 16, depth: int = 4,
                  instance_head: str = "") -> None:
         super().__init__(in_channels, classes, base, depth)
-        from ..segment.shape_heads import head_for
+        from ..segment.instance_heads import head_for
 
         self.shape_head = head_for(instance_head or None)
 

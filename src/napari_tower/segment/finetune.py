@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import FinetuneConfig, loop_steps, to_dict
 from ..data import Image, PatchSampler, Source, compute_normalisation
@@ -31,8 +30,10 @@ from ..train.engine import (
     step_rng,
 )
 from ..train.pretrain import load_unet_weights, model_normalisation
+from .instance_heads import head_for
+from .losses import segmentation_loss
 from .model import Segmenter
-from .shape_heads import InstanceHead, head_for
+from .shape_heads import InstanceHead
 from .shape_training import ShapeObjective, instance_ids
 from .targets import check_labels, encode_targets, infer_target_kind, n_classes
 
@@ -45,24 +46,6 @@ class FinetuneResult:
     path: Path | None
     last: Progress
     best_val_dice: float | None
-
-
-def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted cross-entropy + soft Dice over annotated pixels; targets 0 = unannotated (no gradient)."""
-    logits = logits.float()
-    annotated = (targets > 0).float() * weights
-    cls = (targets - 1).clamp(min=0)
-    ce = F.cross_entropy(logits, cls, reduction="none")
-    ce = (ce * annotated).sum() / annotated.sum().clamp(min=1.0)
-    probs = logits.softmax(dim=1)
-    onehot = F.one_hot(cls, logits.shape[1]).permute(0, 3, 1, 2).float()
-    mask = (targets > 0).float()[:, None]
-    inter = (probs * onehot * mask).sum(dim=(0, 2, 3))
-    denom = ((probs + onehot) * mask).sum(dim=(0, 2, 3))
-    present = onehot.mul(mask).sum(dim=(0, 2, 3)) > 0
-    dice = (2 * inter + 1) / (denom + 1)
-    dice_loss = 1 - dice[present].mean() if present.any() else logits.sum() * 0
-    return ce + dice_loss
 
 
 def select_fraction(n: int, fraction: float, seed: int) -> np.ndarray:

@@ -14,10 +14,10 @@ from ..data import Image, Normalisation, compute_normalisation
 from ..errors import TowerError
 from ..model_bundle import ModelBundle
 from ..train.engine import resolve_device
+from .instance_heads import head_for
 from .instances import instances_from_probabilities
 from .model import Segmenter, inference_segmenter
 from .retry import predict_tiled_within_memory
-from .shape_heads import head_for
 
 
 @dataclass

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from ..config import INSTANCE_HEADS
 from ..errors import TowerError
 from .instances import _fill_holes, _relabel_sequential
+from .losses import segmentation_loss
 
 BOUNDARY = "boundary"
 DEFAULT_POSTPROCESS = {"seed_threshold": 0.5, "nms_threshold": 0.4, "min_size": 16}
@@ -106,8 +106,6 @@ class InstanceHead:
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Foreground cross-entropy + soft Dice, and the distance regression, over pixels of weight > 0."""
-        from .finetune import segmentation_loss
-
         logits = logits.float()
         fg = targets[:, 0]
         classes = torch.where(weights > 0, fg.long() + 1, torch.zeros_like(fg, dtype=torch.long))
@@ -160,18 +158,4 @@ class DistanceHead(InstanceHead):
         return _relabel_sequential(_remove_small(labels, int(p["min_size"])))
 
 
-def head_for(name: str | None) -> InstanceHead | None:
-    """The shape-aware head called `name`; None for the boundary head (or a model without one)."""
-    if name in (None, BOUNDARY):
-        return None
-    if name == "distance":
-        return DistanceHead()
-    if name == "stardist":
-        from .stardist import StarDistHead
-
-        return StarDistHead()
-    raise TowerError(f"unknown instance head '{name}': choose one of {', '.join(INSTANCE_HEADS)}")
-
-
-__all__ = ["BOUNDARY", "DEFAULT_POSTPROCESS", "INSTANCE_HEADS", "DistanceHead", "InstanceHead", "head_for",
-           "normalised_distance"]
+__all__ = ["BOUNDARY", "DEFAULT_POSTPROCESS", "DistanceHead", "InstanceHead", "normalised_distance"]
