@@ -20,7 +20,10 @@ METHODS = ("tower", "genesis", "simclr", "byol", "pcrl", "tower-gen-only", "towe
 PROXY_TASKS = ("nonlinear", "masking", "shuffle", "inpaint", "outpaint")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
-TARGETS = ("auto", "binary", "semantic", "instance", "sparse")
+TARGETS = ("auto", "binary", "semantic", "instance", "sparse", "sparse_instance")
+# How instance labels are learnt (segment/shape_heads.py): "distance" regresses each object's normalised distance to
+# its edge (seeded watershed), "stardist" radial distances (polygons + NMS), "boundary" a 2-px inner boundary class.
+INSTANCE_HEADS = ("distance", "stardist", "boundary")
 TRANSFERS = ("auto", "encoder", "encoder+decoder")
 MAX_STEPS = 10_000_000
 
@@ -145,8 +148,14 @@ class FinetuneConfig:
     fraction: float = param(1.0, "share of labelled planes to use (seeded, nested)", min=0, min_open=True, max=1)
     # "auto": instance masks -> foreground+boundary, binary -> foreground, else semantic classes;
     # "sparse": napari scribbles, 0 = unannotated, 1 = background, 2.. = classes.
-    target: str = param("auto", "how to read the labels; sparse: 0 = unannotated, 1 = background, 2.. = classes",
+    target: str = param("auto", "how to read the labels; sparse: 0 = unannotated, 1 = background, 2.. = classes; "
+                        "sparse_instance: 0 = unannotated, 1 = background, 2.. = one id per object",
                         choices=TARGETS)
+    # Only for instance labels; a model being retrained keeps its own head. Post-processing (seed threshold, NMS
+    # threshold, minimum size) is tuned on the labelled images after training and stored in the model.
+    instance_head: str = param("boundary", "how instances are learnt: distance (to each object's edge, then "
+                               "watershed), stardist (radial distances, then NMS) or boundary (boundary class, then "
+                               "watershed)", label="instance head", choices=INSTANCE_HEADS)
     transfer: str = param("auto", "which pretrained parts initialise the segmenter (auto: what the method "
                           "transfers)", choices=TRANSFERS)
     pretrained_lr_scale: float = param(1.0, "learning-rate multiplier for the layers loaded from a pretraining "

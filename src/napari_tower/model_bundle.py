@@ -41,7 +41,8 @@ KINDS = ("pretrained", "segmenter")
 # Keys of the on-disk dict the fields below are read from; anything else is kept in `extra`.
 _FORMAT_KEYS = ("format", "version")
 _FIELD_KEYS = ("kind", "config", "state", "normalisation", "history", "step", "method", "transfers", "optimizer",
-               "world_size", "target", "classes", "init_method", "best_val_dice", "source")
+               "world_size", "target", "classes", "init_method", "best_val_dice", "source", "instance_head",
+               "postprocess")
 
 
 @dataclass
@@ -70,6 +71,10 @@ class ModelBundle:
     init_method: str | None = None  # what it was fine-tuned from: a method name, "scratch" or "segmenter"
     best_val_dice: float | None = None
     source: str | None = None  # the bioimage.io package it was read from
+    # instance segmenters: the shape-aware head ("distance", "stardist"; None: the boundary head) and its
+    # post-processing parameters tuned on the labelled images (seed_threshold, nms_threshold, min_size, f1)
+    instance_head: str | None = None
+    postprocess: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept on save
 
     def __post_init__(self) -> None:
@@ -117,7 +122,7 @@ class ModelBundle:
             "history": self.history, "step": self.step, "method": self.method, "transfers": self.transfers,
             "optimizer": self.optimizer, "world_size": self.world_size, "target": self.target,
             "classes": self.classes, "init_method": self.init_method, "best_val_dice": self.best_val_dice,
-            "source": self.source,
+            "source": self.source, "instance_head": self.instance_head, "postprocess": self.postprocess,
         }
         return {"format": FORMAT, "version": VERSION, **self.extra,
                 **{k: v for k, v in values.items() if v is not None}}
@@ -153,6 +158,7 @@ class ModelBundle:
                 target=_optional(data, "target", str), classes=_optional(data, "classes", int),
                 init_method=_optional(data, "init_method", str),
                 best_val_dice=_optional(data, "best_val_dice", float), source=_optional(data, "source", str),
+                instance_head=_optional(data, "instance_head", str), postprocess=_optional(data, "postprocess", dict),
                 extra={k: v for k, v in data.items() if k not in _FIELD_KEYS + _FORMAT_KEYS},
             )
         except (KeyError, TypeError, ValueError) as exc:

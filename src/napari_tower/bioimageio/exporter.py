@@ -42,17 +42,28 @@ TEST_SIDE = 256  # the test input is a crop of at most this many pixels a side: 
 TOWER_DOI = "10.48550/arXiv.2211.14715"
 # Metadata copied into the package's `config.napari_tower`: what `reader` needs to rebuild the segmenter.
 METADATA_FIELDS = ("format", "version", "kind", "target", "classes", "config", "normalisation", "init_method", "step",
-                   "best_val_dice")
+                   "best_val_dice", "instance_head", "postprocess")
 
 
 class ProbabilitySegmenter(Segmenter):
     """The segmenter with softmax on its output: class probabilities, background first.
 
     This is the architecture the packaged state dict loads into (its keys are the
-    `Segmenter`'s), and what the TorchScript weights were traced from.
+    `Segmenter`'s), and what the TorchScript weights were traced from. With a shape-aware
+    instance head (`instance_head`), the outputs are that head's activated maps instead
+    (background, foreground, normalised distance, and for "stardist" the ray lengths in pixels).
     """
 
+    def __init__(self, in_channels: int, classes: int, base: int = 16, depth: int = 4,
+                 instance_head: str = "") -> None:
+        super().__init__(in_channels, classes, base, depth)
+        from ..segment.instance_heads import head_for
+
+        self.shape_head = head_for(instance_head or None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shape_head is not None:
+            return self.shape_head.activate(super().forward(x))
         return super().forward(x).softmax(dim=1)
 
 
@@ -90,7 +101,11 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def _channel_names(target: str, classes: int) -> list[str]:
+def _channel_names(target: str, classes: int, head: str | None = None) -> list[str]:
+    if head == "distance":
+        return ["background", "foreground", "distance"]
+    if head == "stardist":
+        return ["background", "foreground", "distance"] + [f"ray{k}" for k in range(classes - 3)]
     if target == "instance":
         return ["background", "foreground", "boundary"]
     if target == "binary":
@@ -128,6 +143,37 @@ def _cover(plane: np.ndarray, labels: np.ndarray, path: Path) -> None:
     iio.imwrite(path, (np.concatenate([left, right], axis=1) * 255).round().astype(np.uint8))
 
 
+def _output_text(bundle: ModelBundle) -> str:
+    if bundle.instance_head:
+        return (f"the `{bundle.instance_head}` instance head's maps: softmax background/foreground "
+                "probabilities, each object's distance to its edge normalised to 1 at its centre (sigmoid)"
+                + (", and the distances to the object's edge along 32 rays in pixels (ray k at angle "
+                   "2 pi k / 32, pointing along (y, x) = (sin, cos))" if bundle.instance_head == "stardist" else ""))
+    return "softmax class probabilities"
+
+
+def _postprocess_text(bundle: ModelBundle) -> str:
+    """How napari-tower turns the outputs into labels, with the tuned parameters of a shape head."""
+    p = dict(bundle.postprocess or {})
+    tuned = (f"Tuned on the labelled training images after fine-tuning (training F1@0.5 {p.get('f1', 'n/a')}): "
+             f"seed threshold {p.get('seed_threshold')}, minimum object size {p.get('min_size')} px"
+             + (f", NMS IoU threshold {p.get('nms_threshold')}" if bundle.instance_head == "stardist" else "") + ".")
+    if bundle.instance_head == "distance":
+        return ("Post-processing (napari-tower `segment/shape_heads.py`): foreground = foreground probability > 0.5; "
+                "seeds = connected regions where the distance exceeds the seed threshold; a watershed on minus "
+                "the distance grows the seeds over the foreground; holes are filled and objects smaller than the "
+                "minimum size removed. " + tuned)
+    if bundle.instance_head == "stardist":
+        return ("Post-processing (napari-tower `segment/stardist.py`): candidate centres are local maxima "
+                "(3 x 3) of the distance map above the seed threshold, inside the foreground (probability "
+                "> 0.5); each proposes the star-convex polygon of its 32 rays; greedy non-maximum suppression "
+                "in order of decreasing distance drops a polygon overlapping a kept one by more than the NMS "
+                "IoU threshold; polygons are clipped to the foreground and objects smaller than the minimum "
+                "size removed. " + tuned)
+    return ("napari-tower turns the probabilities into labels (argmax, or for instance models a "
+            "watershed on the foreground seeded by the interiors away from the boundaries).")
+
+
 def _readme(bundle: ModelBundle, cfg: BioimageioExportConfig, test_shape: tuple[int, ...]) -> str:
     target, classes = str(bundle.target), int(bundle.classes)
     low, high = bundle.percentiles
@@ -149,12 +195,11 @@ on {target} labels for {bundle.step} steps.
 
 - Input `{INPUT_ID}`: (batch, channel, y, x) raw intensities; y and x multiples of {2 ** bundle.depth}.
 - Normalisation (preprocessing): {norm}.
-- Output `{OUTPUT_ID}`: softmax class probabilities (batch, channel, y, x), channels
-  {', '.join(_channel_names(target, classes))}.
+- Output `{OUTPUT_ID}`: {_output_text(bundle)} (batch, channel, y, x), channels
+  {', '.join(_channel_names(target, classes, bundle.instance_head))}.
 
-napari-tower turns the probabilities into labels (argmax, or for instance models a
-watershed on the foreground seeded by the interiors away from the boundaries). For large
-images, predict in tiles of 256-512 pixels with some overlap, as napari-tower does.
+{_postprocess_text(bundle)} For large images, predict in tiles of 256-512 pixels with some
+overlap, as napari-tower does.
 
 ## Validation
 
@@ -223,7 +268,7 @@ def export_bioimageio(model: str | os.PathLike | ModelBundle, out: str | os.Path
     predictor = Predictor(bundle, pcfg)
     prediction = predictor.predict(from_array(test_input[0], "test input", axes="CYX"))
     test_output = prediction.probabilities[:1].astype(np.float32)
-    net = ProbabilitySegmenter(in_channels, classes, base, depth)
+    net = ProbabilitySegmenter(in_channels, classes, base, depth, bundle.instance_head or "")
     net.load_state_dict(bundle.state)
     net.eval()
 
@@ -259,7 +304,8 @@ def export_bioimageio(model: str | os.PathLike | ModelBundle, out: str | os.Path
                 source=folder / "weights.pt", pytorch_version=pytorch_version,
                 architecture=bmz.ArchitectureFromLibraryDescr(
                     import_from=__name__, callable=bmz.Identifier(ProbabilitySegmenter.__name__),
-                    kwargs={"in_channels": in_channels, "classes": classes, "base": base, "depth": depth}))
+                    kwargs={"in_channels": in_channels, "classes": classes, "base": base, "depth": depth,
+                            **({"instance_head": bundle.instance_head} if bundle.instance_head else {})}))
         if "torchscript" in cfg.weight_formats:
             with torch.no_grad():
                 traced = torch.jit.trace(net, torch.from_numpy(test_input))
@@ -295,7 +341,8 @@ def export_bioimageio(model: str | os.PathLike | ModelBundle, out: str | os.Path
             outputs=[bmz.OutputTensorDescr(
                 id=bmz.TensorId(OUTPUT_ID),
                 axes=[bmz.BatchAxis(),
-                      bmz.ChannelAxis(channel_names=[bmz.Identifier(n) for n in _channel_names(target, classes)]),
+                      bmz.ChannelAxis(channel_names=[bmz.Identifier(n) for n in
+                                                     _channel_names(target, classes, bundle.instance_head)]),
                       bmz.SpaceOutputAxis(id=y, size=bmz.SizeReference(tensor_id=bmz.TensorId(INPUT_ID), axis_id=y)),
                       bmz.SpaceOutputAxis(id=x, size=bmz.SizeReference(tensor_id=bmz.TensorId(INPUT_ID), axis_id=x))],
                 test_tensor=bmz.FileDescr(source=folder / "test_output.npy"),

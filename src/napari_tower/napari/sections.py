@@ -339,7 +339,7 @@ class SegmentSection(QGroupBox, Configurable):
         self.sparse = CheckBox(value=False, text="sparse scribbles",
                                tooltip="Paint 1 on background and 2, 3, ... on classes; 0 (unpainted) is ignored.\n"
                                        "Unticked: the labels are dense (0 = background) on every plane that has any.")
-        self.finetune_controls = ConfigControls(FinetuneConfig, "steps")
+        self.finetune_controls = ConfigControls(FinetuneConfig, "steps", "instance_head")
         self.steps = self.finetune_controls["steps"]
         self.finetune_button = QPushButton("Fine-tune")
         self.scope = QComboBox()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import FinetuneConfig, loop_steps, to_dict
 from ..data import Image, PatchSampler, Source, compute_normalisation
@@ -31,7 +30,11 @@ from ..train.engine import (
     step_rng,
 )
 from ..train.pretrain import load_unet_weights, model_normalisation
+from .instance_heads import head_for
+from .losses import segmentation_loss
 from .model import Segmenter
+from .shape_heads import InstanceHead
+from .shape_training import ShapeObjective, instance_ids
 from .targets import check_labels, encode_targets, infer_target_kind, n_classes
 
 
@@ -43,24 +46,6 @@ class FinetuneResult:
     path: Path | None
     last: Progress
     best_val_dice: float | None
-
-
-def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted cross-entropy + soft Dice over annotated pixels; targets 0 = unannotated (no gradient)."""
-    logits = logits.float()
-    annotated = (targets > 0).float() * weights
-    cls = (targets - 1).clamp(min=0)
-    ce = F.cross_entropy(logits, cls, reduction="none")
-    ce = (ce * annotated).sum() / annotated.sum().clamp(min=1.0)
-    probs = logits.softmax(dim=1)
-    onehot = F.one_hot(cls, logits.shape[1]).permute(0, 3, 1, 2).float()
-    mask = (targets > 0).float()[:, None]
-    inter = (probs * onehot * mask).sum(dim=(0, 2, 3))
-    denom = ((probs + onehot) * mask).sum(dim=(0, 2, 3))
-    present = onehot.mul(mask).sum(dim=(0, 2, 3)) > 0
-    dice = (2 * inter + 1) / (denom + 1)
-    dice_loss = 1 - dice[present].mean() if present.any() else logits.sum() * 0
-    return ce + dice_loss
 
 
 def select_fraction(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -129,8 +114,11 @@ def finetune(
     if init is not None:
         ckpt = init if isinstance(init, ModelBundle) else ModelBundle.load(init)
     kind = cfg.target if cfg.target != "auto" else infer_target_kind(list(labels))
+    head_name = cfg.instance_head
     if ckpt is not None and ckpt.kind == "segmenter":
-        kind = str(ckpt.target)
+        # A segmenter continues with its own target and head (sparse instance scribbles train an instance model).
+        kind = "sparse_instance" if cfg.target == "sparse_instance" and ckpt.target == "instance" else str(ckpt.target)
+        head_name = ckpt.instance_head or "boundary"
         cfg.model.base, cfg.model.depth = ckpt.base, ckpt.depth
         if ckpt.in_channels != cfg.model.in_channels:
             raise TowerError(
@@ -145,8 +133,13 @@ def finetune(
             )
         cfg.model.base, cfg.model.depth = ckpt.base, ckpt.depth
     cfg.validate()
-    targets = [encode_targets(lab, kind) for lab in labels]
-    classes = n_classes(kind, targets)
+    head = head_for(head_name) if kind in ("instance", "sparse_instance") else None
+    if kind == "sparse_instance" and head is None:
+        raise TowerError("sparse instance labels need a shape-aware instance head: choose --instance-head distance "
+                         "or stardist (the boundary head learns from dense labels only)")
+    # Shape heads compute their targets from the instance ids themselves (shape_training.ShapeObjective).
+    targets = list(labels) if head is not None else [encode_targets(lab, kind) for lab in labels]
+    classes = head.channels if head is not None else n_classes(kind, targets)
     if ckpt is not None and ckpt.kind == "segmenter":
         known = int(ckpt.classes)
         if classes > known and kind in ("semantic", "sparse"):
@@ -185,12 +178,18 @@ def finetune(
 
     patch = min(cfg.data.patch, *(min(images[i].shape[2:]) // 16 * 16 for i, _, _, _ in chosen))
     # Uniform draws (the structure prior is for pretraining): background is seen as often as the image holds it.
-    sampler = PatchSampler(sources(train_planes), patch, structure_prior=False, intensity=cfg.intensity_jitter)
+    if head is not None:
+        sampler = shape_objective(head, images, norms, train_planes, patch, kind == "sparse_instance")
+    else:
+        sampler = PatchSampler(sources(train_planes), patch, structure_prior=False, intensity=cfg.intensity_jitter)
     val_batch = None
     if val_planes:
-        vs = PatchSampler(sources(val_planes), patch, structure_prior=False, augment=False)
+        vs = (shape_objective(head, images, norms, val_planes, patch, kind == "sparse_instance", augment=False)
+              if head is not None else PatchSampler(sources(val_planes), patch, structure_prior=False, augment=False))
         val_batch = {k: torch.from_numpy(np.ascontiguousarray(v))
                      for k, v in vs.sample(4 * cfg.batch, np.random.default_rng(cfg.seed + 7)).items()}
+        if head is not None:
+            val_batch["labels"] = vs.foreground_classes(val_batch)
 
     optimizer = torch.optim.Adam(_param_groups(model, loaded, cfg.pretrained_lr_scale), lr=cfg.lr)
     optimise = Optimise(optimizer, device, cfg.mixed_precision, cfg.accel)
@@ -202,12 +201,14 @@ def finetune(
         rng, _ = step_rng(cfg.seed, step)
         b = sampler.sample(cfg.batch, rng)
         x = batch_to_device(b["image"], device, cfg.accel)
-        t = batch_to_device(b["labels"], device, cfg.accel)
         w = batch_to_device(b["weights"], device, cfg.accel)
         cosine_lr_at(optimizer, cfg.lr, loop.fraction(step), cfg.warmup)
         with autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype, cfg.accel.cpu_bf16):
             logits = model(x)
-        loss = segmentation_loss(logits, t, w)
+        if head is not None:
+            loss = head.loss(logits, batch_to_device(b["targets"], device, cfg.accel), w)
+        else:
+            loss = segmentation_loss(logits, batch_to_device(b["labels"], device, cfg.accel), w)
         optimise(loss)
         return {"loss": float(loss.detach())}
 
@@ -216,7 +217,9 @@ def finetune(
         assert val_batch is not None
         model.eval()
         with torch.no_grad(), autocast(device, cfg.mixed_precision, cfg.accel.amp_dtype, cfg.accel.cpu_bf16):
-            pred = torch.cat([model(chunk.to(device)).argmax(1).cpu() for chunk in val_batch["image"].split(cfg.batch)])
+            # A shape head's first two outputs are background and foreground.
+            pred = torch.cat([model(chunk.to(device))[:, : 2 if head is not None else None].argmax(1).cpu()
+                              for chunk in val_batch["image"].split(cfg.batch)])
         t = val_batch["labels"]
         fg_pred, fg_true, annotated = pred > 0, t > 1, t > 0
         inter = (fg_pred & fg_true & annotated).sum().item()
@@ -233,7 +236,10 @@ def finetune(
         state = (best_state if (final and best_state is not None)
                  else {k: v.detach().cpu() for k, v in model.state_dict().items()})
         saved = ModelBundle(
-            kind="segmenter", target=kind, classes=classes, init_method=init_method, config=to_dict(cfg),
+            kind="segmenter", target="instance" if head is not None else kind, classes=classes,
+            instance_head=head.name if head is not None else None,
+            postprocess=dict(ckpt.postprocess) if head is not None and ckpt is not None and ckpt.postprocess else None,
+            init_method=init_method, config=to_dict(cfg),
             normalisation=norm, state=state, step=step, history=loop.history,
             best_val_dice=best_dice if best_dice >= 0 else None,
         )
@@ -245,7 +251,43 @@ def finetune(
                 cfg.val_every, cfg.checkpoint_every, 0, callback, should_stop, budget_s=cfg.minutes * 60)
     last = loop.run(0)
     assert saved is not None  # the loop always saves once at its end
+    if head is not None and not (should_stop is not None and should_stop()):
+        # Seed/NMS thresholds and minimum size chosen on the labelled planes (never test images), kept in the model.
+        saved.postprocess = tune_on_labelled(saved, head, images, chosen, kind == "sparse_instance", cfg.device)
+        if out is not None:
+            saved.save(out)
     return FinetuneResult(saved, Path(out) if out is not None else None, last, best_dice if best_dice >= 0 else None)
+
+
+def shape_objective(head: InstanceHead, images: Sequence[Image], norms: list, items: list, patch: int, sparse: bool,
+                    augment: bool = True) -> ShapeObjective:
+    """A `ShapeObjective` over labelled planes `items` ((image index, plane, labels, weights) each)."""
+
+    planes = []
+    for i, p, lab, w in items:
+        ids, annotated = instance_ids(lab[0], sparse)
+        weight = annotated.astype(np.float32) * (1.0 if w is None else np.asarray(w[0], np.float32))
+        planes.append((images[i].select_planes([p]), norms[i], ids, weight))
+    return ShapeObjective(head, planes, patch, augment)
+
+
+def tune_on_labelled(model: ModelBundle, head: InstanceHead, images: Sequence[Image], items: list, sparse: bool,
+                     device: str) -> dict:
+    """Post-processing parameters of `model` tuned on its labelled planes `items` (predicted as a user would)."""
+    from ..config import PredictConfig
+    from .predict import Predictor
+    from .shape_training import tune_postprocess, tuning_planes
+
+    predictor = Predictor(model, PredictConfig(device=device))
+    picked = [items[k] for k in tuning_planes([int(np.prod(lab.shape)) for _, _, lab, _ in items])]
+    outputs, truths, annotated = [], [], []
+    for i, p, lab, _ in picked:
+        image = images[i].select_planes([p])
+        outputs.append(predictor.probabilities(image.data[0], predictor.normalisation_for(image)))
+        ids, ann = instance_ids(lab[0], sparse)
+        truths.append(ids)
+        annotated.append(ann if sparse else None)
+    return tune_postprocess(head, outputs, truths, annotated)
 
 
 __all__ = ["FinetuneResult", "finetune", "segmentation_loss", "select_fraction"]

@@ -14,6 +14,7 @@ from ..data import Image, Normalisation, compute_normalisation
 from ..errors import TowerError
 from ..model_bundle import ModelBundle
 from ..train.engine import cpu_has_native_bf16, resolve_device
+from .instance_heads import head_for
 from .instances import instances_from_probabilities
 from .model import Segmenter, inference_segmenter
 from .retry import predict_tiled_within_memory
@@ -55,12 +56,16 @@ class Predictor:
         self.classes = int(ckpt.classes)
         self.in_channels = ckpt.in_channels
         self.stored_norm = ckpt.normalisation
+        # A shape-aware instance head (None: class probabilities, instances by the boundary watershed).
+        self.head = head_for(ckpt.instance_head) if self.target == "instance" else None
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                 logits = self.model(x)
+            if self.head is not None:
+                return self.head.activate(logits.float()).contiguous().cpu()
             return logits.float().softmax(1).contiguous().cpu()
 
     def normalisation_for(self, image: Image) -> Normalisation:
@@ -108,6 +113,10 @@ class Predictor:
 
     def labels_from(self, probs: np.ndarray) -> np.ndarray:
         """Labels of one plane: instance ids, or class ids (0 = background)."""
+        if self.head is not None:
+            if self.cfg.instances:
+                return self.head.decode(probs, self.postprocess())
+            return (probs[1] > 0.5).astype(np.int32)
         if self.target == "instance":
             # Foreground where interior or boundary wins the argmax, as fine-tuning validates it, not where
             # interior + boundary > 0.5: the soft-Dice term inflates the thin boundary class, so that sum
@@ -121,6 +130,14 @@ class Predictor:
         if self.cfg.instances:
             return instances_from_probabilities((labels > 0).astype(np.float32), None, min_size=self.cfg.min_size)
         return labels
+
+    def postprocess(self) -> dict:
+        """The shape head's post-processing as tuned on the labelled images; a minimum size set in the
+        config (anything but its default) overrides the tuned one."""
+        params = dict(self.ckpt.postprocess or {})
+        if self.cfg.min_size != PredictConfig().min_size or "min_size" not in params:
+            params["min_size"] = int(self.cfg.min_size)
+        return params
 
     def predict(self, image: Image, planes: list[int] | None = None,
                 progress: Callable[[int, int], None] | None = None,

@@ -1,0 +1,27 @@
+"""Segmentation losses shared by the class heads (`finetune`) and the shape-aware instance heads."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted cross-entropy + soft Dice over annotated pixels; targets 0 = unannotated (no gradient)."""
+    logits = logits.float()
+    annotated = (targets > 0).float() * weights
+    cls = (targets - 1).clamp(min=0)
+    ce = F.cross_entropy(logits, cls, reduction="none")
+    ce = (ce * annotated).sum() / annotated.sum().clamp(min=1.0)
+    probs = logits.softmax(dim=1)
+    onehot = F.one_hot(cls, logits.shape[1]).permute(0, 3, 1, 2).float()
+    mask = (targets > 0).float()[:, None]
+    inter = (probs * onehot * mask).sum(dim=(0, 2, 3))
+    denom = ((probs + onehot) * mask).sum(dim=(0, 2, 3))
+    present = onehot.mul(mask).sum(dim=(0, 2, 3)) > 0
+    dice = (2 * inter + 1) / (denom + 1)
+    dice_loss = 1 - dice[present].mean() if present.any() else logits.sum() * 0
+    return ce + dice_loss
+
+
+__all__ = ["segmentation_loss"]

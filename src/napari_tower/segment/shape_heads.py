@@ -1,0 +1,161 @@
+"""Shape-aware instance heads: the network learns object shape, not just a thin boundary class.
+
+The boundary head (`instances.py`) learns foreground and a two-pixel inner boundary and splits touching
+objects where the boundary band is found; with few labels that thin class is the hardest thing to learn.
+The heads here regress a shape quantity from instance labels (each object its own id) instead:
+
+- "distance": foreground + each object's distance to its own boundary, normalised to 1 at its centre.
+  Seeds are the connected regions above a seed threshold; a watershed on the distance grows them back
+  over the foreground.
+- "stardist": foreground + the same normalised distance as an object probability + the distances from
+  every object pixel to its object's edge along `RAYS` directions (star-convex polygons, Schmidt et al.
+  2018). Candidate centres above the seed threshold become polygons; overlapping polygons are removed by
+  non-maximum suppression (NMS) at an IoU threshold.
+
+Every head outputs `channels` maps whose activated form (`activate`) starts with background and foreground
+probabilities, so foreground Dice, the probability layer and fine-tuning validation read them as they read
+the boundary head's classes. Targets are computed on whole planes (a patch crop would cut objects and
+change their distances), then cropped and augmented with the image (`augment`). Post-processing parameters
+(`seed_threshold`, `nms_threshold`, `min_size`) are tuned on the labelled images after fine-tuning
+(`shape_training.tune_postprocess`) and stored in the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from ..errors import TowerError
+from .instances import _fill_holes, _relabel_sequential
+from .losses import segmentation_loss
+
+BOUNDARY = "boundary"
+DEFAULT_POSTPROCESS = {"seed_threshold": 0.5, "nms_threshold": 0.4, "min_size": 16}
+
+
+def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    if min_size > 0 and labels.max() > 0:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        if small.any():
+            labels[small[labels]] = 0
+    return labels
+
+
+def normalised_distance(labels: np.ndarray) -> np.ndarray:
+    """Each object's Euclidean distance to its own edge (other objects and background count as outside),
+    divided by the object's largest distance: 1 at the centre of every object, whatever its size."""
+    lab = np.asarray(labels)
+    out = np.zeros(lab.shape, np.float32)
+    for index, box in enumerate(ndi.find_objects(lab), start=1):
+        if box is None:
+            continue
+        padded = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        obj = lab[padded] == index
+        # Pad with outside so an object touching the image edge still ends there.
+        dist = ndi.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
+        peak = dist.max()
+        if peak > 0:
+            out[padded][obj] = (dist[obj] / peak).astype(np.float32)
+    return out
+
+
+class InstanceHead:
+    """What a shape-aware head outputs, learns from, and how its outputs become instance labels."""
+
+    name = ""
+    channels = 3  # background, foreground, normalised distance (+ head-specific maps)
+    tuned = ("seed_threshold", "min_size")  # post-processing parameters `tune_postprocess` chooses
+
+    # --------------------------------------------------------------- network outputs
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Raw outputs (N, channels, Y, X) -> [p_background, p_foreground, distance, ...]."""
+        fg = logits[:, :2].softmax(1)
+        return torch.cat([fg, torch.sigmoid(logits[:, 2:3]), self._activate_extra(logits[:, 3:])], 1)
+
+    def _activate_extra(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw
+
+    # --------------------------------------------------------------- targets
+
+    def encode(self, labels: np.ndarray) -> np.ndarray:
+        """Training targets (T, Y, X) float32 of one instance label plane (0 = background, 1.. = objects):
+        foreground, normalised distance, and the head's own maps."""
+        lab = np.asarray(labels)
+        if not np.issubdtype(lab.dtype, np.integer):
+            raise TowerError(f"instance labels have data type {lab.dtype}; give an integer label image")
+        lab = np.where(lab > 0, lab, 0).astype(np.int64)
+        return np.concatenate([(lab > 0)[None].astype(np.float32), normalised_distance(lab)[None],
+                               self._encode_extra(lab)])
+
+    def _encode_extra(self, labels: np.ndarray) -> np.ndarray:
+        return np.zeros((0,) + labels.shape, np.float32)
+
+    def augment(self, targets: np.ndarray, k: int, flip: bool) -> np.ndarray:
+        """Targets (..., T, Y, X) rotated by k x 90 degrees then flipped, as `PatchSampler` does the image."""
+        out = np.rot90(targets, k, axes=(-2, -1))
+        return out[..., ::-1] if flip else out
+
+    # --------------------------------------------------------------- loss
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Foreground cross-entropy + soft Dice, and the distance regression, over pixels of weight > 0."""
+        logits = logits.float()
+        fg = targets[:, 0]
+        classes = torch.where(weights > 0, fg.long() + 1, torch.zeros_like(fg, dtype=torch.long))
+        loss = segmentation_loss(logits[:, :2], classes, weights)
+        dist = F.binary_cross_entropy_with_logits(logits[:, 2], targets[:, 1], reduction="none")
+        loss = loss + 2.0 * (dist * weights).sum() / weights.sum().clamp(min=1.0)
+        return loss + self._extra_loss(logits, targets, weights)
+
+    def _extra_loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return logits.sum() * 0
+
+    # --------------------------------------------------------------- post-processing
+
+    def decode(self, outputs: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Instance labels (int32, 1..n, background 0) of one plane's activated outputs (channels, Y, X)."""
+        raise NotImplementedError
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Candidate post-processing parameters for tuning (min_size is tuned separately, after decoding)."""
+        return [{"seed_threshold": t} for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)]
+
+
+def _params(params: dict[str, Any] | None) -> dict[str, Any]:
+    out = dict(DEFAULT_POSTPROCESS)
+    out.update(params or {})
+    return out
+
+
+class DistanceHead(InstanceHead):
+    """Normalised distance regression; seeds above a threshold, grown by a watershed on the distance."""
+
+    name = "distance"
+    channels = 3
+
+    def decode(self, outputs: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+        from skimage.measure import label
+        from skimage.segmentation import watershed
+
+        p = _params(params)
+        mask = outputs[1] > 0.5
+        dist = np.where(mask, outputs[2], 0.0).astype(np.float32)
+        seeds = label(dist > float(p["seed_threshold"]), connectivity=1).astype(np.int32)
+        labels = watershed(-dist, markers=seeds, mask=mask).astype(np.int32) if seeds.max() else seeds
+        orphans = mask & (labels == 0)  # foreground no seed reached: objects of their own
+        if orphans.any():
+            extra = label(orphans).astype(np.int32)
+            labels[orphans] = extra[orphans] + labels.max()
+        if labels.max() > 0:
+            labels = _fill_holes(labels)
+        return _relabel_sequential(_remove_small(labels, int(p["min_size"])))
+
+
+__all__ = ["BOUNDARY", "DEFAULT_POSTPROCESS", "DistanceHead", "InstanceHead", "normalised_distance"]

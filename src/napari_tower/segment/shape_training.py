@@ -1,0 +1,146 @@
+"""Training a shape-aware instance head: whole-plane targets, patch sampling, post-processing tuning.
+
+`ShapeObjective` replaces the class-map sampler and loss of `finetune` for a shape head: targets are
+computed once per labelled plane from its instance ids (a patch would cut objects and shorten their
+distances), and patches of image, targets and per-pixel weights are drawn together and augmented with the
+head's own rules (rays turn with the image). Unannotated pixels (sparse painting: 0 where the labels are
+sparse, or weight 0) have weight 0 and give no gradient.
+
+`tune_postprocess` then chooses the seed threshold, NMS threshold and minimum object size that maximise
+F1 at IoU 0.5 on the labelled planes, never on test images, and the result is stored in the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import Image, Normalisation
+from ..data.lazy import read_region
+from .metrics import overlaps
+from .shape_heads import DEFAULT_POSTPROCESS, InstanceHead
+
+MIN_SIZES = (0, 8, 16, 32, 64)
+TUNE_MAX_PIXELS = 4_000_000  # labelled pixels predicted for tuning; beyond it, evenly spaced planes only
+
+
+def instance_ids(labels: np.ndarray, sparse: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(object ids with 0 = background, annotated mask) of one labelled plane.
+
+    Dense instance labels: 0 is background, every pixel annotated. Sparse instance labels (napari
+    scribbles): 0 is unannotated, 1 background, 2.. one id per object.
+    """
+    lab = np.asarray(labels).astype(np.int64)
+    if not sparse:
+        return np.where(lab > 0, lab, 0), np.ones(lab.shape, bool)
+    return np.where(lab >= 2, lab - 1, 0), lab > 0
+
+
+class ShapeObjective:
+    """Patches of (image, head targets, weights) from labelled planes, and the head's loss on them."""
+
+    def __init__(self, head: InstanceHead, planes: Sequence[tuple[Image, Normalisation, np.ndarray, np.ndarray]],
+                 patch: int, augment: bool = True) -> None:
+        """`planes`: (single-plane image, its normalisation, instance ids, per-pixel weights) each."""
+        self.head = head
+        self.patch = patch
+        self.augment = augment
+        self.images = [(im, norm) for im, norm, _, _ in planes]
+        self.targets = [head.encode(ids) for _, _, ids, _ in planes]
+        self.weights = [np.asarray(w, np.float32) for _, _, _, w in planes]
+        # Draw planes by area, and patches near annotated pixels, so sparse scribbles are not mostly missed.
+        self.area = np.array([float(w.size) for w in self.weights])
+        self.cells = [np.argwhere(w > 0) for w in self.weights]
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        p = self.patch
+        channels = self.images[0][0].channels
+        images = np.empty((n, channels, p, p), np.float32)
+        targets = np.empty((n, self.targets[0].shape[0], p, p), np.float32)
+        weights = np.empty((n, p, p), np.float32)
+        probs = self.area / self.area.sum()
+        for i in range(n):
+            k = int(rng.choice(len(self.images), p=probs))
+            (im, norm), t, w = self.images[k], self.targets[k], self.weights[k]
+            h, wd = t.shape[-2:]
+            cells = self.cells[k]
+            if cells.size and cells.shape[0] < w.size:  # sparse: centre the patch on an annotated pixel
+                cy, cx = cells[int(rng.integers(cells.shape[0]))]
+                y = int(np.clip(cy - p // 2 + rng.integers(-p // 4, p // 4 + 1), 0, h - p))
+                x = int(np.clip(cx - p // 2 + rng.integers(-p // 4, p // 4 + 1), 0, wd - p))
+            else:
+                y, x = int(rng.integers(h - p + 1)), int(rng.integers(wd - p + 1))
+            img = norm.apply(read_region(im.data, (0, slice(None), slice(y, y + p), slice(x, x + p))))
+            tt, ww = t[:, y: y + p, x: x + p], w[y: y + p, x: x + p]
+            if self.augment:
+                rot, flip = int(rng.integers(4)), bool(rng.integers(2))
+                img = np.rot90(img, rot, axes=(-2, -1))
+                ww = np.rot90(ww, rot)
+                if flip:
+                    img, ww = img[..., ::-1], ww[..., ::-1]
+                tt = self.head.augment(tt, rot, flip)
+            images[i], targets[i], weights[i] = img, tt, ww
+        return {"image": images, "targets": targets, "weights": weights}
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head.loss(logits, batch["targets"], batch["weights"])
+
+    @staticmethod
+    def foreground_classes(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Validation targets in the class convention (0 unannotated, 1 background, 2 foreground)."""
+        fg = batch["targets"][:, 0].long() + 1
+        return torch.where(batch["weights"] > 0, fg, torch.zeros_like(fg))
+
+
+def _matches(pred: np.ndarray, truth: np.ndarray, annotated: np.ndarray | None) -> tuple[int, int, int]:
+    """(TP, FP, FN) at IoU 0.5; with sparse annotation, predicted objects mostly outside it are not counted."""
+    from .metrics import _count_matches
+
+    if annotated is not None and not annotated.all() and pred.max() > 0:
+        inside = np.bincount(pred.ravel(), weights=annotated.ravel().astype(float), minlength=pred.max() + 1)
+        sizes = np.bincount(pred.ravel(), minlength=pred.max() + 1)
+        outside = inside < 0.5 * sizes
+        outside[0] = False
+        pred = np.where(outside[pred], 0, pred)
+    ov = overlaps(pred, truth)
+    tp = _count_matches(ov, 0.5)
+    return tp, ov.n_pred - tp, ov.n_true - tp
+
+
+def tune_postprocess(head: InstanceHead, outputs: Sequence[np.ndarray], truths: Sequence[np.ndarray],
+                     annotated: Sequence[np.ndarray | None] | None = None) -> dict[str, Any]:
+    """The post-processing parameters with the best pooled F1 at IoU 0.5 of `outputs` (activated head outputs
+    of labelled planes) against their instance labels `truths`; ties go to the earlier (default-near) grid
+    point. Returns the parameters with "f1" (the training F1 they reached) for the record."""
+    annotated = annotated if annotated is not None else [None] * len(outputs)
+    best: tuple[float, dict[str, Any]] = (-1.0, dict(DEFAULT_POSTPROCESS))
+    for candidate in head.grid():
+        decoded = [head.decode(out, {**DEFAULT_POSTPROCESS, **candidate, "min_size": 0}) for out in outputs]
+        for min_size in MIN_SIZES:
+            tp = fp = fn = 0
+            for labels, truth, ann in zip(decoded, truths, annotated):
+                sizes = np.bincount(labels.ravel())
+                small = sizes < min_size
+                small[0] = False
+                counts = _matches(np.where(small[labels], 0, labels), truth, ann)
+                tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
+            f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+            if f1 > best[0] + 1e-9:
+                best = (f1, {**DEFAULT_POSTPROCESS, **candidate, "min_size": min_size})
+    return {**best[1], "f1": round(best[0], 4)}
+
+
+def tuning_planes(n_planes: Sequence[int], limit: int = TUNE_MAX_PIXELS) -> list[int]:
+    """Indices of the labelled planes (given their pixel counts) to predict for tuning: all of them while
+    their pixels stay under `limit`, else evenly spaced ones that do."""
+    sizes = np.asarray(n_planes, dtype=float)
+    if sizes.sum() <= limit:
+        return list(range(sizes.size))
+    keep = max(1, int(limit // max(sizes.mean(), 1.0)))
+    return sorted(set(np.linspace(0, sizes.size - 1, keep).round().astype(int).tolist()))
+
+
+__all__ = ["ShapeObjective", "instance_ids", "tune_postprocess", "tuning_planes"]

@@ -1,0 +1,37 @@
+"""The widget's instances option with a shape-aware instance head (issue 20), under Xvfb."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig
+from napari_tower.data import from_array
+from napari_tower.model_bundle import ModelBundle
+from napari_tower.samples import synthetic_nuclei
+from napari_tower.segment import Predictor, finetune
+
+from .test_widget import open_widget, wait_idle
+
+
+def test_instances_option_gives_the_shape_heads_objects(make_napari_viewer, qtbot, errors, tmp_path):
+    image, labels = synthetic_nuclei((128, 128), 16, seed=7)
+    cfg = FinetuneConfig(steps=10, batch=2, device="cpu", instance_head="distance", val_fraction=0.0,
+                         data=DataConfig(patch=64), model=ModelConfig(base=8, depth=2))
+    finetune([from_array(image)], [labels[None]], cfg, tmp_path / "distance.pt")
+    viewer, widget = open_widget(make_napari_viewer)
+    # The head is a fine-tuning option of the Segment section, from FinetuneConfig.instance_head.
+    widget.segment.finetune_controls["instance_head"].value = "stardist"
+    assert widget.segment.finetune_config().instance_head == "stardist"
+
+    assert widget.load_model(tmp_path / "distance.pt") == "segmenter"
+    layer = viewer.add_image(image, name="nuclei")
+    widget.segment.image.set_layer(layer)
+    widget.segment.instances.value = True
+    widget.segment.predict_button.click()
+    wait_idle(qtbot, widget, 120)
+    assert not errors, errors
+    got = np.asarray(viewer.layers["nuclei tower labels"].data)
+    bundle = ModelBundle.load(tmp_path / "distance.pt")
+    want = Predictor(bundle, PredictConfig(device="cpu", instances=True)).predict(from_array(image)).labels[0]
+    assert bundle.instance_head == "distance" and want.max() > 1
+    assert np.array_equal(got.reshape(want.shape), want)  # the distance head's watershed, with its tuned params
