@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 GENERALIST = "generalist"  # the value of `--init` / "Start from" that names the built-in checkpoint
 GENERALIST_FILE = Path(__file__).resolve().parent / "weights" / "generalist.pt"
 # Recorded when the file was packaged (`package_generalist`); a mismatch means a damaged or replaced file.
-GENERALIST_SHA256 = "db3bab718e8f72597e28a896d4082fd5656127d6c8493add6af9a606433e6111"
+GENERALIST_SHA256 = "e5870c2ebc0163657d063e894517a3f3840a9991dd7c6f5540545f8407af310f"
 
 
 def sha256_of(path: str | os.PathLike) -> str:
