@@ -1,6 +1,6 @@
 """A working day in minutes: many correct-and-retrain rounds in one real napari viewer, measured per round.
 
-    xvfb-run -a python benchmarks/soak.py [--rounds 50 --size 512 --steps 2 --threads 1 --out docs/soak.json]
+    xvfb-run -a python benchmarks/soak.py [--rounds 50 --size 512 --steps 2 --base 4 --threads 1 --out FILE]
 
 One viewer and one napari-tower widget, as a microscopist keeps them open all day. The widget
 predicts a size x size image of synthetic nuclei once; then each round paints a correction into
@@ -52,25 +52,26 @@ def nuclei(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return synthetic_nuclei((size, size), max(8, size * size // 3000), seed=seed)
 
 
-def small_segmenter(size: int = 128) -> Any:
-    """A quickly trained binary segmenter (base 4): the soak is about the loop, not accuracy."""
+def small_segmenter(size: int = 128, base: int = 4) -> Any:
+    """A quickly trained binary segmenter (base 4 by default): the soak is about the loop, not accuracy."""
     from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig
     from napari_tower.data import from_array
     from napari_tower.segment import finetune
 
     image, labels = nuclei(size, seed=1)
     cfg = FinetuneConfig(steps=3, batch=2, val_every=0, checkpoint_every=0, device="cpu",
-                         data=DataConfig(patch=64), model=ModelConfig(base=4))
+                         data=DataConfig(patch=64), model=ModelConfig(base=base))
     return finetune([from_array(image)], [(labels > 0)[None].astype(np.int64)], cfg).checkpoint
 
 
-def set_up(viewer: Any, widget: Any, size: int, steps: int, wait: Callable[[Callable[[], bool], float], None]) -> Any:
+def set_up(viewer: Any, widget: Any, size: int, steps: int, wait: Callable[[Callable[[], bool], float], None],
+           base: int = 4) -> Any:
     """Small settings, a segmenter, the image and its first prediction; returns the predicted Labels layer."""
     t = widget.train
     t.patch.value, t.batch.value, t.device.value = 64, 2, "cpu"
     widget.segment.steps.value = 2
     widget.correct.steps.value = steps
-    widget.session.segmenter = small_segmenter()
+    widget.session.segmenter = small_segmenter(base=base)
     widget.update_models()
     image, _ = nuclei(size)
     layer = viewer.add_image(image, name="nuclei")
@@ -93,9 +94,10 @@ def edit(labels: Any, round_no: int, size: int) -> None:
 
 
 def run_rounds(viewer: Any, widget: Any, rounds: int, wait: Callable[[Callable[[], bool], float], None],
-               size: int = 512, steps: int = 2, log: Callable[[str], None] = lambda s: None) -> list[dict[str, float]]:
+               size: int = 512, steps: int = 2, log: Callable[[str], None] = lambda s: None,
+               base: int = 4) -> list[dict[str, float]]:
     """Set up, then `rounds` correct-and-retrain rounds; one record per round (round 0: after set-up)."""
-    labels = set_up(viewer, widget, size, steps, wait)
+    labels = set_up(viewer, widget, size, steps, wait, base)
     widget.autosave.flush()
     records = [{"round": 0, "round_s": 0.0, "layers": len(viewer.layers), **measure()}]
     for r in range(1, rounds + 1):
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=2, help="retrain steps per round")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--base", type=int, default=4, help="U-Net base width of the segmenter (16: the default)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
 
@@ -169,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     _, widget = viewer.window.add_plugin_dock_widget("napari-tower", WIDGET)
     start = time.perf_counter()
     records = run_rounds(viewer, widget, args.rounds, _qt_wait, args.size, args.steps,
-                         log=lambda s: print(s, file=sys.stderr, flush=True))
+                         log=lambda s: print(s, file=sys.stderr, flush=True), base=args.base)
     result = {"cpu": _cpu(), "torch_threads": args.threads, "size": args.size, "retrain_steps": args.steps,
+              "base": args.base,
               "total_s": round(time.perf_counter() - start, 1), "summary": summarise(records), "records": records}
     viewer.close()
     text = json.dumps(result, indent=1)

@@ -212,6 +212,17 @@ def test_decompression_bomb_is_refused_before_any_allocation(tmp_path, compressi
     assert peak < 32 * 2**20, f"{peak / 2**20:.0f} MB allocated before refusing"
 
 
+def test_a_strip_larger_than_free_memory_is_refused(tmp_path, monkeypatch):
+    from napari_tower.data import guards
+
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, np.ones((1024, 1024), np.uint16), compression="zlib", rowsperstrip=1024)
+    monkeypatch.setattr(guards, "available_memory", lambda: 2**20)  # a machine with 1 MB free
+    with pytest.raises(TowerError, match=r"big.tif declares an image of 1024 x 1024 uint16 stored in pieces of "
+                                         r"2.0 MB each, more than half the free memory \(1.0 MB\)"):
+        read_image(path)
+
+
 def _png(path: Path, width: int, height: int) -> None:
     """A PNG whose header declares width x height over a tiny, valid zlib stream."""
     def chunk(kind: bytes, body: bytes) -> bytes:

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,8 @@ class Restored:
 class AutosaveStore:
     """One session folder: each save writes new files under new names, then the manifest that names them.
 
-    A file is never rewritten in place: a changed layer or model goes to a new name (`labels-0.3.tif`,
-    `segmenter.3.pt`), the manifest is replaced atomically last, and only then are files no manifest
+    A file is never rewritten in place: a changed layer or model goes to a new name (`labels-0.<token>-3.tif`,
+    `segmenter.<token>-3.pt`), the manifest is replaced atomically last, and only then are files no manifest
     names any more removed. A crash at any moment (even SIGKILL, or power loss) therefore leaves the
     previous save or the new one, complete and consistent, never a mix of the two.
     """
@@ -90,6 +91,9 @@ class AutosaveStore:
         self.folder = folder
         self._files: dict[str, str] = {}  # "<key>", "<key>.prediction", "<kind>" -> file name now in the manifest
         self._generation = 0
+        # Names never repeat, even for another store writing this folder later (a restarted process): a
+        # file the current manifest names is never overwritten.
+        self._token = uuid.uuid4().hex[:8]
         self._lock: SessionLock | None = None
 
     @classmethod
@@ -102,7 +106,7 @@ class AutosaveStore:
                 return cls(folder)
 
     def _name(self, stem: str, suffix: str) -> str:
-        return f"{stem}.{self._generation}{suffix}"
+        return f"{stem}.{self._token}-{self._generation}{suffix}"
 
     def write(self, snap: Snapshot) -> None:
         """Write the changed parts of `snap` under new names, then the manifest; then drop what it no longer names."""
