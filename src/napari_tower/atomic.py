@@ -91,7 +91,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
     write in progress in another process is never touched. Returns how many were removed.
     """
     removed = 0
-    pattern = f".{glob_escape(name)}.*.tmp" if name else ".*.tmp"
+    pattern = f".{_glob_escape(name)}.*.tmp" if name else ".*.tmp"
     for path in Path(folder).glob(pattern):
         pid = path.name[:-len(".tmp")].rsplit(".", 2)
         if len(pid) == 3 and pid[1].isdigit() and not _pid_alive(int(pid[1])):
@@ -101,7 +101,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
     return removed
 
 
-def glob_escape(text: str) -> str:
+def _glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
