@@ -207,7 +207,7 @@ ROWS: dict[str, tuple[Callable[[Kit, Path], Setup], tuple[str, ...]]] = {
     "not an image": (lambda k, t: _pretrain_on(k, t, (t / "x.tif", (t / "x.tif").write_bytes(b"text"))[0]),
                      ("could not be read", "not an image")),
     "truncated image": (lambda k, t: _pretrain_on(k, t, _truncated_copy(k.stack, t / "cut.tif")),
-                        ("could not be read", "truncated")),
+                        ("cut.tif declares an image of 2 x 96 x 96 uint16", "it is truncated")),
     "decompression bomb (TIFF)": (lambda k, t: _pretrain_on(k, t, _tiff_bomb(t)),
                                   ("bomb.tif declares an image of 200000 x 200000 uint16", "decompression bomb")),
     "decompression bomb (PNG)": (lambda k, t: _pretrain_on(k, t, _png_bomb(t)),
