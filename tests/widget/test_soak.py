@@ -42,6 +42,8 @@ def _run(make_napari_viewer, qtbot, rounds: int):
 def test_a_few_rounds_leave_nothing_behind(make_napari_viewer, qtbot, errors):
     from napari_tower.model_bundle import ModelBundle
 
+    gc.collect()
+    before = {id(o) for o in gc.get_objects() if type(o) is ModelBundle}  # session fixtures' models
     _, viewer, widget, records = _run(make_napari_viewer, qtbot, 4)
     assert not errors, errors
     steady = records[1:]
@@ -49,8 +51,8 @@ def test_a_few_rounds_leave_nothing_behind(make_napari_viewer, qtbot, errors):
         assert len({r[key] for r in steady}) == 1, f"{key} changed between rounds: {[r[key] for r in steady]}"
     # napari keeps every finished worker; each round's model must still be freed (it was not, before).
     gc.collect()
-    models = [o for o in gc.get_objects() if isinstance(o, ModelBundle)]
-    assert len(models) <= 2, f"{len(models)} models alive after 4 rounds: old rounds' models are kept"
+    models = [o for o in gc.get_objects() if type(o) is ModelBundle and id(o) not in before]
+    assert len(models) <= 2, f"{len(models)} of this run's models alive after 4 rounds: old rounds' are kept"
     assert widget.session.segmenter in models
 
 
