@@ -4,7 +4,10 @@ Every file napari-tower writes (checkpoints, predictions, settings, autosaves)
 goes through `atomic_write`: the bytes go to a fresh temporary file in the
 target's folder, are flushed to disk, and only then renamed over the target.
 A crash, Ctrl-C or a full disk at any moment leaves either the old file or the
-new one, never half of one, and never a stray temporary file.
+new one, never half of one. Only a process killed outright (SIGKILL, power loss)
+can leave its temporary file behind; the name carries the writer's process id,
+and the next write of the same file removes temporaries of writers no longer
+running (`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -69,6 +72,39 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process (or no way to ask): leave its files alone
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> int:
+    """Remove temporary files (of `name`, or of any file) left in `folder` by writers that were killed.
+
+    Only files of the form `.<name>.<pid>.<random>.tmp` whose process is gone are removed, so a
+    write in progress in another process is never touched. Returns how many were removed.
+    """
+    removed = 0
+    pattern = f".{_glob_escape(name)}.*.tmp" if name else ".*.tmp"
+    for path in Path(folder).glob(pattern):
+        pid = path.name[:-len(".tmp")].rsplit(".", 2)
+        if len(pid) == 3 and pid[1].isdigit() and not _pid_alive(int(pid[1])):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, what: str = "") -> Iterator[IO[bytes]]:
     """Open a binary file that replaces `path` only if the `with` block finishes.
@@ -84,7 +120,8 @@ def atomic_write(path: str | os.PathLike, what: str = "") -> Iterator[IO[bytes]]
     tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_stale_temporaries(path.parent, path.name)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         tmp = Path(name)
         os.fchmod(fd, _file_mode())
         os.close(fd)
@@ -101,6 +138,28 @@ def atomic_write(path: str | os.PathLike, what: str = "") -> Iterator[IO[bytes]]
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (created if needed) for the `with` block.
+
+    For a read-modify-write of a file several processes share (the widget's settings): the kernel
+    drops the lock if its holder dies, so a crash never leaves the file locked. Where `fcntl` is
+    missing (Windows) it locks nothing.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "") -> Path:

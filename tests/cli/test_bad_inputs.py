@@ -37,6 +37,7 @@ from napari_tower.segment import finetune
 from napari_tower.train import pretrain
 
 from ..conftest import blobs
+from ..core.test_hostile_files import _patch_dimensions, _png
 
 TINY = ["--patch", "64", "--batch", "2", "--base", "4", "--quiet"]
 
@@ -183,12 +184,36 @@ def _random(shape, dtype=np.float32) -> np.ndarray:
     return np.random.default_rng(0).random(shape).astype(dtype)
 
 
+def _tiff_bomb(tmp: Path) -> Path:
+    """200,000 x 200,000 pixels (80 GB) declared by a 300-byte zlib TIFF."""
+    path = _tif(tmp, "bomb.tif", np.zeros((64, 64), np.uint16), compression="zlib", rowsperstrip=64)
+    _patch_dimensions(path, 200_000, 200_000, 200_000)
+    return path
+
+
+def _png_bomb(tmp: Path) -> Path:
+    _png(tmp / "bomb.png", 100_000, 100_000)
+    return tmp / "bomb.png"
+
+
+def _huge_ids(tmp: Path) -> Path:
+    labels = np.zeros((96, 96), np.uint64)
+    labels[10:30, 10:30] = 2**64 - 1
+    return _tif(tmp, "huge-ids.tif", labels)
+
+
 ROWS: dict[str, tuple[Callable[[Kit, Path], Setup], tuple[str, ...]]] = {
     "missing file": (lambda k, t: _pretrain_on(k, t, t / "missing.tif"), ("missing.tif does not exist",)),
     "not an image": (lambda k, t: _pretrain_on(k, t, (t / "x.tif", (t / "x.tif").write_bytes(b"text"))[0]),
                      ("could not be read", "not an image")),
     "truncated image": (lambda k, t: _pretrain_on(k, t, _truncated_copy(k.stack, t / "cut.tif")),
-                        ("could not be read", "truncated")),
+                        ("cut.tif declares an image of 2 x 96 x 96 uint16", "it is truncated")),
+    "decompression bomb (TIFF)": (lambda k, t: _pretrain_on(k, t, _tiff_bomb(t)),
+                                  ("bomb.tif declares an image of 200000 x 200000 uint16", "decompression bomb")),
+    "decompression bomb (PNG)": (lambda k, t: _pretrain_on(k, t, _png_bomb(t)),
+                                 ("bomb.png was not read", "decompression bomb")),
+    "label ids beyond int64": (lambda k, t: _finetune_with(k, t, k.stack, _huge_ids(t), None),
+                               ("huge-ids.tif has label ids up to 18446744073709551615", "relabel")),
     "empty image": (lambda k, t: _pretrain_on(k, t, _tif(t, "e.tif", np.zeros((0, 8), np.uint8))), ("empty",)),
     "constant image": (lambda k, t: _pretrain_on(k, t, _tif(t, "c.tif", np.full((96, 96), 7, np.uint16))),
                        ("constant", "nothing to learn")),

@@ -87,4 +87,5 @@ def _predict_zarr(predictor: Any, image: Any, target: Path, cfg: PredictConfig, 
                                    should_stop=should_stop)
     if not args.quiet:
         objects = f", {sum(result.objects)} objects" if result.objects is not None else ""
-        print(f"wrote {target} ({result.blocks} blocks{objects}, {result.seconds:.1f} s)", file=sys.stderr)
+        resumed = f", {result.resumed} finished by an interrupted earlier run" if result.resumed else ""
+        print(f"wrote {target} ({result.blocks} blocks{resumed}{objects}, {result.seconds:.1f} s)", file=sys.stderr)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TowerError
+from .guards import check_tiff_series
 from .lazy import AxesView
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".zarr")
@@ -141,6 +142,7 @@ def _read_tiff(path: Path, level: int = 0) -> tuple[Any, str | None]:
         if not 0 <= level < len(levels):
             raise TowerError(f"{path} has {len(levels)} resolution level(s): choose --level 0..{len(levels) - 1}")
         series = levels[level]
+        check_tiff_series(path, series)  # before anything is allocated: a header can claim terabytes
         axes = series.axes.upper().replace("Q", "Z").replace("I", "Z")
         nbytes = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
         data: Any = None
@@ -240,7 +242,13 @@ def _read_raw(path: Path, level: int = 0) -> tuple[Any, str | None]:
     except PermissionError as exc:
         raise TowerError(f"{path} cannot be read ({exc.strerror}): check the file's permissions (chmod +r) "
                          "or copy it to a folder you can read") from None
-    except (OSError, ValueError, KeyError, IndexError, EOFError, RuntimeError) as exc:
+    except MemoryError:
+        raise TowerError(f"{path} needs more memory than is free to be read: save it as a tiled TIFF or zarr, "
+                         "which are read piece by piece") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file can make any parser fail in any way: one clear line
+        if type(exc).__name__ == "DecompressionBombError":  # PIL's guard against huge declared sizes
+            raise TowerError(f"{path} was not read: {exc} (a damaged header or a decompression bomb); save large "
+                             "images as tiled TIFF or zarr") from None
         raise TowerError(
             f"{path} could not be read ({type(exc).__name__}: {str(exc)[:120]}): "
             "the file may be truncated or not an image"
@@ -282,6 +290,9 @@ def labels_as_int(labels: np.ndarray, source: str) -> np.ndarray:
         raise TowerError(f"{source} holds fractional or NaN values: labels must be whole numbers (0 = background)")
     if labels.dtype.kind not in "biuf":
         raise TowerError(f"{source} has data type {labels.dtype}: labels must be integers")
+    if labels.dtype.kind in "uf" and labels.size and labels.max() > np.iinfo(np.int64).max:
+        raise TowerError(f"{source} has label ids up to {labels.max()}, beyond 2^63 - 1: relabel the objects "
+                         "sequentially (e.g. skimage.segmentation.relabel_sequential)")
     out = labels.astype(np.int64)
     if out.min() < 0:
         raise TowerError(f"{source} has negative labels: use 0 for background and positive ids for objects")

@@ -8,7 +8,7 @@ minute of painting. When the widget opens and an earlier session left work
 behind, a bar at the top of the widget offers to restore it (labels as layers,
 models into the session) or to discard it; it never blocks with a dialog.
 
-`AutosaveStore` (files only, no Qt) writes and reads one session folder;
+`AutosaveStore` (files only, no Qt, in `autosave_store.py`) writes and reads one session folder;
 `Autosave` (Qt) decides when to save, snapshots layers on the GUI thread and
 writes them on a background thread, so painting never stutters.
 """
@@ -17,197 +17,39 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
-import json
 import logging
-import os
-import shutil
 import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ..errors import TowerError
-from .settings import config_dir
+from .autosave_store import (  # noqa: F401 - re-exported: the store's names are part of this module's API
+    _LIVE,
+    AUTOSAVE_DIR,
+    INTERVAL_S,
+    KEEP_SESSIONS,
+    MANIFEST,
+    MAX_AGE_S,
+    MODEL_KINDS,
+    AutosaveStore,
+    LabelsEntry,
+    Restored,
+    SessionLock,
+    Snapshot,
+    autosave_root,
+    previous_session,
+    prune_sessions,
+)
 
 log = logging.getLogger(__name__)
 
-AUTOSAVE_DIR = "autosave"
-MANIFEST = "session.json"
-INTERVAL_S = 60.0
-KEEP_SESSIONS = 5  # older session folders are removed when a widget opens
-MAX_AGE_S = 14 * 24 * 3600
-MODEL_KINDS = ("segmenter", "pretrained")
-
-# Session folders written by widgets of this process: never offered for restore, never pruned.
-_LIVE: set[Path] = set()
-_SESSION_NUMBERS = itertools.count()
-
-
-def autosave_root() -> Path:
-    return config_dir() / AUTOSAVE_DIR
-
-
-@dataclass
-class LabelsEntry:
-    """One Labels layer in a snapshot; `data` is None when the file already saved is still current."""
-
-    key: str  # file stem, stable for the layer's life
-    name: str
-    scale: list[float]
-    translate: list[float]
-    owned: str | None
-    data: np.ndarray | None = None
-    # The prediction it was corrected from, so Retrain from corrections still works after a restore.
-    written: np.ndarray | None = None
-    planes: list[int] = field(default_factory=list)
-    target: str | None = None
-    image_name: str | None = None
-
-
-@dataclass
-class Snapshot:
-    """What one autosave writes: Labels layers and models (None: unchanged since the last save)."""
-
-    labels: list[LabelsEntry]
-    models: dict[str, dict[str, Any] | None]
-    model_kinds: list[str]  # kinds present, changed or not
-
-
-@dataclass
-class Restored:
-    """A session read back: layer entries with their arrays, models, and when it was saved."""
-
-    folder: Path
-    saved_at: float
-    labels: list[LabelsEntry]
-    models: dict[str, dict[str, Any]]
-
-
-class AutosaveStore:
-    """One session folder: written file by file atomically, the manifest last."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    @classmethod
-    def new_session(cls) -> AutosaveStore:
-        """A folder of its own for a new widget: time, process and a counter keep it unique."""
-        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        while True:
-            folder = autosave_root() / f"{stamp}-{next(_SESSION_NUMBERS)}"
-            if not folder.exists() and folder not in _LIVE:
-                return cls(folder)
-
-    def write(self, snap: Snapshot) -> None:
-        """Write the changed parts of `snap`, then the manifest; files of removed layers go last."""
-        from ..atomic import atomic_write_bytes
-        from ..data import write_tiff
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        layers = []
-        for entry in snap.labels:
-            if entry.data is not None:
-                write_tiff(self.folder / f"{entry.key}.tif", entry.data)
-                if entry.written is not None:
-                    write_tiff(self.folder / f"{entry.key}.prediction.tif", entry.written)
-            layers.append({"key": entry.key, "name": entry.name, "scale": entry.scale, "translate": entry.translate,
-                           "owned": entry.owned, "planes": entry.planes, "target": entry.target,
-                           "image_name": entry.image_name, "has_prediction": entry.written is not None or
-                           (entry.data is None and (self.folder / f"{entry.key}.prediction.tif").exists())})
-        for kind, ckpt in snap.models.items():
-            if ckpt is not None:
-                ckpt.save(self.folder / f"{kind}.pt")
-        manifest = {"version": 1, "saved_at": time.time(), "pid": os.getpid(), "labels": layers,
-                    "models": list(snap.model_kinds)}
-        atomic_write_bytes(self.folder / MANIFEST, json.dumps(manifest, indent=1).encode(), "autosave manifest")
-        keep = {f"{e['key']}.tif" for e in layers} | {f"{e['key']}.prediction.tif" for e in layers}
-        keep |= {f"{k}.pt" for k in snap.model_kinds} | {MANIFEST}
-        for path in self.folder.iterdir():
-            if path.name not in keep and not path.name.startswith("."):
-                path.unlink(missing_ok=True)
-
-    def read(self) -> Restored:
-        """The session's layers (with arrays) and models; damaged parts are skipped, not fatal."""
-        import tifffile
-
-        from ..model_bundle import ModelBundle
-
-        try:
-            manifest = json.loads((self.folder / MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise TowerError(f"the autosave in {self.folder} cannot be read ({exc}): discard it") from None
-        labels = []
-        for item in manifest.get("labels", []):
-            try:
-                entry = LabelsEntry(str(item["key"]), str(item["name"]), list(item["scale"]),
-                                    list(item["translate"]), item.get("owned"),
-                                    planes=[int(p) for p in item.get("planes") or []], target=item.get("target"),
-                                    image_name=item.get("image_name"))
-                entry.data = tifffile.imread(self.folder / f"{entry.key}.tif")
-                if item.get("has_prediction"):
-                    entry.written = tifffile.imread(self.folder / f"{entry.key}.prediction.tif")
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("skipping a damaged autosaved layer in %s: %s", self.folder, exc)
-                continue
-            labels.append(entry)
-        models = {}
-        for kind in manifest.get("models", []):
-            if kind not in MODEL_KINDS:
-                continue
-            try:
-                models[kind] = ModelBundle.load(self.folder / f"{kind}.pt", kind)
-            except TowerError as exc:
-                log.warning("skipping an autosaved model: %s", exc)
-        return Restored(self.folder, float(manifest.get("saved_at", 0.0)), labels, models)
-
-    def summary(self) -> dict[str, Any] | None:
-        """The manifest, or None when the folder holds no complete autosave."""
-        try:
-            data = json.loads((self.folder / MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) and (data.get("labels") or data.get("models")) else None
-
-    def discard(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def previous_session() -> AutosaveStore | None:
-    """The newest session with saved work that no widget of this process is writing, if any."""
-    root = autosave_root()
-    if not root.is_dir():
-        return None
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and p not in _LIVE),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
-    for folder in folders:
-        store = AutosaveStore(folder)
-        if store.summary() is not None:
-            return store
-    return None
-
-
-def prune_sessions(keep: int = KEEP_SESSIONS, max_age_s: float = MAX_AGE_S) -> None:
-    """Remove session folders beyond the newest `keep` ones, and those older than `max_age_s`."""
-    root = autosave_root()
-    if not root.is_dir():
-        return
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and p not in _LIVE),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
-    now = time.time()
-    for rank, folder in enumerate(folders):
-        if rank >= keep or now - folder.stat().st_mtime > max_age_s:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
 # ------------------------------------------------------------------------------------------------ Qt side
 
-from qtpy.QtCore import QObject, QTimer, Signal  # noqa: E402 - the store above needs no Qt
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget  # noqa: E402
 
 
 class RestoreBar(QWidget):
@@ -262,6 +104,7 @@ class Autosave(QObject):
         events.removed.connect(self._layer_removed)
         # Another widget opened later in this process may offer this session once this one is gone.
         self.destroyed.connect(functools.partial(_LIVE.discard, self.store.folder))
+        self.destroyed.connect(self.store.release)
         for layer in self.viewer.layers:
             self._watch(layer)
         self.bar.restore_button.clicked.connect(lambda: self._guard(self.restore))

@@ -8,10 +8,15 @@ read through `LEGACY_KEYS`.
 `NAPARI_TOWER_CONFIG_DIR` overrides the folder (tests point it at a temporary
 one). Reading never fails (a missing or damaged file gives the defaults) and
 writing is atomic (temp file + rename), so a crash never leaves half a file.
+
+Several napari windows (processes) share the file. `SharedSettings` saves only what its widget
+changed since it opened: under a lock, it reads the file, applies those changes and writes it,
+so a setting changed in one window is never reset by another that left it alone.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -65,6 +70,61 @@ def save_settings(values: dict[str, Any]) -> bool:
     except TowerError:
         return False
     return True
+
+
+class SharedSettings:
+    """One widget's view of the settings file that every napari process of the user shares."""
+
+    def __init__(self) -> None:
+        self.base: dict[str, Any] = {}  # what the widget showed when it opened (or last saved)
+
+    def load(self) -> dict[str, Any]:
+        return load_settings()
+
+    def shown(self, values: dict[str, Any]) -> None:
+        """Record what the widget shows now: later saves write only what differs from it."""
+        self.base = copy.deepcopy(values)
+
+    def save(self, values: dict[str, Any]) -> bool:
+        """Merge this widget's changes (`values` against what it showed) into the file, under a lock."""
+        from ..atomic import file_lock
+
+        try:
+            with file_lock(settings_path().with_name(FILE_NAME + ".lock")):
+                merged = merge_changes(upgrade(load_settings()), upgrade(self.base), values)
+                ok = save_settings(merged)
+        except OSError:
+            return False
+        if ok:
+            self.shown(values)
+        return ok
+
+
+def _leaves(values: dict[str, Any], prefix: tuple = ()) -> dict[tuple, Any]:
+    out: dict[tuple, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, prefix + (key,)))
+        else:
+            out[prefix + (key,)] = value
+    return out
+
+
+def merge_changes(current: dict[str, Any], base: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:
+    """`current` (the file now) with every leaf of `mine` that differs from `base`, or that `current` lacks."""
+    out = copy.deepcopy(current)
+    have, before = _leaves(current), _leaves(base)
+    missing = object()
+    for path, value in _leaves(mine).items():
+        if path in have and before.get(path, missing) == value:
+            continue  # unchanged here: another window's value (if it changed it) stands
+        node = out
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = copy.deepcopy(value)
+    return out
 
 
 VERSION = 2

@@ -76,7 +76,9 @@ class TowerWidget(QWidget):
         self._save_timer.setSingleShot(True)
         self._save_timer.setInterval(500)
         self._save_timer.timeout.connect(self.save_settings)
-        self.apply_settings(remembered.load_settings())
+        self.remembered = remembered.SharedSettings()  # other napari windows share the file
+        self.apply_settings(self.remembered.load())
+        self.remembered.shown(self.settings())
         for control in [c for section in self._configured() for c in section.parameter_controls()] + [s.sparse]:
             control.changed.connect(lambda *_: self._save_timer.start())
         s.scope.currentTextChanged.connect(lambda *_: self._save_timer.start())
@@ -141,7 +143,7 @@ class TowerWidget(QWidget):
                 section.show_config(name, cfg)
 
     def save_settings(self) -> None:
-        remembered.save_settings(self.settings())
+        self.remembered.save(self.settings())
 
     # ----------------------------------------------------------------- the interface of host.Tower
 

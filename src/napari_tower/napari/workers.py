@@ -10,6 +10,7 @@ it returns an `Outcome` with the value or a user-facing error message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -111,6 +112,18 @@ def start_worker(fn: Job, stop: threading.Event, on_progress: Callable[[Progress
     worker = create_worker(run_job, fn, stop, _start_thread=False)
     worker.yielded.connect(on_progress)
     worker.returned.connect(on_done)
+    # napari keeps every worker for the life of the window (its task list holds `worker.quit`), so the
+    # slots, and with them the job's closure (its model, image and labels), would never be freed:
+    # one model and a few images lost per job over a day of correct-and-retrain rounds.
+    slots = [(worker.yielded, on_progress), (worker.returned, on_done)]
+
+    def release() -> None:
+        for signal, slot in slots:
+            with contextlib.suppress(TypeError, RuntimeError):  # already disconnected, or the signals are gone
+                signal.disconnect(slot)
+        slots.clear()  # this function stays connected: it must not hold the slots either
+
+    worker.finished.connect(release)
     worker.start()
     return worker
 

@@ -23,13 +23,10 @@ Memory is about one block's probabilities, labels and watershed per worker
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -42,13 +39,22 @@ from ..data import Image, Normalisation
 from ..data.lazy import read_region
 from ..errors import TowerError
 from ..model_bundle import ModelBundle
+from .block_journal import BlockJournal, fingerprint
+from .block_runners import (
+    RESOURCES,
+    RESOURCES_LOCK,
+    ClusterRunner,
+    LocalRunner,
+    PredictionStopped,
+    check_shippable,
+    forget,
+    run_tasks,
+)
 from .predict import Predictor
 
 DEFAULT_CHUNK = 512
+LOCAL = "block_local_ids"  # pass 1's instance ids, per block; removed before the output is moved into place
 SEAM_IOU = 0.5
-# Images pickled to cluster workers larger than this are refused: they would be copied to every worker.
-_MAX_SHIPPED_BYTES = 16 * 2**20
-_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class BlockwiseResult:
     blocks: int
     objects: list[int] | None  # instances per plane, when instances were predicted
     seconds: float
+    resumed: int = 0  # blocks an interrupted earlier run had finished (not predicted again)
 
 
 def core_size(block: int, chunk: int) -> int:
@@ -136,33 +143,44 @@ class _Summary:
     seams: dict[str, tuple[np.ndarray, np.ndarray]]  # side -> (core row/column at the seam, the one beyond it)
 
 
-_RESOURCES: dict[str, tuple[Predictor, Any, Any]] = {}
-_RESOURCES_LOCK = threading.Lock()
+def _summary_arrays(s: _Summary) -> dict[str, np.ndarray]:
+    """A summary as plain arrays, for the journal."""
+    out = {"n_local": np.array(s.n_local), "present": s.present}
+    for side, (core, beyond) in s.seams.items():
+        out[f"{side}_core"], out[f"{side}_beyond"] = core, beyond
+    return out
 
 
-def _open_outputs(job: _Job) -> tuple[Any, Any]:
+def _summary_from(block: Block, arrays: dict[str, np.ndarray]) -> _Summary:
+    seams = {side: (arrays[f"{side}_core"], arrays[f"{side}_beyond"]) for side in ("top", "bottom", "left", "right")
+             if f"{side}_core" in arrays}
+    return _Summary(block, int(arrays["n_local"]), arrays["present"].astype(np.int64), seams)
+
+
+def _task_name(step: str, block: Block) -> str:
+    return f"{step}-{block.plane}-{block.row}-{block.col}"
+
+
+def _open_outputs(job: _Job) -> tuple[Any, Any, Any]:
+    """Labels, probabilities (or None) and, for instances, the block-local ids of pass 1 (or None)."""
     import zarr
 
-    labels = zarr.open_array(os.path.join(job.out, "labels"), mode="r+")
-    probs = zarr.open_array(os.path.join(job.out, "probabilities"), mode="r+") if job.probabilities else None
-    return labels, probs
+    def open_one(name: str, wanted: bool) -> Any:
+        return zarr.open_array(os.path.join(job.out, name), mode="r+") if wanted else None
+
+    return open_one("labels", True), open_one("probabilities", job.probabilities), open_one(LOCAL, job.instances)
 
 
-def _resources(job: _Job) -> tuple[Predictor, Any, Any]:
+def _resources(job: _Job) -> tuple[Predictor, Any, Any, Any]:
     """The predictor and output arrays of this job, built once per process (a cluster worker's first task)."""
-    with _RESOURCES_LOCK:
-        if job.token not in _RESOURCES:
+    with RESOURCES_LOCK:
+        if job.token not in RESOURCES:
             if job.ckpt is None:
                 raise RuntimeError("internal error: a local block job ran without its predictor")
-            _RESOURCES.clear()  # one job at a time per worker: free the previous model
+            RESOURCES.clear()  # one job at a time per worker: free the previous model
             predictor = Predictor(job.ckpt, from_dict(PredictConfig, job.predict_cfg))
-            _RESOURCES[job.token] = (predictor, *_open_outputs(job))
-        return _RESOURCES[job.token]
-
-
-def _forget(token: str) -> None:
-    with _RESOURCES_LOCK:
-        _RESOURCES.pop(token, None)
+            RESOURCES[job.token] = (predictor, *_open_outputs(job))
+        return RESOURCES[job.token]
 
 
 def _out_key(job: _Job, plane: int, ys: slice, xs: slice, channels: bool = False) -> tuple:
@@ -190,7 +208,9 @@ def _seams(labels: np.ndarray, block: Block, shape: tuple[int, int]) -> dict[str
 
 def _predict_block(job: _Job, block: Block) -> _Summary | None:
     """Pass 1: predict one block with its halo and write its core (instance ids local to the block)."""
-    predictor, out_labels, out_probs = _resources(job)
+    predictor, out_labels, out_probs, out_local = _resources(job)
+    if out_local is not None:  # instances: pass 2 reads these ids and writes the final ones into labels
+        out_labels = out_local
     ey0, ey1, ex0, ex1 = block.ext
     y0, y1, x0, x1 = block.core
     region = read_region(job.image.data, (block.plane, slice(None), slice(ey0, ey1), slice(ex0, ex1)))
@@ -208,11 +228,11 @@ def _predict_block(job: _Job, block: Block) -> _Summary | None:
 
 
 def _relabel_block(job: _Job, block: Block, lut: np.ndarray) -> None:
-    """Pass 2: map a block's local ids to the final, seam-consistent ones."""
-    _, out_labels, _ = _resources(job)
+    """Pass 2: map a block's local ids to the final, seam-consistent ones (local ids are kept: a rerun is harmless)."""
+    _, out_labels, _, out_local = _resources(job)
     y0, y1, x0, x1 = block.core
     key = _out_key(job, block.plane, slice(y0, y1), slice(x0, x1))
-    out_labels[key] = lut[np.asarray(out_labels[key])]
+    out_labels[key] = lut[np.asarray(out_local[key])]
 
 
 def _seam_pairs(a: _Summary, b: _Summary, side_a: str, side_b: str) -> list[tuple[int, int]]:
@@ -278,102 +298,6 @@ def _final_ids(summaries: list[_Summary]) -> tuple[dict[Block, np.ndarray], list
     return luts, counts
 
 
-class _LocalRunner:
-    """Blocks on a thread pool in this process."""
-
-    def __init__(self, workers: int) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="napari-tower-block")
-
-    def prepare(self, job: _Job) -> Any:
-        return job
-
-    def submit(self, fn: Callable, *args: Any) -> Any:
-        return self.pool.submit(fn, *args)
-
-    def cancel(self, futures: list[Any]) -> None:
-        for f in futures:
-            f.cancel()
-
-    def close(self, token: str) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-class _ClusterRunner:
-    """Blocks on a dask.distributed cluster; the job (model, image reference) is sent once to each worker."""
-
-    def __init__(self, scheduler: Any) -> None:
-        try:
-            import distributed
-        except ImportError:
-            raise TowerError(
-                "predicting on a dask cluster needs dask.distributed: pip install 'napari-tower[distributed]'"
-            ) from None
-        if isinstance(scheduler, distributed.Client):
-            self.client, self.own = scheduler, False
-        else:
-            try:  # waits up to dask's distributed.comm.timeouts.connect (30 s by default)
-                self.client, self.own = distributed.Client(scheduler), True
-            except (OSError, TimeoutError, ValueError) as exc:
-                raise TowerError(
-                    f"could not connect to the dask scheduler at {scheduler} ({type(exc).__name__}): check the address "
-                    "(e.g. tcp://host:8786) and that `dask scheduler` and its workers are running"
-                ) from None
-
-    def prepare(self, job: _Job) -> Any:
-        return self.client.scatter(job, broadcast=True, hash=False)
-
-    def submit(self, fn: Callable, *args: Any) -> Any:
-        return self.client.submit(fn, *args, pure=False)
-
-    def cancel(self, futures: list[Any]) -> None:
-        self.client.cancel(futures)
-
-    def close(self, token: str) -> None:
-        try:
-            self.client.run(_forget, token)
-        except Exception:  # noqa: BLE001 - a lost worker keeps a stale model until its next job; nothing to report
-            pass
-        finally:
-            if self.own:
-                self.client.close()
-
-
-def _run(runner: Any, fn: Callable, job_ref: Any, tasks: list[tuple], progress: Callable[[], None],
-         should_stop: Callable[[], bool] | None) -> list[Any]:
-    """Submit every task, poll for completion (so Stop is honoured within a fraction of a second)."""
-    futures = [runner.submit(fn, job_ref, *args) for args in tasks]
-    pending = set(range(len(futures)))
-    results: list[Any] = [None] * len(futures)
-    try:
-        while pending:
-            if should_stop is not None and should_stop():
-                raise TowerError("prediction stopped")
-            finished = [i for i in pending if futures[i].done()]
-            if not finished:
-                time.sleep(_POLL_S)
-                continue
-            for i in finished:
-                results[i] = futures[i].result()
-                pending.discard(i)
-                progress()
-    except BaseException:
-        runner.cancel([futures[i] for i in pending])
-        raise
-    return results
-
-
-def _check_shippable(image: Image) -> None:
-    try:
-        size = len(pickle.dumps(image.data, protocol=pickle.HIGHEST_PROTOCOL))
-    except Exception:  # noqa: BLE001 - anything that does not pickle cannot go to a worker
-        size = -1
-    if not 0 <= size <= _MAX_SHIPPED_BYTES:
-        raise TowerError(
-            f"{image.source} cannot be sent to the cluster's workers (it is held in this process's memory or an "
-            "open file): save it as zarr on storage the workers share and predict that path"
-        )
-
-
 def _create_outputs(tmp: Path, image: Image, predictor: Predictor, chunk: int, probabilities: bool,
                     instances: bool) -> tuple[tuple[int, ...], Any]:
     import zarr
@@ -390,15 +314,17 @@ def _create_outputs(tmp: Path, image: Image, predictor: Predictor, chunk: int, p
 
     shape = lead + (h, w)
     labels = create("labels", shape, lead_chunks + (chunk, chunk), dtype)
-    probs = None
+    probs = local = None
     if probabilities:
         k = predictor.classes
         probs = create("probabilities", lead + (k, h, w), lead_chunks + (k, chunk, chunk), np.float32)
+    if instances:
+        local = create(LOCAL, shape, lead_chunks + (chunk, chunk), dtype)
     root.attrs["napari_tower"] = {
         "source": image.source, "axes": "YX" if p == 1 else "PYX", "target": predictor.target,
         "instances": instances, "classes": predictor.classes,
     }
-    return shape, (labels, probs)
+    return shape, (labels, probs, local)
 
 
 def _is_prediction(path: Path) -> bool:
@@ -485,27 +411,37 @@ def predict_blockwise(
         raise TowerError(f"{out} exists and is not a napari-tower prediction: choose another --out, "
                          "it is never overwritten")
     if scheduler is not None:
-        _check_shippable(image)
-    runner: Any = _ClusterRunner(scheduler) if scheduler is not None else _LocalRunner(workers)
+        check_shippable(image)
+    runner: Any = ClusterRunner(scheduler) if scheduler is not None else LocalRunner(workers)
     token = uuid.uuid4().hex
     tmp = out.with_name(f".{out.name}.partial")
+    keep_partial = False
     try:
         norm = predictor.normalisation_for(image)
         instances = bool(cfg.instances)
+        digest = fingerprint(predictor.ckpt, image, {"cfg": to_dict(cfg), "block": block, "halo": halo,
+                                                     "chunk": chunk, "probabilities": probabilities,
+                                                     "norm": norm.to_dict()})
+        journal = BlockJournal.reopen(tmp, digest)
         try:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shape, arrays = _create_outputs(tmp, image, predictor, chunk, probabilities, instances)
-        except OSError as exc:
-            raise TowerError(f"could not write {out} ({exc.strerror or exc}): "
+            if journal is None:
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shape, arrays = _create_outputs(tmp, image, predictor, chunk, probabilities, instances)
+                journal = BlockJournal.create(tmp, digest)
+            else:  # an interrupted run of this same job: keep its finished blocks
+                arrays = _open_outputs(_Job(token, image, {}, str(tmp), False, instances, probabilities))
+                shape = tuple(arrays[0].shape)
+        except (OSError, TowerError) as exc:
+            raise TowerError(f"could not write {out} ({getattr(exc, 'strerror', None) or exc}): "
                              "check the folder is writable and has space") from None
         job = _Job(token, image, norm.to_dict(), str(tmp), image.shape[0] == 1, instances, probabilities)
         if scheduler is not None:
             job.ckpt, job.predict_cfg = predictor.ckpt, to_dict(cfg)
         else:
-            with _RESOURCES_LOCK:
-                _RESOURCES[token] = (predictor, *arrays)
+            with RESOURCES_LOCK:
+                RESOURCES[token] = (predictor, *arrays)
         core = core_size(block, chunk)
         blocks = block_grid(image.shape, core, halo, cfg.tile)
         total = len(blocks) * (2 if instances else 1)
@@ -518,28 +454,51 @@ def predict_blockwise(
                 progress(done, total)
 
         job_ref = runner.prepare(job)
-        summaries = _run(runner, _predict_block, job_ref, [(b,) for b in blocks], tick, should_stop)
+        keep_partial = True  # from here on, finished blocks are worth a resume
+        summaries: dict[Block, _Summary | None] = {}
+        for b in blocks:
+            stored = journal.load(_task_name("predict", b))
+            if stored is not None:
+                summaries[b] = _summary_from(b, stored) if instances else None
+        resumed = len(summaries)
+        todo = [b for b in blocks if b not in summaries]
+        for _ in range(resumed):
+            tick()
+
+        def predicted(i: int, summary: _Summary | None) -> None:
+            summaries[todo[i]] = summary
+            journal.record(_task_name("predict", todo[i]), {} if summary is None else _summary_arrays(summary))
+
+        run_tasks(runner, _predict_block, job_ref, [(b,) for b in todo], tick, should_stop, predicted)
         objects = None
         if instances:
-            luts, objects = _final_ids(summaries)
-            # A block whose ids are already final (e.g. the only block of its plane) is not rewritten.
-            changed = [(b, luts[b]) for b in blocks if not np.array_equal(luts[b], np.arange(luts[b].size))]
-            for _ in range(len(blocks) - len(changed)):
+            luts, objects = _final_ids([summaries[b] for b in blocks])
+            relabel = [b for b in blocks if journal.load(_task_name("relabel", b)) is None]
+            for _ in range(len(blocks) - len(relabel)):
                 tick()
-            _run(runner, _relabel_block, job_ref, changed, tick, should_stop)
+            run_tasks(runner, _relabel_block, job_ref, [(b, luts[b]) for b in relabel], tick, should_stop,
+                      lambda i, _: journal.record(_task_name("relabel", relabel[i]), {}))
         runner.close(token)
         runner = None
         try:
+            for leftover in (tmp / LOCAL, journal.folder):
+                shutil.rmtree(leftover, ignore_errors=True)
             _replace_dir(tmp, out)
         except OSError as exc:
             raise TowerError(f"could not move the prediction into {out} ({exc.strerror or exc}): "
                              "check the folder") from None
-        return BlockwiseResult(out, shape, len(blocks), objects, time.perf_counter() - t0)
+        keep_partial = False
+        return BlockwiseResult(out, shape, len(blocks), objects, time.perf_counter() - t0, resumed)
+    except (PredictionStopped, KeyboardInterrupt):
+        raise  # the finished blocks stay in the partial folder: the same command resumes from them
+    except BaseException:
+        keep_partial = False
+        raise
     finally:
         if runner is not None:
             runner.close(token)
-        _forget(token)
-        if tmp.exists():
+        forget(token)
+        if tmp.exists() and not keep_partial:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
