@@ -167,6 +167,7 @@ class RetrainConfig:
     """One round of the correct-and-retrain loop: a short fine-tuning on the user's corrections."""
 
     steps: int = param(50, "optimiser steps of the retrain", label="retrain steps", min=1, max=100_000, step=10)
+    minutes: float = param(0.0, **_MINUTES)
     edit_weight: float = param(5.0, "loss weight of the pixels the user corrected (1: no extra weight)",
                                label="weight of edits", min=1, max=100, step=0.5)
     seed: int = param(0, **_SEED)
