@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from napari.viewer import Viewer
 
     from .autosave import Autosave
+    from .guided import LoopState
+    from .loop_section import LoopPanel
     from .sections import CorrectSection, DataSection, ModelSection, PretrainSection, PreviewSection, SegmentSection
     from .session import Session
 
@@ -61,6 +63,8 @@ class Tower(JobHost, Protocol):
     correct: CorrectSection
     models: ModelSection
     autosave: Autosave
+    loop: LoopState
+    loop_panel: LoopPanel
     last_dir: str
 
     def update_models(self) -> None:

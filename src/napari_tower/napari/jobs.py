@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QLabel, QPushButton, QWidget
 
 from ..errors import TowerError
 from .sections import ProgressPanel
-from .workers import Outcome, start_worker
+from .workers import GuiCall, Outcome, start_worker
 
 
 class StatusLine(QLabel):
@@ -77,8 +77,15 @@ class JobRunner:
         self.owner.destroyed.connect(stop.set)
 
         def render(p: Any) -> None:
-            if not deleted(self.owner):
-                self.progress.render(p)
+            if deleted(self.owner):
+                return
+            if isinstance(p, GuiCall):  # e.g. a live preview: the job asks the GUI thread to show something
+                try:
+                    p()
+                except Exception as exc:  # noqa: BLE001 - a preview that cannot be shown must not end the job
+                    self.status.show_warning(f"live preview not shown: {exc}")
+                return
+            self.progress.render(p)
 
         def done(outcome: Outcome) -> None:
             if deleted(self.owner):  # napari was closed while the job ran: nothing left to show it in

@@ -133,6 +133,7 @@ def finetune_config(w: Tower, base: FinetuneConfig | None = None) -> FinetuneCon
 def finetune(w: Tower) -> None:
     from ..data import from_array
     from ..segment import finetune as run_finetune
+    from .guided import live_preview_hook
 
     image_layer, labels_layer = w.segment.image.layer(), w.segment.labels.layer()
     if image_layer is None:
@@ -153,9 +154,11 @@ def finetune(w: Tower) -> None:
         image = from_array(np.asarray(image.data[planes]), image.source, axes="ZCYX")
         labels = labels[planes]
     init = w.session.pretrained if w.session.pretrained is not None else resolve_init(w.train.start.value())
+    live = live_preview_hook(w, image_layer)
 
     def job(callback, should_stop):
-        return run_finetune([image], [labels], cfg, init=init, callback=callback, should_stop=should_stop)
+        return run_finetune([image], [labels], cfg, init=init, callback=callback, should_stop=should_stop,
+                            on_step=live(callback))
 
     def finished(result, stopped: bool) -> None:
         w.session.segmenter = result.checkpoint
