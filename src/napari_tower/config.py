@@ -34,6 +34,7 @@ _MIXED = dict(help="mixed precision on CUDA (CPU trains in float32)", flag="")
 _CKPT_EVERY = dict(help="write a resumable checkpoint every N steps (0: only at the end)", min=0, max=MAX_STEPS)
 _VAL_EVERY = dict(help="validate every N steps (0: never)", flag="", min=0, max=MAX_STEPS)
 _MINUTES = dict(help="train for this many minutes instead of a step count (0: train for the given steps)", min=0,
+                label="or minutes", step=0.5,
                 max=100_000, noun="time budget (minutes)")
 _TILE = dict(help="tile side in pixels for tiled prediction", min=32, max=16384, multiple_of=16, noun="tile")
 

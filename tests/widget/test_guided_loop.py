@@ -46,18 +46,18 @@ def _finetuned(viewer, widget, qtbot, errors):
 
 def test_time_budgeted_finetune_shows_a_live_preview(make_napari_viewer, qtbot, errors, monkeypatch):
     """Fine-tune for a time budget: the preview layer is refreshed at least twice, the viewer does not stall."""
-    from napari_tower.napari import guided
+    from napari_tower.napari import live
 
-    monkeypatch.setattr(guided, "LIVE_PREVIEW_EVERY_S", 1.0)
+    monkeypatch.setattr(live, "LIVE_PREVIEW_EVERY_S", 1.0)
     updates: list[float] = []  # GUI-thread seconds of each preview update
-    show = guided.show_live_preview
+    show = live.show_live_preview
 
     def timed(*args):
         t = time.perf_counter()
         show(*args)
         updates.append(time.perf_counter() - t)
 
-    monkeypatch.setattr(guided, "show_live_preview", timed)
+    monkeypatch.setattr(live, "show_live_preview", timed)
     viewer, widget = open_widget(make_napari_viewer, show=True)  # shown, so the canvas really paints
     configure(widget, steps=4, patch=64, batch=4, base=8, finetune_steps=100_000)
     widget.segment.minutes.value = 0.1  # 6 s, whatever the step count says
@@ -77,7 +77,7 @@ def test_time_budgeted_finetune_shows_a_live_preview(make_napari_viewer, qtbot, 
           f"{[round(u * 1000) for u in updates]}; event-loop gaps over 100 ms (ms): "
           f"{[round(g * 1000) for g in meter.gaps if g > 0.1]}")
     assert widget.loop.live_updates == len(updates) >= 2
-    preview = viewer.layers[guided.LIVE_PREVIEW_NAME]
+    preview = viewer.layers[live.LIVE_PREVIEW_NAME]
     assert preview.data.shape == (256, 256) and preview.data.max() >= 1
     assert widget.session.segmenter.step < 100_000  # the budget, not the step count, ended it
     assert took < 60

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from napari.viewer import Viewer
 
     from .autosave import Autosave
-    from .guided import LoopState
     from .loop_section import LoopPanel
+    from .loop_state import LoopState
     from .sections import CorrectSection, DataSection, ModelSection, PretrainSection, PreviewSection, SegmentSection
     from .session import Session
 

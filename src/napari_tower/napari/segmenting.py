@@ -126,7 +126,7 @@ def retrain_config(w: Tower) -> RetrainConfig:
 
 def retrain(w: Tower) -> None:
     from ..segment.retrain import retrain as run_retrain
-    from .guided import live_preview_hook, save_round
+    from .live import live_preview_hook, save_round
 
     layer = w.correct.labels.layer()
     if layer is None:

@@ -27,9 +27,9 @@ from ..errors import TowerError
 from . import guided, model_io, segmenting, training
 from . import settings as remembered
 from .autosave import Autosave
-from .guided import LoopState
 from .jobs import JobRunner, StatusLine
 from .loop_section import LoopPanel
+from .loop_state import LoopState
 from .prototypes_section import PrototypeSection
 from .sections import CorrectSection, DataSection, ModelSection, PretrainSection, PreviewSection, SegmentSection, owned
 from .session import Session
