@@ -85,7 +85,7 @@ class TowerWidget(QWidget):
         for keys, action in (("Alt+P", self.predict), ("Alt+R", self.retrain), ("Alt+N", self.next_region)):
             shortcut = QShortcut(QKeySequence(keys), self)
             shortcut.setContext(Qt.WindowShortcut)
-            shortcut.activated.connect(action)
+            shortcut.activated.connect(lambda action=action: self._shortcut(action))
             self.shortcuts[keys] = shortcut
         self.models.save_button.clicked.connect(lambda: model_io.save_clicked(self))
         self.models.load_button.clicked.connect(lambda: model_io.load_clicked(self))
@@ -263,6 +263,13 @@ class TowerWidget(QWidget):
 
     def retrain(self) -> None:
         self.user_action(lambda: segmenting.retrain(self))
+
+    def _shortcut(self, action: Callable[[], None]) -> None:
+        """A shortcut's action; while a job runs (its buttons are disabled) it only says so."""
+        if self.busy:
+            self.show_info(f"{self.jobs.job} is still running: wait for it or press Stop")
+            return
+        action()
 
     def next_region(self) -> None:
         self.user_action(lambda: guided.next_region(self))
