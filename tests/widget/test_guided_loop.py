@@ -83,10 +83,11 @@ def test_time_budgeted_finetune_shows_a_live_preview(make_napari_viewer, qtbot, 
     assert took < 60
     assert any("ETA" in text for text in seen)
     assert preview not in widget.segment.labels.candidates()  # never offered as annotations
-    # An update costs the GUI thread ~15-45 ms; its repaint (software OpenGL under Xvfb, on a 2-core machine
-    # shared by several jobs) adds gaps of 120-170 ms, hence the looser bound on the event loop as a whole.
+    # An update costs the GUI thread 6-60 ms; its repaint (software OpenGL under Xvfb) on a 2-core machine shared
+    # by several jobs adds gaps of 120-270 ms (the pretraining stall test sees the same there), hence the looser
+    # bound on the event loop as a whole: a job on the GUI thread would hold it for the whole 6 s.
     assert float(np.median(updates)) < 0.100
-    assert meter.max_gap < 0.300, sorted(meter.gaps)[-5:]
+    assert meter.max_gap < 0.500, sorted(meter.gaps)[-5:]
 
 
 def test_next_region_history_and_pretraining_check(make_napari_viewer, qtbot, errors):

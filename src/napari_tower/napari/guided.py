@@ -1,9 +1,9 @@
 """The guided correct-and-retrain loop in the widget: where to correct next, going back to an earlier round, and
 whether pretraining helped.
 
-- **Next region to correct** predicts the current plane, maps its uncertainty (`segment.uncertainty`, the code
-  benchmarks/bench_loop.py measures), moves the camera to the most uncertain region not yet suggested and outlines
-  it in a Shapes layer.
+- **Next region to correct** predicts the current plane and its flips, maps their disagreement
+  (`segment.uncertainty`, the code benchmarks/bench_loop.py measures), moves the camera to the most uncertain
+  region not yet suggested and outlines it in a Shapes layer.
 - **Go back** writes a chosen round of the label history (saved by every retrain, `live.save_round`) into the
   corrected labels layer.
 - **Did pretraining help?** fine-tunes from the pretrained start and from scratch with the same budget, holding
@@ -33,7 +33,7 @@ NEXT_REGION_NAME = "tower next region"
 def next_region(w: Tower) -> None:
     """Find the most uncertain region of the current plane not yet suggested; move there and outline it."""
     from ..segment import Predictor
-    from ..segment.uncertainty import entropy_map, suggest_region
+    from ..segment.uncertainty import flip_disagreement, suggest_region
     from .segmenting import predict_config
 
     ckpt = w.session.segmenter
@@ -51,8 +51,12 @@ def next_region(w: Tower) -> None:
 
     def job(callback, should_stop):
         predictor = Predictor(ckpt, cfg)
-        probs = predictor.probabilities(image.data[plane], predictor.normalisation_for(image))
-        return suggest_region([entropy_map(probs, predictor.target)], size, done)
+        norm = predictor.normalisation_for(image)
+        # Test-time flips rather than entropy: in the loop benchmark (docs/benchmarks.md) entropy pointed at
+        # hesitant but correct tiles and did worse; flips cost 4 predictions of the plane instead of 1.
+        u = flip_disagreement(lambda plane_data: predictor.probabilities(plane_data, norm), image.data[plane],
+                              predictor.target)
+        return suggest_region([u], size, done)
 
     def finished(region: Region | None, stopped: bool) -> None:
         layer = ref()
