@@ -31,8 +31,10 @@ class JobHost(Protocol):
     @property
     def busy(self) -> bool: ...
 
-    def start_job(self, name: str, fn: Callable, on_value: OnValue) -> None:
-        """Run `fn(callback, should_stop)` in a worker; `on_value(value, stopped)` gets its result (GUI thread)."""
+    def start_job(self, name: str, fn: Callable, on_value: OnValue, on_failure: Callable[[], None] | None = None
+                  ) -> None:
+        """Run `fn(callback, should_stop)` in a worker; `on_value(value, stopped)` gets its result (GUI thread),
+        `on_failure()` runs instead when it fails."""
 
     def user_action(self, action: Callable[[], None]) -> None:
         """Run a button's action; a TowerError becomes a message, never a traceback."""

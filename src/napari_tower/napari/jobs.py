@@ -63,8 +63,10 @@ class JobRunner:
     def busy(self) -> bool:
         return self.worker is not None
 
-    def start(self, name: str, fn: Callable, on_value: Callable[[Any, bool], None]) -> None:
-        """Run `fn(callback, should_stop)` in a worker; `on_value(value, stopped)` gets its result."""
+    def start(self, name: str, fn: Callable, on_value: Callable[[Any, bool], None],
+              on_failure: Callable[[], None] | None = None) -> None:
+        """Run `fn(callback, should_stop)` in a worker; `on_value(value, stopped)` gets its result, `on_failure()`
+        runs (GUI thread) when it fails instead."""
         if self.busy:
             raise TowerError(f"{self.job} is still running: wait for it or press Stop")
         self.before_start()
@@ -93,6 +95,8 @@ class JobRunner:
             self.worker = None
             self._enable(True)
             if outcome.error is not None:
+                if on_failure is not None and not outcome.stopped:
+                    on_failure()
                 self.progress.finish(f"{name} {'stopped' if outcome.stopped else 'failed'}")
                 if outcome.stopped:
                     self.status.show_info(f"{name} stopped")

@@ -41,7 +41,9 @@ def live_preview_hook(w: Tower, image_layer: Any) -> Any:
     crop = np.asarray(image.data[plane, :, y0:y0 + ch, x0:x0 + cw])
     ref = weakref.ref(image_layer)
     # The layer is made now, empty: adding a layer takes ~0.5 s of the GUI thread, an update ~20 ms.
-    preview_layer(w, image_layer, np.zeros((ch, cw), np.uint8), (y0, x0))
+    existed = w.loop.layer(w.loop.live_ref, w.viewer.layers) is not None
+    made = preview_layer(w, image_layer, np.zeros((ch, cw), np.uint8), (y0, x0))
+    updates = w.loop.live_updates
 
     def make(callback: Any) -> LivePreview:
         norm = compute_normalisation(image.data, image.source)
@@ -51,6 +53,12 @@ def live_preview_hook(w: Tower, image_layer: Any) -> Any:
 
         return LivePreview(crop, norm, emit, LIVE_PREVIEW_EVERY_S)
 
+    def discard() -> None:
+        """A job that failed (bad input) leaves the layers as they were: drop the preview layer it added."""
+        if not existed and w.loop.live_updates == updates and any(made is l for l in w.viewer.layers):
+            w.viewer.layers.remove(made)
+
+    make.discard = discard  # type: ignore[attr-defined]
     return make
 
 

@@ -174,4 +174,4 @@ def retrain(w: Tower) -> None:
         if out is not None:
             w.show_info(f"Retrained on {n_changed} corrected pixel(s) and predicted again into '{out.name}'.")
 
-    w.start_job("retrain", job, finished)
+    w.start_job("retrain", job, finished, on_failure=live.discard)

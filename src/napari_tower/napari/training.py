@@ -154,4 +154,4 @@ def finetune(w: Tower) -> None:
         w.show_info(f"Fine-tuned {start} on {len(planes)} annotated plane(s){' (stopped)' if stopped else ''}"
                     f"{dice}. Next: Predict.")
 
-    w.start_job("fine-tune", job, finished)
+    w.start_job("fine-tune", job, finished, on_failure=live.discard)

@@ -223,9 +223,11 @@ class TowerWidget(QWidget):
     def busy(self) -> bool:
         return self.jobs.busy
 
-    def start_job(self, name: str, fn: Callable, on_value: Callable[[Any, bool], None]) -> None:
-        """Run `fn(callback, should_stop)` in a worker; `on_value(value, stopped)` gets its result."""
-        self.jobs.start(name, fn, on_value)
+    def start_job(self, name: str, fn: Callable, on_value: Callable[[Any, bool], None],
+                  on_failure: Callable[[], None] | None = None) -> None:
+        """Run `fn(callback, should_stop)` in a worker; `on_value(value, stopped)` gets its result, `on_failure()`
+        runs instead when it fails."""
+        self.jobs.start(name, fn, on_value, on_failure)
 
     def stop(self) -> None:
         """Ask the running job to stop at its next step (training keeps a checkpoint)."""
