@@ -37,6 +37,7 @@ _MIXED = dict(help="mixed precision on CUDA (CPU trains in float32)", flag="")
 _CKPT_EVERY = dict(help="write a resumable checkpoint every N steps (0: only at the end)", min=0, max=MAX_STEPS)
 _VAL_EVERY = dict(help="validate every N steps (0: never)", flag="", min=0, max=MAX_STEPS)
 _MINUTES = dict(help="train for this many minutes instead of a step count (0: train for the given steps)", min=0,
+                label="or minutes", step=0.5,
                 max=100_000, noun="time budget (minutes)")
 _TILE = dict(help="tile side in pixels for tiled prediction", min=32, max=16384, multiple_of=16, noun="tile")
 
@@ -189,6 +190,7 @@ class RetrainConfig:
     """One round of the correct-and-retrain loop: a short fine-tuning on the user's corrections."""
 
     steps: int = param(50, "optimiser steps of the retrain", label="retrain steps", min=1, max=100_000, step=10)
+    minutes: float = param(0.0, **_MINUTES)
     edit_weight: float = param(5.0, "loss weight of the pixels the user corrected (1: no extra weight)",
                                label="weight of edits", min=1, max=100, step=0.5)
     seed: int = param(0, **_SEED)

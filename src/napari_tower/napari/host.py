@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from napari.viewer import Viewer
 
     from .autosave import Autosave
+    from .loop_section import LoopPanel
+    from .loop_state import LoopState
     from .sections import CorrectSection, DataSection, ModelSection, PretrainSection, PreviewSection, SegmentSection
     from .session import Session
 
@@ -29,8 +31,10 @@ class JobHost(Protocol):
     @property
     def busy(self) -> bool: ...
 
-    def start_job(self, name: str, fn: Callable, on_value: OnValue) -> None:
-        """Run `fn(callback, should_stop)` in a worker; `on_value(value, stopped)` gets its result (GUI thread)."""
+    def start_job(self, name: str, fn: Callable, on_value: OnValue, on_failure: Callable[[], None] | None = None
+                  ) -> None:
+        """Run `fn(callback, should_stop)` in a worker; `on_value(value, stopped)` gets its result (GUI thread),
+        `on_failure()` runs instead when it fails."""
 
     def user_action(self, action: Callable[[], None]) -> None:
         """Run a button's action; a TowerError becomes a message, never a traceback."""
@@ -61,6 +65,8 @@ class Tower(JobHost, Protocol):
     correct: CorrectSection
     models: ModelSection
     autosave: Autosave
+    loop: LoopState
+    loop_panel: LoopPanel
     last_dir: str
 
     def update_models(self) -> None:

@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QLabel, QPushButton, QWidget
 
 from ..errors import TowerError
 from .sections import ProgressPanel
-from .workers import Outcome, start_worker
+from .workers import GuiCall, Outcome, start_worker
 
 
 class StatusLine(QLabel):
@@ -63,8 +63,10 @@ class JobRunner:
     def busy(self) -> bool:
         return self.worker is not None
 
-    def start(self, name: str, fn: Callable, on_value: Callable[[Any, bool], None]) -> None:
-        """Run `fn(callback, should_stop)` in a worker; `on_value(value, stopped)` gets its result."""
+    def start(self, name: str, fn: Callable, on_value: Callable[[Any, bool], None],
+              on_failure: Callable[[], None] | None = None) -> None:
+        """Run `fn(callback, should_stop)` in a worker; `on_value(value, stopped)` gets its result, `on_failure()`
+        runs (GUI thread) when it fails instead."""
         if self.busy:
             raise TowerError(f"{self.job} is still running: wait for it or press Stop")
         self.before_start()
@@ -77,8 +79,15 @@ class JobRunner:
         self.owner.destroyed.connect(stop.set)
 
         def render(p: Any) -> None:
-            if not deleted(self.owner):
-                self.progress.render(p)
+            if deleted(self.owner):
+                return
+            if isinstance(p, GuiCall):  # e.g. a live preview: the job asks the GUI thread to show something
+                try:
+                    p()
+                except Exception as exc:  # noqa: BLE001 - a preview that cannot be shown must not end the job
+                    self.status.show_warning(f"live preview not shown: {exc}")
+                return
+            self.progress.render(p)
 
         def done(outcome: Outcome) -> None:
             if deleted(self.owner):  # napari was closed while the job ran: nothing left to show it in
@@ -86,6 +95,8 @@ class JobRunner:
             self.worker = None
             self._enable(True)
             if outcome.error is not None:
+                if on_failure is not None and not outcome.stopped:
+                    on_failure()
                 self.progress.finish(f"{name} {'stopped' if outcome.stopped else 'failed'}")
                 if outcome.stopped:
                     self.status.show_info(f"{name} stopped")

@@ -140,3 +140,18 @@ class WrittenLayers:
             layer, reused = add(data), False
         self._items[key] = (weakref.ref(layer), data.copy() if check_edits else None)
         return layer, reused
+
+
+def view_crop(viewer: Any, layer: Any, yx: tuple[int, int], most: int = 1024) -> tuple[int, int, tuple[int, int]]:
+    """Top-left corner and size of the (at most `most` square) region around the view's centre."""
+    h, wd = yx
+    ch, cw = min(h, most), min(wd, most)
+    if (ch, cw) == (h, wd):
+        return 0, 0, (h, wd)
+    point = list(viewer.dims.point)
+    for axis, c in zip(viewer.dims.displayed[-2:], viewer.camera.center[-2:]):
+        point[axis] = c
+    cy, cx = np.asarray(layer.world_to_data(point), float)[-2:]
+    y0 = int(np.clip(cy - ch / 2, 0, h - ch))
+    x0 = int(np.clip(cx - cw / 2, 0, wd - cw))
+    return y0, x0, (ch, cw)

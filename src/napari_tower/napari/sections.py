@@ -339,8 +339,8 @@ class SegmentSection(QGroupBox, Configurable):
         self.sparse = CheckBox(value=False, text="sparse scribbles",
                                tooltip="Paint 1 on background and 2, 3, ... on classes; 0 (unpainted) is ignored.\n"
                                        "Unticked: the labels are dense (0 = background) on every plane that has any.")
-        self.finetune_controls = ConfigControls(FinetuneConfig, "steps", "instance_head")
-        self.steps = self.finetune_controls["steps"]
+        self.finetune_controls = ConfigControls(FinetuneConfig, "steps", "minutes", "instance_head")
+        self.steps, self.minutes = self.finetune_controls["steps"], self.finetune_controls["minutes"]
         self.finetune_button = QPushButton("Fine-tune")
         self.scope = QComboBox()
         self.scope.addItems(SCOPES)
@@ -388,8 +388,9 @@ class CorrectSection(QGroupBox, Configurable):
 
         super().__init__("5. Correct and retrain")
         self.labels = LayerCombo(viewer, Labels)
-        self.controls = ConfigControls(RetrainConfig, "steps", "edit_weight")
-        self.steps, self.edit_weight = self.controls["steps"], self.controls["edit_weight"]
+        self.controls = ConfigControls(RetrainConfig, "steps", "minutes", "edit_weight")
+        self.steps, self.minutes, self.edit_weight = (self.controls["steps"], self.controls["minutes"],
+                                                      self.controls["edit_weight"])
         self.button = QPushButton("Retrain from corrections")
         hint = QLabel("Edit the predicted Labels layer with napari's paint, fill and erase tools, then retrain: "
                       "the pixels you changed weigh more.")

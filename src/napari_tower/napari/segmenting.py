@@ -126,6 +126,7 @@ def retrain_config(w: Tower) -> RetrainConfig:
 
 def retrain(w: Tower) -> None:
     from ..segment.retrain import retrain as run_retrain
+    from .live import live_preview_hook, save_round
 
     layer = w.correct.labels.layer()
     if layer is None:
@@ -153,10 +154,12 @@ def retrain(w: Tower) -> None:
     previous = record.written
 
     w.autosave.save_now()  # the corrections, before anything else can happen to them
+    save_round(w, layer, np.asarray(layer.data).copy())  # a version the user can go back to
+    live = live_preview_hook(w, image_layer)
 
     def job(callback, should_stop):
         return run_retrain(ckpt, image, previous, current, cfg, planes, callback, should_stop,
-                           finetune_cfg=tcfg, predict_cfg=pcfg)
+                           finetune_cfg=tcfg, predict_cfg=pcfg, on_step=live(callback))
 
     def finished(result, stopped: bool) -> None:
         w.session.segmenter = result.model
@@ -171,4 +174,4 @@ def retrain(w: Tower) -> None:
         if out is not None:
             w.show_info(f"Retrained on {n_changed} corrected pixel(s) and predicted again into '{out.name}'.")
 
-    w.start_job("retrain", job, finished)
+    w.start_job("retrain", job, finished, on_failure=live.discard)

@@ -14,7 +14,7 @@ from ..config import DataConfig, FinetuneConfig, ModelConfig
 from ..errors import TowerError
 from ..generalist import resolve_init
 from .host import Tower
-from .layers import current_plane, image_from_layer, labels_to_planes
+from .layers import current_plane, image_from_layer, labels_to_planes, view_crop
 from .sections import OWNED
 from .session import LayerTag
 
@@ -81,21 +81,6 @@ def preview(w: Tower) -> None:
     w.start_job("preview", job, finished)
 
 
-def view_crop(viewer: Any, layer: Any, yx: tuple[int, int], most: int = 1024) -> tuple[int, int, tuple[int, int]]:
-    """Top-left corner and size of the (at most `most` square) region around the view's centre."""
-    h, wd = yx
-    ch, cw = min(h, most), min(wd, most)
-    if (ch, cw) == (h, wd):
-        return 0, 0, (h, wd)
-    point = list(viewer.dims.point)
-    for axis, c in zip(viewer.dims.displayed[-2:], viewer.camera.center[-2:]):
-        point[axis] = c
-    cy, cx = np.asarray(layer.world_to_data(point), float)[-2:]
-    y0 = int(np.clip(cy - ch / 2, 0, h - ch))
-    x0 = int(np.clip(cx - cw / 2, 0, wd - cw))
-    return y0, x0, (ch, cw)
-
-
 def show_previews(w: Tower, layer: Any, views: dict[str, np.ndarray], offset: tuple[int, int]) -> None:
     """One image layer per corruption, replacing this widget's earlier previews."""
     scale = np.asarray(layer.scale)[-2:]
@@ -133,6 +118,7 @@ def finetune_config(w: Tower, base: FinetuneConfig | None = None) -> FinetuneCon
 def finetune(w: Tower) -> None:
     from ..data import from_array
     from ..segment import finetune as run_finetune
+    from .live import live_preview_hook
 
     image_layer, labels_layer = w.segment.image.layer(), w.segment.labels.layer()
     if image_layer is None:
@@ -153,9 +139,11 @@ def finetune(w: Tower) -> None:
         image = from_array(np.asarray(image.data[planes]), image.source, axes="ZCYX")
         labels = labels[planes]
     init = w.session.pretrained if w.session.pretrained is not None else resolve_init(w.train.start.value())
+    live = live_preview_hook(w, image_layer)
 
     def job(callback, should_stop):
-        return run_finetune([image], [labels], cfg, init=init, callback=callback, should_stop=should_stop)
+        return run_finetune([image], [labels], cfg, init=init, callback=callback, should_stop=should_stop,
+                            on_step=live(callback))
 
     def finished(result, stopped: bool) -> None:
         w.session.segmenter = result.checkpoint
@@ -166,4 +154,4 @@ def finetune(w: Tower) -> None:
         w.show_info(f"Fine-tuned {start} on {len(planes)} annotated plane(s){' (stopped)' if stopped else ''}"
                     f"{dice}. Next: Predict.")
 
-    w.start_job("fine-tune", job, finished)
+    w.start_job("fine-tune", job, finished, on_failure=live.discard)

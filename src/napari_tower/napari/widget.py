@@ -1,12 +1,14 @@
-"""The napari-tower dock widget: one section per step of the workflow.
+"""The napari-tower dock widget: the workflow as tabs that fit a laptop screen.
 
-1. Data: the image layers to learn from.      2. Pretrain: self-supervised training, with progress and losses.
-3. Preview corruptions: what the proxy tasks do.  4. Segment: fine-tune on a Labels layer, predict.
-5. Correct and retrain: learn from the user's edits of a prediction.   Model: save / load checkpoints.
+Tabs: Data (image layers, corruption preview), Pretrain (self-supervised training), Segment (fine-tune on a
+Labels layer, predict, prototypes), Correct (retrain from the user's edits, guided by Next region, with the
+label history and the pretraining check), Model (save / load / export). Above them a "next step" hint line;
+below them, always in view, the progress of the running job, Stop and the status line. Alt+P predicts,
+Alt+R retrains, Alt+N shows the next region to correct.
 
-`TowerWidget` only lays the sections out (`sections.py`, `prototypes_section.py`) and wires them:
-the workflows are in `training.py`, `segmenting.py` and `model_io.py`, the job runner in `jobs.py`,
-the remembered settings in `settings.py`. Sections and workflows see the widget through the
+`TowerWidget` only lays the sections out (`sections.py`, `prototypes_section.py`, `loop_section.py`) and wires
+them: the workflows are in `training.py`, `segmenting.py`, `guided.py` and `model_io.py`, the job runner in
+`jobs.py`, the remembered settings in `settings.py`. Sections and workflows see the widget through the
 `host.JobHost` / `host.Tower` interface; nothing imports this module back.
 """
 
@@ -18,13 +20,16 @@ from typing import Any
 
 from napari.viewer import Viewer
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtGui import QKeySequence
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QScrollArea, QShortcut, QTabWidget, QVBoxLayout, QWidget
 
 from ..errors import TowerError
-from . import model_io, segmenting, training
+from . import guided, model_io, segmenting, training
 from . import settings as remembered
 from .autosave import Autosave
 from .jobs import JobRunner, StatusLine
+from .loop_section import LoopPanel
+from .loop_state import LoopState
 from .prototypes_section import PrototypeSection
 from .sections import CorrectSection, DataSection, ModelSection, PretrainSection, PreviewSection, SegmentSection, owned
 from .session import Session
@@ -53,6 +58,10 @@ class TowerWidget(QWidget):
         self.segment = SegmentSection(self.viewer)
         self.correct = CorrectSection(self.viewer)
         self.models = ModelSection()
+        self.loop_panel = LoopPanel()
+        self.loop = LoopState()
+        self.hint = QLabel()
+        self.hint.setWordWrap(True)
         self.status = StatusLine()
         self.autosave = Autosave(self)  # edited labels and models survive a crash; offers an earlier session's
         self._lay_out()
@@ -61,13 +70,23 @@ class TowerWidget(QWidget):
         self.jobs = JobRunner(self, self.status, t.progress, t.stop_button,
                               [t.pretrain_button, self.preview.button, s.finetune_button, s.predict_button,
                                self.correct.button, self.models.load_button, self.models.export_button,
-                               self.prototypes.find_button], before_start=self.save_settings)
+                               self.prototypes.find_button, self.loop_panel.back_button,
+                               *self.loop_panel.buttons()], before_start=self.save_settings)
         t.pretrain_button.clicked.connect(self.pretrain)
         t.stop_button.clicked.connect(self.stop)
         self.preview.button.clicked.connect(self.preview_corruptions)
         s.finetune_button.clicked.connect(self.finetune)
         s.predict_button.clicked.connect(self.predict)
         self.correct.button.clicked.connect(self.retrain)
+        self.loop_panel.next_button.clicked.connect(self.next_region)
+        self.loop_panel.back_button.clicked.connect(self.go_back)
+        self.loop_panel.check_button.clicked.connect(self.check_pretraining)
+        self.shortcuts = {}
+        for keys, action in (("Alt+P", self.predict), ("Alt+R", self.retrain), ("Alt+N", self.next_region)):
+            shortcut = QShortcut(QKeySequence(keys), self)
+            shortcut.setContext(Qt.WindowShortcut)
+            shortcut.activated.connect(lambda action=action: self._shortcut(action))
+            self.shortcuts[keys] = shortcut
         self.models.save_button.clicked.connect(lambda: model_io.save_clicked(self))
         self.models.load_button.clicked.connect(lambda: model_io.load_clicked(self))
         self.models.export_button.clicked.connect(lambda: model_io.export_clicked(self))
@@ -93,21 +112,58 @@ class TowerWidget(QWidget):
         self.update_models()
 
     def _lay_out(self) -> None:
-        self.content = inner = QWidget()
-        column = QVBoxLayout(inner)
-        column.addWidget(self.autosave.bar)
-        for section in (self.data, self.train, self.preview, self.prototypes, self.segment, self.correct, self.models):
-            column.addWidget(section)
-        column.addWidget(self.status)
-        column.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        scroll.setWidget(inner)
+        def page(*widgets: QWidget) -> QScrollArea:
+            inner = QWidget()
+            column = QVBoxLayout(inner)
+            column.setContentsMargins(2, 2, 2, 2)
+            for widget in widgets:
+                column.addWidget(widget)
+            column.addStretch(1)
+            scroll = QScrollArea()  # a safety net on small screens; the tests check a 1366 x 768 one needs none
+            scroll.setWidgetResizable(True)
+            scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+            scroll.setWidget(inner)
+            return scroll
+
+        self.tabs = self.content = tabs = QTabWidget()
+        tabs.setUsesScrollButtons(False)  # every step's tab in view: compact tabs fit the 380 px dock
+        tabs.setStyleSheet("QTabBar::tab { padding: 3px 6px; }")
+        for widgets, title in (((self.data, self.preview), "Data"), ((self.train,), "Pretrain"),
+                               ((self.segment,), "Segment"), ((self.prototypes,), "Prototypes"),
+                               ((self.correct, self.loop_panel), "Correct"), ((self.models,), "Model")):
+            tabs.addTab(page(*widgets), title)
+        # The running job's progress, Stop and the messages stay in view whatever the tab.
+        job = QHBoxLayout()
+        job.addWidget(self.train.progress.bar, 1)
+        job.addWidget(self.train.stop_button)
+        self.train.progress.plot.setMinimumHeight(110)
+        self.train.progress.plot.setMaximumHeight(130)
         outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        outer.setContentsMargins(4, 4, 4, 4)
+        outer.addWidget(self.autosave.bar)
+        outer.addWidget(self.hint)
+        outer.addWidget(tabs, 1)
+        outer.addLayout(job)
+        outer.addWidget(self.train.progress.text)
+        outer.addWidget(self.train.progress.plot)
+        outer.addWidget(self.status)
         self.setMinimumWidth(380)
+        self.update_hint()
+
+    def update_hint(self) -> None:
+        """The "next step" line: what to do now, from what the session has."""
+        from napari.layers import Image as ImageLayer
+
+        if not any(isinstance(l, ImageLayer) for l in self.viewer.layers):
+            text = "open an image (File > Open, or File > Open Sample > napari-tower)"
+        elif self.session.segmenter is None:
+            text = ("paint a few objects in a Labels layer, then Fine-tune (Segment tab); Pretrain first if you "
+                    "have many unlabelled images")
+        elif not self.session.predictions:
+            text = "Predict (Segment tab, Alt+P)"
+        else:
+            text = "Next region (Correct tab, Alt+N), correct it, then Retrain (Alt+R)"
+        self.hint.setText(f"<b>Next step:</b> {text}")
 
     # ----------------------------------------------------------------- layers and settings
 
@@ -119,6 +175,7 @@ class TowerWidget(QWidget):
             combo.refresh()
         if event is not None and getattr(event, "type", "") == "inserted" and owned(event.value) == "labels":
             self.correct.labels.set_layer(event.value)
+        self.update_hint()
 
     def _patch_changed(self, *_: Any) -> None:
         self.data.patch = self.train.patch.value
@@ -155,6 +212,7 @@ class TowerWidget(QWidget):
 
     def show_info(self, message: str) -> None:
         self.status.show_info(message)
+        self.update_hint()
 
     def user_action(self, action: Callable[[], None]) -> None:
         """Run a button's action; a user error becomes a message, never a traceback."""
@@ -167,9 +225,11 @@ class TowerWidget(QWidget):
     def busy(self) -> bool:
         return self.jobs.busy
 
-    def start_job(self, name: str, fn: Callable, on_value: Callable[[Any, bool], None]) -> None:
-        """Run `fn(callback, should_stop)` in a worker; `on_value(value, stopped)` gets its result."""
-        self.jobs.start(name, fn, on_value)
+    def start_job(self, name: str, fn: Callable, on_value: Callable[[Any, bool], None],
+                  on_failure: Callable[[], None] | None = None) -> None:
+        """Run `fn(callback, should_stop)` in a worker; `on_value(value, stopped)` gets its result, `on_failure()`
+        runs instead when it fails."""
+        self.jobs.start(name, fn, on_value, on_failure)
 
     def stop(self) -> None:
         """Ask the running job to stop at its next step (training keeps a checkpoint)."""
@@ -207,6 +267,22 @@ class TowerWidget(QWidget):
 
     def retrain(self) -> None:
         self.user_action(lambda: segmenting.retrain(self))
+
+    def _shortcut(self, action: Callable[[], None]) -> None:
+        """A shortcut's action; while a job runs (its buttons are disabled) it only says so."""
+        if self.busy:
+            self.show_info(f"{self.jobs.job} is still running: wait for it or press Stop")
+            return
+        action()
+
+    def next_region(self) -> None:
+        self.user_action(lambda: guided.next_region(self))
+
+    def go_back(self) -> None:
+        self.user_action(lambda: guided.go_back(self))
+
+    def check_pretraining(self) -> None:
+        self.user_action(lambda: guided.check_pretraining(self))
 
     def save_model(self, path: str | Path, kind: str | None = None) -> Path:
         """Save the segmenter (or, without one, the pretrained model); `kind` picks one explicitly."""

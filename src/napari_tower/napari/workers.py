@@ -37,6 +37,17 @@ class Outcome:
     stopped: bool = False
 
 
+@dataclass
+class GuiCall:
+    """A job's request to run `fn(*args)` on the GUI thread (e.g. show a live preview), sent like a progress record."""
+
+    fn: Callable[..., None]
+    args: tuple = ()
+
+    def __call__(self) -> None:
+        self.fn(*self.args)
+
+
 def training_threads() -> int:
     """Torch threads for a job: all cores but one, so the UI thread keeps a core."""
     return max(1, (os.cpu_count() or 2) - 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,8 @@ from .model import Segmenter
 from .shape_heads import InstanceHead
 from .shape_training import ShapeObjective, instance_ids
 from .targets import check_labels, encode_targets, infer_target_kind, n_classes
+
+StepHook = Callable[[int, torch.nn.Module], None]  # (steps done, the model being trained)
 
 
 @dataclass
@@ -86,6 +88,7 @@ def finetune(
     callback: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     transfer: Sequence[str] | None = None,
+    on_step: StepHook | None = None,
 ) -> FinetuneResult:
     """Train a segmenter on (image, labels) pairs, labels as (planes, Y, X) integers.
 
@@ -94,6 +97,8 @@ def finetune(
     for random initialisation. `weights` give per-pixel loss weights.
     `transfer` overrides which U-Net parts a pretraining checkpoint contributes (default: `cfg.transfer`,
     whose "auto" means the parts the pretraining method transfers).
+    `on_step(step, model)` runs in the training thread after each step (e.g. a live preview of the model being
+    trained); it may run the model in eval mode but must leave its weights and mode as they were.
     """
     if transfer is None and cfg.transfer != "auto":
         transfer = tuple(cfg.transfer.split("+"))
@@ -210,6 +215,9 @@ def finetune(
         else:
             loss = segmentation_loss(logits, batch_to_device(b["labels"], device, cfg.accel), w)
         optimise(loss)
+        if on_step is not None:
+            on_step(step + 1, model)
+            model.train()
         return {"loss": float(loss.detach())}
 
     def validate() -> float:
@@ -290,4 +298,4 @@ def tune_on_labelled(model: ModelBundle, head: InstanceHead, images: Sequence[Im
     return tune_postprocess(head, outputs, truths, annotated)
 
 
-__all__ = ["FinetuneResult", "finetune", "segmentation_loss", "select_fraction"]
+__all__ = ["FinetuneResult", "StepHook", "finetune", "segmentation_loss", "select_fraction"]

@@ -22,7 +22,7 @@ from ..data import Image, from_array
 from ..errors import TowerError
 from ..model_bundle import ModelBundle
 from ..train.engine import Progress, ProgressCallback, StopCheck
-from .finetune import FinetuneResult, finetune
+from .finetune import FinetuneResult, StepHook, finetune
 from .predict import Prediction, Predictor
 
 Model = ModelBundle  # a segmenter
@@ -91,6 +91,7 @@ def retrain_finetune_config(model: Model, cfg: RetrainConfig, base: FinetuneConf
             base = FinetuneConfig()
     out = copy.deepcopy(base)  # finetune fills in fields of the config it gets
     out.steps, out.seed, out.device, out.edit_weight = cfg.steps, cfg.seed, cfg.device, cfg.edit_weight
+    out.minutes = cfg.minutes
     out.fraction, out.val_fraction = 1.0, 0.0
     return out
 
@@ -130,6 +131,7 @@ def retrain(
     should_stop: StopCheck | None = None,
     finetune_cfg: FinetuneConfig | None = None,
     predict_cfg: PredictConfig | None = None,
+    on_step: StepHook | None = None,
 ) -> RetrainResult:
     """Retrain a segmenter on the user's corrections of its prediction, then predict the corrected planes again.
 
@@ -137,11 +139,12 @@ def retrain(
     image: the image the prediction was made for (`Image`, or an array whose axes `from_array` can guess).
     previous: the prediction as it was written, before the user's edits; (planes, Y, X) or the image's shape.
     corrected: the same labels after the user's edits.
-    cfg: steps, weight of the edited pixels, seed and device (`RetrainConfig`, default settings when None).
+    cfg: steps (or minutes), weight of the edited pixels, seed and device (`RetrainConfig`, default when None).
     planes: the planes to learn from and predict again; default: those holding a prediction or a correction.
     callback, should_stop: progress records and the stop check, as for `finetune`.
     finetune_cfg: the other training settings (batch, patch, learning rate...); default: the model's own.
     predict_cfg: how to predict afterwards; default: `PredictConfig` on `cfg.device`.
+    on_step: called with (step, model) after each training step, as for `finetune` (e.g. a live preview).
 
     The corrected planes become dense training targets (`retrain_targets`, for the model's target kind);
     every pixel of them counts, the changed ones `cfg.edit_weight` times. Same inputs and seed, same
@@ -169,7 +172,7 @@ def retrain(
     pcfg = copy.deepcopy(predict_cfg) if predict_cfg is not None else PredictConfig(device=cfg.device)
 
     training = finetune([subset], [targets], tcfg, init=ckpt, weights=[weights], callback=callback,
-                        should_stop=should_stop)
+                        should_stop=should_stop, on_step=on_step)
     if training.last.stopped:
         return RetrainResult(training.checkpoint, None, chosen, edited, training)
     prediction = Predictor(training.checkpoint, pcfg).predict(subset, None, prediction_progress(callback),
