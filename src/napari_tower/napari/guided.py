@@ -34,14 +34,9 @@ def next_region(w: Tower) -> None:
     """Find the most uncertain region of the current plane not yet suggested; move there and outline it."""
     from ..segment import Predictor
     from ..segment.uncertainty import flip_disagreement, suggest_region
-    from .segmenting import predict_config
+    from .segmenting import predict_config, segmenter_and_image
 
-    ckpt = w.session.segmenter
-    if ckpt is None:
-        raise TowerError("no segmenter yet: fine-tune one (Segment tab) or load a model, then ask for a region")
-    image_layer = w.segment.image.layer()
-    if image_layer is None:
-        raise TowerError("no image layer: choose one in the Segment tab")
+    ckpt, image_layer = segmenter_and_image(w, "ask for a region")
     image = image_from_layer(image_layer)
     plane = current_plane(image_layer, w.viewer.dims.point)
     size = int(w.loop_panel.region_size.value)

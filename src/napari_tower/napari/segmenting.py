@@ -14,6 +14,7 @@ import numpy as np
 
 from ..config import FinetuneConfig, PredictConfig, RetrainConfig
 from ..errors import TowerError
+from ..model_bundle import ModelBundle
 from .host import Tower
 from .layers import current_plane, image_from_layer, label_shape, labels_to_planes, reusable
 from .sections import OWNED, SCOPES
@@ -28,15 +29,21 @@ def predict_config(w: Tower) -> PredictConfig:
     return cfg
 
 
+def segmenter_and_image(w: Tower, action: str) -> tuple[ModelBundle, Any]:
+    """The current segmenter and the Segment tab's image layer, or a TowerError saying which is missing."""
+    ckpt = w.session.segmenter
+    if ckpt is None:
+        raise TowerError(f"no segmenter yet: fine-tune one (Segment tab) or load a model, then {action}")
+    image_layer = w.segment.image.layer()
+    if image_layer is None:
+        raise TowerError(f"no image layer to {action}: choose one in the Segment tab")
+    return ckpt, image_layer
+
+
 def predict(w: Tower) -> None:
     from ..segment import Predictor
 
-    ckpt = w.session.segmenter
-    if ckpt is None:
-        raise TowerError("no segmenter yet: fine-tune one (4. Segment > Fine-tune) or load a model")
-    image_layer = w.segment.image.layer()
-    if image_layer is None:
-        raise TowerError("no image layer to predict: choose one under 4. Segment")
+    ckpt, image_layer = segmenter_and_image(w, "predict")
     image = image_from_layer(image_layer)
     planes = ([current_plane(image_layer, w.viewer.dims.point)]
               if w.segment.scope.currentText() == SCOPES[0] else list(range(image.shape[0])))

@@ -97,10 +97,15 @@ def instances_from_probabilities(foreground: Any, boundary: Any = None, threshol
             labels[orphans] = extra[orphans] + labels.max()
     if fill_holes and labels.max() > 0:
         labels = _fill_holes(labels)
+    return _relabel_sequential(remove_small(labels, min_size))
+
+
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """`labels` with objects of fewer than `min_size` pixels set to background, in place."""
     if min_size > 0 and labels.max() > 0:
         sizes = np.bincount(labels.ravel())
         small = sizes < min_size
         small[0] = False
         if small.any():
             labels[small[labels]] = 0
-    return _relabel_sequential(labels)
+    return labels

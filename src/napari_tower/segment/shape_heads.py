@@ -30,21 +30,11 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ..errors import TowerError
-from .instances import _fill_holes, _relabel_sequential
+from .instances import _fill_holes, _relabel_sequential, remove_small
 from .losses import segmentation_loss
 
 BOUNDARY = "boundary"
 DEFAULT_POSTPROCESS = {"seed_threshold": 0.5, "nms_threshold": 0.4, "min_size": 16}
-
-
-def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    if min_size > 0 and labels.max() > 0:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size
-        small[0] = False
-        if small.any():
-            labels[small[labels]] = 0
-    return labels
 
 
 def normalised_distance(labels: np.ndarray) -> np.ndarray:
@@ -155,7 +145,7 @@ class DistanceHead(InstanceHead):
             labels[orphans] = extra[orphans] + labels.max()
         if labels.max() > 0:
             labels = _fill_holes(labels)
-        return _relabel_sequential(_remove_small(labels, int(p["min_size"])))
+        return _relabel_sequential(remove_small(labels, int(p["min_size"])))
 
 
 __all__ = ["BOUNDARY", "DEFAULT_POSTPROCESS", "DistanceHead", "InstanceHead", "normalised_distance"]

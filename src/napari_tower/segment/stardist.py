@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from .instances import _relabel_sequential
-from .shape_heads import InstanceHead, _params, _remove_small
+from .instances import _relabel_sequential, remove_small
+from .shape_heads import InstanceHead, _params
 
 RAYS = 32  # a multiple of 4, so 90-degree rotations permute rays exactly
 RAY_SCALE = 16.0  # the network regresses distances / RAY_SCALE (px), keeping the loss near 1
@@ -121,7 +121,7 @@ class StarDistHead(InstanceHead):
             canvas[rr[free], cc[free]] = len(areas)
             areas.append(int(rr.size))
         labels = np.where(outputs[1] > 0.5, canvas, 0).astype(np.int32)  # polygons clipped to the foreground
-        return _relabel_sequential(_remove_small(labels, int(p["min_size"])))
+        return _relabel_sequential(remove_small(labels, int(p["min_size"])))
 
 
 __all__ = ["RAYS", "StarDistHead", "polygon_vertices", "ray_distances"]
