@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -12,10 +14,11 @@ from ..models import SegmentationHead, UNet
 class Segmenter(nn.Module):
     """U-Net + 1x1 head giving class logits (background first)."""
 
-    def __init__(self, in_channels: int, classes: int, base: int = 16, depth: int = 4) -> None:
+    def __init__(self, in_channels: int, classes: int, base: int = 16, depth: int = 4, spatial_dims: int = 2,
+                 pools: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
-        self.unet = UNet(in_channels, base, depth)
-        self.head = SegmentationHead(base, classes)
+        self.unet = UNet(in_channels, base, depth, spatial_dims, pools)
+        self.head = SegmentationHead(base, classes, spatial_dims)
         self.classes = classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -35,7 +38,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             continue
         for i in range(len(module) - 1):
             conv, bn = module[i], module[i + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)) or (
+                    isinstance(conv, nn.Conv3d) and isinstance(bn, nn.BatchNorm3d)):
                 module[i] = fuse_conv_bn_eval(conv, bn)
                 module[i + 1] = nn.Identity()
     return model
@@ -48,7 +52,8 @@ def inference_segmenter(ckpt: ModelBundle, device: torch.device) -> Segmenter:
     (about 2x on CPU for this U-Net); it never changes results beyond rounding.
     """
     model = fold_batchnorm(segmenter_from_checkpoint(ckpt))
-    return model.to(device=device, memory_format=torch.channels_last)
+    layout = torch.channels_last_3d if model.unet.spatial_dims == 3 else torch.channels_last
+    return model.to(device=device, memory_format=layout)
 
 
 def segmenter_from_checkpoint(ckpt: ModelBundle) -> Segmenter:
