@@ -64,6 +64,7 @@ class DataConfig:
                                   "uniformly)", flag="--prior")
     # Share of patch draws that ignore the structure score, so background is still seen.
     prior_floor: float = param(0.25, "share of patch draws that ignore the structure prior", flag="", min=0, max=1)
+    patch_z: int = param(16, "slices per patch in 3D (ignored in 2D)", flag="", min=1, max=512, noun="3D patch depth")
 
     def validate(self) -> None:
         check_params(self)
@@ -80,9 +81,31 @@ class ModelConfig:
     in_channels: int = param(1, "input channels (set from the data)", flag="", min=1, max=64,
                              noun="input channel count")
     projection_dim: int = param(128, "width of the contrastive projection", flag="", min=8, max=4096)
+    # issue 17: "3d" trains and predicts on volumes; voxel_size (z, y, x) decides where z is pooled.
+    dims: str = param("2d", "2d: every plane on its own; 3d: volumes with 3D convolutions", choices=("2d", "3d"),
+                      flag="", noun="dimensionality")
+    voxel_size: tuple[float, ...] = param((1.0, 1.0, 1.0), "voxel size z,y,x (any unit; only the ratios count; "
+                                          "3D only)", flag="", min=0, min_open=True, noun="voxel size")
 
     def validate(self) -> None:
         check_params(self)
+        _check(len(self.voxel_size) == 3, f"voxel size needs 3 values (z, y, x), got {len(self.voxel_size)}")
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 or 3."""
+        return 3 if self.dims == "3d" else 2
+
+    def pools(self, patch_z: int | None = None) -> list[tuple[int, ...]] | None:
+        """The U-Net's per-level pooling factors: None (2 everywhere) in 2D, from the voxel size in 3D.
+
+        `patch_z` (slices per training patch) stops z pooling where a patch would run out of slices.
+        """
+        if self.spatial_dims == 2:
+            return None
+        from .models.anisotropy import pool_schedule
+        min_size = None if patch_z is None else (patch_z, 1 << 30, 1 << 30)
+        return pool_schedule(self.voxel_size, self.depth, min_size)
 
 
 @dataclass

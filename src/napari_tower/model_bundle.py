@@ -99,6 +99,21 @@ class ModelBundle:
         return int(self.config["model"]["depth"])
 
     @property
+    def spatial_dims(self) -> int:
+        """2 for a plane-by-plane model, 3 for a volume model (files before issue 17 are 2D)."""
+        return 3 if self.config["model"].get("dims", "2d") == "3d" else 2
+
+    @property
+    def pools(self) -> list[tuple[int, ...]] | None:
+        """The U-Net's per-level pooling factors, as training built them (None: 2 on every axis)."""
+        if self.spatial_dims == 2:
+            return None
+        from .models.anisotropy import pool_schedule
+        model = self.config["model"]
+        patch_z = int((self.config.get("data") or {}).get("patch_z", 16))
+        return pool_schedule(tuple(model.get("voxel_size", (1.0, 1.0, 1.0))), self.depth, (patch_z, 1 << 30, 1 << 30))
+
+    @property
     def percentiles(self) -> tuple[float, float]:
         """The low and high percentiles that per-image normalisation maps to 0 and 1."""
         data = self.config.get("data") or {}

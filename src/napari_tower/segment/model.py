@@ -58,6 +58,6 @@ def inference_segmenter(ckpt: ModelBundle, device: torch.device) -> Segmenter:
 
 def segmenter_from_checkpoint(ckpt: ModelBundle) -> Segmenter:
     """Rebuild a fine-tuned segmenter from its checkpoint (eval mode, CPU)."""
-    model = Segmenter(ckpt.in_channels, int(ckpt.classes), ckpt.base, ckpt.depth)
+    model = Segmenter(ckpt.in_channels, int(ckpt.classes), ckpt.base, ckpt.depth, ckpt.spatial_dims, ckpt.pools)
     model.load_state_dict(ckpt.state)
     return model.eval()
