@@ -8,7 +8,6 @@ refused while these tests run, so nothing can be downloaded.
 from __future__ import annotations
 
 import json
-
 import socket
 import zipfile
 
