@@ -32,6 +32,9 @@ class Image:
     data: Any  # array-like of shape (P, C, Y, X)
     source: str
     axes: str  # original axes, e.g. "ZYX", "YXC"
+    # Slices per volume: planes z*k .. z*(k+1)-1 are volume k (Z is the fastest plane axis after
+    # T; 1 for a 2D image). What 3D mode (issue 17) reads volumes by; 2D ignores it.
+    z_size: int = 1
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -40,6 +43,16 @@ class Image:
     @property
     def channels(self) -> int:
         return int(self.data.shape[1])
+
+    @property
+    def n_volumes(self) -> int:
+        """How many (Z, C, Y, X) volumes the planes hold (T time points, or 1)."""
+        return max(1, int(self.data.shape[0]) // max(1, self.z_size))
+
+    def volume(self, index: int) -> Any:
+        """Volume `index` as (Z, C, Y, X), sliced (not read) from the planes."""
+        z = max(1, self.z_size)
+        return self.data[index * z:(index + 1) * z]
 
     def select_planes(self, planes: Sequence[int]) -> Image:
         """The listed planes as an `Image`; nothing is read for data on disk or in dask."""
@@ -50,7 +63,8 @@ class Image:
             data = self.data[idx[0]: idx[-1] + 1]  # a view, not a copy, for numpy
         else:
             data = self.data[idx]
-        return Image(data, self.source, self.axes)
+        z = self.z_size if idx == list(range(int(self.data.shape[0]))) else 1
+        return Image(data, self.source, self.axes, z)
 
 
 def guess_axes(shape: Sequence[int], rgb: bool | None = None) -> str:
@@ -120,8 +134,16 @@ def from_array(array: Any, source: str = "array", axes: str | None = None, rgb: 
             import dask.array as da
 
             array = da.from_array(array, chunks=getattr(array, "chunks", None) or "auto")
-        return Image(to_pcyx(array, axes), source, axes)
-    return Image(AxesView(array, axes), source, axes)
+        return Image(to_pcyx(array, axes), source, axes, _z_size(array.shape, axes))
+    return Image(AxesView(array, axes), source, axes, _z_size(array.shape, axes))
+
+
+def _z_size(shape: Sequence[int], axes: str) -> int:
+    """The Z axis's length, when Z is the last plane axis (the usual TZ... order); else 1."""
+    plane_axes = [a for a in axes if a not in "CYXS"]
+    if not plane_axes or plane_axes[-1] != "Z":
+        return 1
+    return int(shape[axes.index("Z")])
 
 
 # TIFFs that decode to more than this are read lazily (tile by tile) when they cannot be memory-mapped.
