@@ -95,7 +95,8 @@ def instances_from_probabilities(foreground: Any, boundary: Any = None, threshol
 
     fg = np.asarray(foreground, dtype=np.float32)
     if fg.ndim < 2:
-        raise TowerError(f"foreground probabilities have shape {fg.shape}; give a (Y, X) map or a (Z, Y, X) volume")
+        raise TowerError(f"foreground probabilities have shape {fg.shape}; "
+                         "give a 2D (Y, X) map or a 3D (Z, Y, X) volume")
     if min_size < 0:
         raise TowerError(f"min_size {min_size} is invalid: use 0 or more pixels")
     mask = fg > threshold
