@@ -50,9 +50,9 @@ def painted(labels, slices=PAINTED, binary=True):
 
 
 def cfg3d(steps=60, target="binary", **kw):
-    return FinetuneConfig(steps=steps, batch=2, lr=3e-3, seed=0, val_every=0, checkpoint_every=0, target=target,
-                          device="cpu", data=DataConfig(patch=32, patch_z=8),
-                          model=ModelConfig(base=4, depth=2, dims="3d"), **kw)
+    kw = {"val_every": 0, **kw}
+    return FinetuneConfig(steps=steps, batch=2, lr=3e-3, seed=0, checkpoint_every=0, target=target, device="cpu",
+                          data=DataConfig(patch=32, patch_z=8), model=ModelConfig(base=4, depth=2, dims="3d"), **kw)
 
 
 def predict_whole(bundle, image):
@@ -213,3 +213,16 @@ def test_retrain_on_a_3d_correction(sparse_model):
     assert result.edited == int((corrected != previous).sum())
     assert result.prediction.labels.shape == (24, 64, 64)
     assert dice(result.labels(previous) > 0, labels > 0) > 0.6
+
+
+def test_volumes_of_a_time_series_are_the_units_of_validation():
+    vols = [spheres((12, 32, 32), n=3, seed=s) for s in range(4)]
+    image = np.stack([v[0] for v in vols])  # (T, Z, Y, X)
+    labels = np.stack([painted(v[1], [4, 8]) for v in vols]).reshape(48, 32, 32)
+    stack = from_array(image, "series", axes="TZYX")
+    assert (stack.z_size, stack.n_volumes) == (12, 4)
+    cfg = cfg3d(steps=4, val_every=2, val_fraction=0.25)
+    cfg.data.patch = 16
+    result = finetune([stack], [labels], cfg)
+    assert result.best_val_dice is not None  # one whole volume held out and scored
+    assert result.checkpoint.config["data"]["patch_z"] == 8 and result.checkpoint.pools == [(2, 2, 2)] * 2
