@@ -43,7 +43,10 @@ def check_volumes(images: Sequence[Image]) -> None:
 
 def check_head(kind: str, head_name: str | None) -> None:
     """The class heads (binary, semantic, sparse, boundary instances) train in 3D; shape heads do not yet."""
-    if kind == "sparse_instance" or (kind == "instance" and head_name not in (None, "boundary")):
+    if kind == "sparse_instance":
+        raise TowerError("sparse instance scribbles train 2D models only: in 3D paint whole objects (one id each, "
+                         "0 around them) on a few slices and use target instance, or fine-tune in 2D")
+    if kind == "instance" and head_name not in (None, "boundary"):
         raise TowerError(f"the {head_name} instance head is 2D only: fine-tune 3D instances with the boundary "
                          "head (--instance-head boundary, dense instance ids on the painted slices), or use 2D")
 
