@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig, RetrainConfig, to_dict
+from napari_tower.config import (
+    DataConfig,
+    FinetuneConfig,
+    ModelConfig,
+    PredictConfig,
+    PretrainConfig,
+    RetrainConfig,
+    to_dict,
+)
 from napari_tower.data import from_array
 from napari_tower.errors import TowerError
 from napari_tower.model_bundle import ModelBundle
@@ -195,9 +203,12 @@ def test_dense_3d_instance_labels_train_and_predict_3d_instances():
     image, labels = spheres(n=5, seed=3)
     bundle = finetune([from_array(image, axes="ZYX")], [labels], cfg3d(steps=40, target="instance")).checkpoint
     assert bundle.target == "instance" and bundle.classes == 3
-    pred = predict_volumes(Predictor(bundle), from_array(image, axes="ZYX"))
+    pred = predict_volumes(Predictor(bundle, PredictConfig(device="cpu", instances=True)),
+                           from_array(image, axes="ZYX"))
     assert pred.labels.shape == labels.shape and pred.probabilities.shape == (24, 3, 64, 64)
     assert dice(pred.labels > 0, labels > 0) > 0.6
+    assert object_scores_3d(pred.labels, labels)["f1"] > 0.5  # 3D objects, one id each through z
+    assert split_share(pred.labels, labels) == 0.0
 
 
 def test_retrain_on_a_3d_correction(sparse_model):
