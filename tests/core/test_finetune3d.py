@@ -237,3 +237,22 @@ def test_volumes_of_a_time_series_are_the_units_of_validation():
     result = finetune([stack], [labels], cfg)
     assert result.best_val_dice is not None  # one whole volume held out and scored
     assert result.checkpoint.config["data"]["patch_z"] == 8 and result.checkpoint.pools == [(2, 2, 2)] * 2
+
+
+def test_volume_targets_keep_unannotated_voxels_and_volumes_at_0():
+    scribbles = np.zeros((2 * 6, 16, 16), np.int64)  # two volumes of 6 slices; only the first is painted
+    scribbles[2, 2:5, 2:5] = 1  # background stroke
+    scribbles[2, 8:12, 8:12] = 2  # class stroke
+    sparse = volume_targets(scribbles, 6, "sparse")
+    assert np.array_equal(sparse, scribbles)  # 0 stays unannotated voxel by voxel
+    binary = volume_targets((scribbles == 2).astype(np.int64), 6, "binary")
+    assert set(np.unique(binary[2])) == {1, 2} and not binary[[0, 1, 3, 4, 5]].any() and not binary[6:].any()
+
+
+def test_volumes_thinner_than_the_patch_are_padded_as_unannotated():
+    targets = np.ones((3, 32, 32), np.uint8)
+    targets[1, 10:20, 10:20] = 2
+    image = np.random.default_rng(0).random((3, 1, 32, 32)).astype(np.float32)
+    batch = VolumePatchSampler([LabelledVolume(image, _norm(), targets)], 32, 8).sample(4, np.random.default_rng(1))
+    assert batch["image"].shape == (4, 1, 8, 32, 32)
+    assert ((batch["labels"] > 0).reshape(4, 8, -1).any(-1).sum(1) == 3).all()  # 3 real slices, 5 padded ones
