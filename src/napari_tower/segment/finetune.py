@@ -30,6 +30,7 @@ from ..train.engine import (
     step_rng,
 )
 from ..train.pretrain import load_unet_weights, model_normalisation
+from . import finetune3d as vol
 from .instance_heads import head_for
 from .losses import segmentation_loss
 from .model import Segmenter
@@ -92,6 +93,10 @@ def finetune(
 ) -> FinetuneResult:
     """Train a segmenter on (image, labels) pairs, labels as (planes, Y, X) integers.
 
+    With ``cfg.model.dims == "3d"`` the model is a 3D U-Net trained on (patch_z, patch, patch) patches of the
+    images' volumes (`Image.volume`); labels keep the planes' order, a slice without any label is
+    unannotated (the user painted others), and every patch holds annotated voxels (`finetune3d`).
+
     `init` is a pretraining checkpoint (its transferable parts are loaded), a
     segmenter checkpoint (training continues, e.g. from user corrections), or None
     for random initialisation. `weights` give per-pixel loss weights.
@@ -138,12 +143,21 @@ def finetune(
             )
         cfg.model.base, cfg.model.depth = ckpt.base, ckpt.depth
     cfg.validate()
+    dims = cfg.model.spatial_dims
+    if ckpt is not None:
+        vol.check_dims(ckpt, dims, str(init) if not isinstance(init, ModelBundle) else "the model")
+    if dims == 3:
+        vol.check_volumes(images)
+        vol.check_head(kind, head_name if kind in ("instance", "sparse_instance") else None)
     head = head_for(head_name) if kind in ("instance", "sparse_instance") else None
     if kind == "sparse_instance" and head is None:
         raise TowerError("sparse instance labels need a shape-aware instance head: choose --instance-head distance "
                          "or stardist (the boundary head learns from dense labels only)")
     # Shape heads compute their targets from the instance ids themselves (shape_training.ShapeObjective).
-    targets = list(labels) if head is not None else [encode_targets(lab, kind) for lab in labels]
+    if dims == 3:
+        targets = [vol.volume_targets(np.asarray(lab), im.z_size, kind) for im, lab in zip(images, labels)]
+    else:
+        targets = list(labels) if head is not None else [encode_targets(lab, kind) for lab in labels]
     classes = head.channels if head is not None else n_classes(kind, targets)
     if ckpt is not None and ckpt.kind == "segmenter":
         known = int(ckpt.classes)
@@ -156,7 +170,8 @@ def finetune(
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = Segmenter(cfg.model.in_channels, classes, cfg.model.base, cfg.model.depth)
+    pools, patch_z = vol.volume_geometry(cfg, images, ckpt) if dims == 3 else (None, 1)
+    model = Segmenter(cfg.model.in_channels, classes, cfg.model.base, cfg.model.depth, dims, pools)
     init_method = "scratch"
     if ckpt is not None and ckpt.kind == "segmenter":
         model.load_state_dict(ckpt.state)
@@ -170,7 +185,8 @@ def finetune(
 
     norms = [compute_normalisation(im.data, im.source, cfg.data.low_percentile, cfg.data.high_percentile)
              for im in images]
-    planes = _planes(images, targets, weights)
+    # The units that label fractions and validation split: planes in 2D, volumes in 3D.
+    planes = vol.volume_units(images, targets, weights) if dims == 3 else _planes(images, targets, weights)
     chosen = [planes[i] for i in select_fraction(len(planes), cfg.fraction, cfg.seed)]
     n_val = round(cfg.val_fraction * len(chosen)) if len(chosen) >= 3 else 0
     val_idx = set(np.random.default_rng(cfg.seed + 1).permutation(len(chosen))[:n_val].tolist())
@@ -183,13 +199,16 @@ def finetune(
 
     patch = min(cfg.data.patch, *(min(images[i].shape[2:]) // 16 * 16 for i, _, _, _ in chosen))
     # Uniform draws (the structure prior is for pretraining): background is seen as often as the image holds it.
-    if head is not None:
+    if dims == 3:
+        sampler = vol.volume_sampler(images, norms, train_planes, patch, patch_z, cfg)
+    elif head is not None:
         sampler = shape_objective(head, images, norms, train_planes, patch, kind == "sparse_instance")
     else:
         sampler = PatchSampler(sources(train_planes), patch, structure_prior=False, intensity=cfg.intensity_jitter)
     val_batch = None
     if val_planes:
-        vs = (shape_objective(head, images, norms, val_planes, patch, kind == "sparse_instance", augment=False)
+        vs = (vol.volume_sampler(images, norms, val_planes, patch, patch_z, cfg, augment=False) if dims == 3
+              else shape_objective(head, images, norms, val_planes, patch, kind == "sparse_instance", augment=False)
               if head is not None else PatchSampler(sources(val_planes), patch, structure_prior=False, augment=False))
         val_batch = {k: torch.from_numpy(np.ascontiguousarray(v))
                      for k, v in vs.sample(4 * cfg.batch, np.random.default_rng(cfg.seed + 7)).items()}

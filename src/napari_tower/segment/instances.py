@@ -17,12 +17,19 @@ from scipy import ndimage as ndi
 from ..errors import TowerError
 
 
-def instance_to_targets(labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(foreground, boundary) uint8 maps of a label image.
+def instance_to_targets(labels: Any, annotated: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(foreground, boundary) uint8 maps of a label image (Y, X) or volume (Z, Y, X).
 
     ``boundary`` marks the pixels of each object that touch another label or
     the background (``find_boundaries(mode="inner")``), so two touching objects
     are separated by a two-pixel band. ``foreground`` is ``labels > 0``.
+
+    For a volume, `annotated` (Z,) says which slices the user labelled (default: all). Boundaries
+    are found in-plane on every labelled slice, and across z only between two neighbouring labelled
+    slices: next to an unlabelled slice an object's extent in z is unknown (a lone painted slice is
+    usually mid-object), so marking its pixels as boundary there would teach the model that whole
+    cross-sections are edges. With every slice labelled this equals 3D ``find_boundaries`` with
+    6-connectivity, so objects touching along z get a boundary band between them too.
     """
     from skimage.segmentation import find_boundaries
 
@@ -31,8 +38,19 @@ def instance_to_targets(labels: Any) -> tuple[np.ndarray, np.ndarray]:
         raise TowerError(f"instance labels have data type {lab.dtype}; give an integer label image")
     lab = np.where(lab > 0, lab, 0)
     foreground = (lab > 0).astype(np.uint8)
-    boundary = find_boundaries(lab, mode="inner").astype(np.uint8)
-    return foreground, boundary
+    if lab.ndim != 3 or annotated is None:
+        return foreground, find_boundaries(lab, mode="inner").astype(np.uint8)
+    done = np.asarray(annotated, bool)
+    if done.shape != (lab.shape[0],):
+        raise TowerError(f"annotated slices have shape {done.shape} but the labels have {lab.shape[0]} slice(s)")
+    boundary = np.zeros(lab.shape, bool)
+    for z in np.flatnonzero(done):
+        boundary[z] = find_boundaries(lab[z], mode="inner")
+    # Across z: where both neighbouring slices are labelled and their ids differ, each side's object pixel is edge.
+    differs = (lab[1:] != lab[:-1]) & (done[1:] & done[:-1])[:, None, None]
+    boundary[1:] |= differs & (lab[1:] > 0)
+    boundary[:-1] |= differs & (lab[:-1] > 0)
+    return foreground, boundary.astype(np.uint8)
 
 
 def _relabel_sequential(labels: np.ndarray) -> np.ndarray:
@@ -68,13 +86,17 @@ def instances_from_probabilities(foreground: Any, boundary: Any = None, threshol
     foreground regions that no seed reaches become objects of their own.
     Objects then get their holes filled (`fill_holes`), objects smaller than
     `min_size` pixels are removed, and labels are made sequential.
+    Maps may be planes (Y, X) or volumes (Z, Y, X): in a volume seeds, watershed and
+    connectivity are 3D (6-connected), so one object keeps one id across slices, and
+    `min_size` counts voxels.
     """
     from skimage.measure import label
     from skimage.segmentation import watershed
 
     fg = np.asarray(foreground, dtype=np.float32)
     if fg.ndim < 2:
-        raise TowerError(f"foreground probabilities have shape {fg.shape}; give a 2D (H, W) map")
+        raise TowerError(f"foreground probabilities have shape {fg.shape}; "
+                         "give a 2D (Y, X) map or a 3D (Z, Y, X) volume")
     if min_size < 0:
         raise TowerError(f"min_size {min_size} is invalid: use 0 or more pixels")
     mask = fg > threshold

@@ -7,18 +7,22 @@ import torch.nn.functional as F
 
 
 def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted cross-entropy + soft Dice over annotated pixels; targets 0 = unannotated (no gradient)."""
+    """Weighted cross-entropy + soft Dice over annotated pixels; targets 0 = unannotated (no gradient).
+
+    `logits` (N, K, *spatial) and `targets`, `weights` (N, *spatial): planes (2D) or volumes (3D).
+    """
     logits = logits.float()
+    spatial = (0, *range(2, logits.ndim))  # every axis but the class axis
     annotated = (targets > 0).float() * weights
     cls = (targets - 1).clamp(min=0)
     ce = F.cross_entropy(logits, cls, reduction="none")
     ce = (ce * annotated).sum() / annotated.sum().clamp(min=1.0)
     probs = logits.softmax(dim=1)
-    onehot = F.one_hot(cls, logits.shape[1]).permute(0, 3, 1, 2).float()
+    onehot = F.one_hot(cls, logits.shape[1]).movedim(-1, 1).float()
     mask = (targets > 0).float()[:, None]
-    inter = (probs * onehot * mask).sum(dim=(0, 2, 3))
-    denom = ((probs + onehot) * mask).sum(dim=(0, 2, 3))
-    present = onehot.mul(mask).sum(dim=(0, 2, 3)) > 0
+    inter = (probs * onehot * mask).sum(dim=spatial)
+    denom = ((probs + onehot) * mask).sum(dim=spatial)
+    present = onehot.mul(mask).sum(dim=spatial) > 0
     dice = (2 * inter + 1) / (denom + 1)
     dice_loss = 1 - dice[present].mean() if present.any() else logits.sum() * 0
     return ce + dice_loss

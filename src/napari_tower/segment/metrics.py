@@ -252,6 +252,61 @@ def average_precision(pred: Any, truth: Any, thresholds: Any = DEFAULT_AP_THRESH
     return _ap_from(counts)
 
 
+# ----------------------------------------------------------------------------- volumes
+
+
+def object_scores_3d(pred: Any, truth: Any, threshold: float = 0.5) -> dict[str, float]:
+    """Precision, recall and F1 of 3D objects: label volumes (Z, Y, X) matched by their 3D IoU.
+
+    The same matching as `object_scores` (it is n-dimensional); an object predicted with a different id
+    on some slices counts as two objects, each with a lower IoU, so split objects cost F1.
+    """
+    p, t = _array(pred, "prediction"), _array(truth, "truth")
+    if p.ndim != 3:
+        raise TowerError(f"the prediction has shape {p.shape}; give label volumes (Z, Y, X)")
+    return object_scores(p, t, threshold)
+
+
+def z_consistency(pred: Any, truth: Any) -> dict[str, float | int]:
+    """How often true objects change predicted id between neighbouring slices (label volumes (Z, Y, X)).
+
+    On every slice each true object takes the predicted id that covers most of its voxels there
+    (predicted background ignored: a miss is recall's business, not a split; ties go to the smaller
+    id). An object is split when that id differs between two neighbouring slices on which both are
+    defined. Returns ``split_share`` (split objects / objects that span two such neighbouring slices;
+    0.0 when there are none), ``split`` and ``objects`` (the counts).
+    """
+    p = _labels(_array(pred, "prediction"), "prediction")
+    t = _labels(_array(truth, "truth"), "truth")
+    _check_shapes(p, t)
+    if t.ndim != 3:
+        raise TowerError(f"the labels have shape {t.shape}; give label volumes (Z, Y, X)")
+    both = (p > 0) & (t > 0)
+    z = np.nonzero(both)[0].astype(np.int64)
+    tc, n_true = _compact(t[both])
+    pc, n_pred = _compact(p[both])
+    if z.size == 0:
+        return {"split_share": 0.0, "split": 0, "objects": 0}
+    # One key per (truth object, slice, predicted id); counts give each pair's overlap in voxels.
+    keys, counts = np.unique((tc * t.shape[0] + z) * n_pred + pc, return_counts=True)
+    obj_slice, pid = keys // n_pred, keys % n_pred
+    order = np.lexsort((pid, -counts, obj_slice))  # per (object, slice): largest overlap, then smallest id
+    obj_slice, pid = obj_slice[order], pid[order]
+    first = np.r_[True, obj_slice[1:] != obj_slice[:-1]]
+    obj_slice, pid = obj_slice[first], pid[first]  # sorted by object, then slice
+    obj, sl = obj_slice // t.shape[0], obj_slice % t.shape[0]
+    neighbours = (obj[1:] == obj[:-1]) & (sl[1:] == sl[:-1] + 1)
+    spanning = np.unique(obj[1:][neighbours])
+    split = np.unique(obj[1:][neighbours & (pid[1:] != pid[:-1])])
+    share = split.size / spanning.size if spanning.size else 0.0
+    return {"split_share": float(share), "split": int(split.size), "objects": int(spanning.size)}
+
+
+def split_share(pred: Any, truth: Any) -> float:
+    """Share of true objects whose predicted id changes between neighbouring slices (see `z_consistency`)."""
+    return float(z_consistency(pred, truth)["split_share"])
+
+
 # ----------------------------------------------------------------------------- datasets
 
 

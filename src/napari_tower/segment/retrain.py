@@ -22,6 +22,7 @@ from ..data import Image, from_array
 from ..errors import TowerError
 from ..model_bundle import ModelBundle
 from ..train.engine import Progress, ProgressCallback, StopCheck
+from . import retrain3d as vol
 from .finetune import FinetuneResult, StepHook, finetune
 from .predict import Prediction, Predictor
 
@@ -148,7 +149,9 @@ def retrain(
 
     The corrected planes become dense training targets (`retrain_targets`, for the model's target kind);
     every pixel of them counts, the changed ones `cfg.edit_weight` times. Same inputs and seed, same
-    weights and prediction. Raises TowerError when nothing was corrected on those planes.
+    weights and prediction. A 3D model (`ModelBundle.spatial_dims` 3) trains on and predicts the whole
+    volumes holding those planes (`retrain3d`): `image` is the stack, labels (planes, Y, X) or (Z, Y, X).
+    Raises TowerError when nothing was corrected on those planes.
     """
     cfg = cfg or RetrainConfig()
     cfg.validate()
@@ -161,13 +164,23 @@ def retrain(
     chosen = annotated_planes(previous, corrected) if planes is None else [int(p) for p in planes]
     if not chosen:
         raise TowerError("the prediction and the corrected labels are empty: predict first, correct, then retrain")
-    weights = edit_weights(previous[chosen], corrected[chosen], cfg.edit_weight)
+    annotated = np.ones(len(chosen), bool)
+    if ckpt.spatial_dims == 3:
+        # A 3D model learns from whole volumes; their slices with neither prediction nor correction carry no loss.
+        marked = set(chosen)
+        chosen = vol.volume_planes(chosen, image)
+        annotated = np.array([p in marked for p in chosen])
+    weights = edit_weights(previous[chosen], corrected[chosen], cfg.edit_weight) * annotated[:, None, None]
     edited = int((corrected[chosen] != previous[chosen]).sum())
     if edited == 0:
         raise TowerError("no corrections: the corrected labels equal the prediction on the planes to retrain; fix "
                          "the prediction (paint, fill, erase), then retrain")
-    targets = retrain_targets(corrected[chosen], str(ckpt.target))
-    subset = from_array(np.asarray(image.data[chosen]), image.source, axes="ZCYX")
+    if ckpt.spatial_dims == 3:
+        targets = vol.volume_retrain_targets(corrected[chosen], image.z_size, str(ckpt.target), annotated)
+        subset = vol.volume_subset(image, chosen)
+    else:
+        targets = retrain_targets(corrected[chosen], str(ckpt.target))
+        subset = from_array(np.asarray(image.data[chosen]), image.source, axes="ZCYX")
     tcfg = retrain_finetune_config(ckpt, cfg, finetune_cfg)
     pcfg = copy.deepcopy(predict_cfg) if predict_cfg is not None else PredictConfig(device=cfg.device)
 
@@ -175,8 +188,11 @@ def retrain(
                         should_stop=should_stop, on_step=on_step)
     if training.last.stopped:
         return RetrainResult(training.checkpoint, None, chosen, edited, training)
-    prediction = Predictor(training.checkpoint, pcfg).predict(subset, None, prediction_progress(callback),
-                                                              should_stop)
+    predictor = Predictor(training.checkpoint, pcfg)
+    if ckpt.spatial_dims == 3:
+        prediction = vol.predict_volumes(predictor, subset, prediction_progress(callback))
+    else:
+        prediction = predictor.predict(subset, None, prediction_progress(callback), should_stop)
     return RetrainResult(training.checkpoint, prediction, chosen, edited, training)
 
 

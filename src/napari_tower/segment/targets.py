@@ -49,6 +49,38 @@ def encode_targets(labels: np.ndarray, kind: str) -> np.ndarray:
     raise TowerError(f"unknown target kind '{kind}': choose one of {', '.join(TARGET_KINDS)}")
 
 
+def labelled_slices(labels: np.ndarray) -> np.ndarray:
+    """(Z,) bool: the slices of a label volume (Z, Y, X) that hold any label.
+
+    In 3D the user paints a few slices of a volume; a slice without any label was not annotated
+    (not "all background"), so it carries no loss. Dense labels simply have every slice labelled.
+    """
+    lab = np.asarray(labels)
+    return (lab.reshape(lab.shape[0], -1) > 0).any(axis=1)
+
+
+def encode_volume_targets(labels: np.ndarray, kind: str) -> np.ndarray:
+    """Labels of one volume (Z, Y, X) as sparse-convention class maps, like `encode_targets` for planes.
+
+    Slices without any label become 0 (unannotated; see `labelled_slices`). For "sparse" labels 0 is
+    unannotated voxel by voxel already. Instance boundaries are 3D between labelled neighbouring
+    slices and in-plane elsewhere (`instances.instance_to_targets`).
+    """
+    lab = np.asarray(labels)
+    done = labelled_slices(lab)
+    if kind == "instance":
+        from .instances import instance_to_targets
+
+        fg, boundary = instance_to_targets(lab, done)
+        out = np.ones(lab.shape, np.uint8)
+        out[fg > 0] = 2
+        out[boundary > 0] = 3
+    else:
+        out = encode_targets(lab, kind)
+    out[~done] = 0
+    return out
+
+
 def n_classes(kind: str, targets: list[np.ndarray]) -> int:
     """Output channels of the segmentation head: background plus classes."""
     if kind == "binary":

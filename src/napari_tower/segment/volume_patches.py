@@ -1,0 +1,129 @@
+"""Training patches from labelled volumes for 3D fine-tuning (issue 17).
+
+A user typically paints two or three slices of a stack. Uniform 3D draws would mostly hold no label
+at all, so every patch is placed around an annotated voxel: a labelled slice is drawn (volumes in
+proportion to their labelled slices), then one of its annotated pixels, and the patch is shifted
+randomly so that voxel lies anywhere inside it. Images stay where they are (zarr, dask, memmap):
+only the patches drawn are read and normalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..data.lazy import read_region
+from ..data.normalise import Normalisation
+from ..data.sampling import jitter_intensity
+from ..errors import TowerError
+
+# Annotated pixels remembered per labelled slice (a seeded subset for dense slices): bounds the index.
+_MAX_POINTS_PER_SLICE = 4096
+
+
+@dataclass
+class LabelledVolume:
+    """One training volume: image (Z, C, Y, X), its normalisation, targets (Z, Y, X) and loss weights."""
+
+    image: Any  # array-like (Z, C, Y, X)
+    norm: Normalisation
+    targets: np.ndarray  # uint8 sparse convention: 0 unannotated, 1 background, 2.. classes
+    weights: np.ndarray | None = None  # float32 (Z, Y, X)
+
+
+class VolumePatchSampler:
+    """Draws (C, patch_z, patch, patch) patches that each hold annotated voxels, reproducibly from a seed.
+
+    Augmentation: rot90 and a flip in-plane, and a flip along z (the z axis is never swapped with
+    y or x, so anisotropic voxels stay as they are). Volumes shorter than `patch_z` are padded in z
+    (the image by its edge slices, the targets as unannotated).
+    """
+
+    def __init__(self, volumes: Sequence[LabelledVolume], patch: int, patch_z: int, augment: bool = True,
+                 intensity: float = 0.0, seed: int = 0) -> None:
+        if not volumes:
+            raise TowerError("no labelled volumes to sample from: give at least one volume with labels")
+        self.volumes = list(volumes)
+        self.patch, self.patch_z = int(patch), int(patch_z)
+        self.augment, self.intensity = augment, intensity
+        channels = {int(v.image.shape[1]) for v in self.volumes}
+        if len(channels) > 1:
+            raise TowerError(f"volumes have different channel counts {sorted(channels)}: "
+                             "use volumes with the same channels")
+        self.channels = channels.pop()
+        rng = np.random.default_rng(seed)
+        # (volume, slice, annotated (y, x) points) for every slice holding a loss-carrying voxel.
+        self.slices: list[tuple[int, int, np.ndarray]] = []
+        for vi, v in enumerate(self.volumes):
+            z, _, h, w = v.image.shape
+            if h < self.patch or w < self.patch:
+                raise TowerError(f"a volume is {h} x {w} px, smaller than the {self.patch} px patch: "
+                                 f"choose a patch size of at most {min(h, w) // 16 * 16} (--patch)")
+            if v.targets.shape != (z, h, w):
+                raise TowerError(f"labels have shape {v.targets.shape} but their volume is {z} x {h} x {w}: "
+                                 "give labels of the same size as their volume")
+            carries = v.targets > 0 if v.weights is None else (v.targets > 0) & (v.weights > 0)
+            for zi in np.flatnonzero(carries.reshape(z, -1).any(axis=1)):
+                points = np.argwhere(carries[zi])
+                if len(points) > _MAX_POINTS_PER_SLICE:
+                    points = points[rng.choice(len(points), _MAX_POINTS_PER_SLICE, replace=False)]
+                self.slices.append((vi, int(zi), points.astype(np.int32)))
+        if not self.slices:
+            raise TowerError("the labels hold no annotated voxel: paint at least one slice")
+
+    @property
+    def labelled_slices(self) -> int:
+        """How many (volume, slice) pairs hold annotations: what patches are centred on."""
+        return len(self.slices)
+
+    def _corner(self, size: int, extent: int, at: int, rng: np.random.Generator) -> int:
+        """Start of a window of `size` within [0, extent) that contains `at` (anywhere in the window)."""
+        if extent <= size:
+            return 0
+        lo, hi = max(0, at - size + 1), min(at, extent - size)
+        return int(rng.integers(lo, hi + 1))
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """`n` patches: "image" (n, C, Z, P, P) in [0, 1], "labels" (n, Z, P, P) int64, "weights" likewise."""
+        p, pz = self.patch, self.patch_z
+        images = np.empty((n, self.channels, pz, p, p), np.float32)
+        labels = np.zeros((n, pz, p, p), np.int64)
+        weights = np.ones((n, pz, p, p), np.float32)
+        for i in range(n):
+            vi, zi, points = self.slices[int(rng.integers(len(self.slices)))]
+            y0, x0 = points[int(rng.integers(len(points)))]
+            v = self.volumes[vi]
+            z, _, h, w = v.image.shape
+            zs, y, x = self._corner(pz, z, zi, rng), self._corner(p, h, int(y0), rng), self._corner(p, w, int(x0), rng)
+            ze = min(z, zs + pz)
+            img = v.norm.apply(read_region(v.image, (slice(zs, ze), slice(None), slice(y, y + p), slice(x, x + p))))
+            img = np.moveaxis(img, 1, 0)  # (C, Z, Y, X)
+            lab = np.asarray(v.targets[zs:ze, y: y + p, x: x + p])
+            wts = None if v.weights is None else np.asarray(v.weights[zs:ze, y: y + p, x: x + p], np.float32)
+            if ze - zs < pz:  # a volume thinner than the patch
+                img = np.pad(img, ((0, 0), (0, pz - (ze - zs)), (0, 0), (0, 0)), mode="edge")
+                lab = np.pad(lab, ((0, pz - (ze - zs)), (0, 0), (0, 0)))
+                wts = None if wts is None else np.pad(wts, ((0, pz - (ze - zs)), (0, 0), (0, 0)))
+            if self.augment:
+                k, flip, flip_z = int(rng.integers(4)), bool(rng.integers(2)), bool(rng.integers(2))
+                img, lab = _aug(img, k, flip, flip_z), _aug(lab, k, flip, flip_z)
+                wts = None if wts is None else _aug(wts, k, flip, flip_z)
+                if self.intensity > 0:
+                    img = jitter_intensity(img, self.intensity, rng)
+            images[i], labels[i] = img, lab
+            if wts is not None:
+                weights[i] = wts
+        return {"image": images, "labels": labels, "weights": weights}
+
+
+def _aug(a: np.ndarray, k: int, flip: bool, flip_z: bool) -> np.ndarray:
+    a = np.rot90(a, k, axes=(-2, -1))
+    if flip:
+        a = a[..., ::-1]
+    return a[..., ::-1, :, :] if flip_z else a
+
+
+__all__ = ["LabelledVolume", "VolumePatchSampler"]
