@@ -248,6 +248,7 @@ def _paint_mask3d(gen: torch.Generator, inner: torch.Tensor, outer: torch.Tensor
     return ((covered ^ outer[:, None, None, None]) & (inner | outer)[:, None, None, None])[:, None]
 
 
+@_float32
 def inpaint3d(x: torch.Tensor, gen: torch.Generator, p: float = t2d.INPAINT_P) -> torch.Tensor:
     """3D in-painting: up to 5 boxes of a sixth to a third of each side filled with uniform noise (probability `p`)."""
     n, c, d, h, w = _check_volumes(x)
@@ -256,6 +257,7 @@ def inpaint3d(x: torch.Tensor, gen: torch.Generator, p: float = t2d.INPAINT_P) -
     return t2d._fill_noise(x, _paint_mask3d(gen, chosen, torch.zeros_like(chosen), (d, h, w)), gen)
 
 
+@_float32
 def outpaint3d(x: torch.Tensor, gen: torch.Generator, p: float = t2d.OUTPAINT_P) -> torch.Tensor:
     """3D out-painting: uniform noise everywhere except 1..5 kept boxes (probability `p`)."""
     n, c, d, h, w = _check_volumes(x)
