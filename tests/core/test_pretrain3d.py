@@ -17,6 +17,7 @@ from napari_tower.methods.tower import mask_cell_z, shift_views
 from napari_tower.model_bundle import ModelBundle
 from napari_tower.models import UNet
 from napari_tower.train import pretrain
+from napari_tower.train.engine import channels_last_format
 
 from ..conftest import blobs
 
@@ -154,6 +155,16 @@ def test_3d_views_keep_their_shape():
         matches = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)
                    if torch.equal(shifted[i, :, :, 4:12, 4:12], x[i, :, :, 4 + dy:12 + dy, 4 + dx:12 + dx])]
         assert len(matches) == 1
+
+
+def test_3d_methods_take_the_3d_channels_last_layout():
+    """On CUDA prepare_module puts the model in channels_last; 5-D weights need channels_last_3d (checked on CPU)."""
+    method = build_method(_cfg("byol"))
+    assert channels_last_format(method) == torch.channels_last_3d
+    assert channels_last_format(build_method(PretrainConfig(model=ModelConfig(base=4, depth=2)))) == torch.channels_last
+    method.to(memory_format=channels_last_format(method))
+    conv = method.unet.encoder.levels[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def test_a_patch_depth_the_z_pooling_cannot_divide_is_refused():
