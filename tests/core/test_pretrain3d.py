@@ -10,7 +10,7 @@ import torch
 
 from napari_tower.config import METHODS, DataConfig, ModelConfig, PretrainConfig
 from napari_tower.data import Normalisation, Source, VolumeSampler, from_array
-from napari_tower.errors import TowerError
+from napari_tower.errors import CheckpointError, TowerError
 from napari_tower.methods import build_method
 from napari_tower.methods.augment import simclr_view
 from napari_tower.methods.tower import mask_cell_z, shift_views
@@ -172,6 +172,17 @@ def test_a_patch_depth_the_z_pooling_cannot_divide_is_refused():
     cfg.data.patch_z, cfg.model.depth = 10, 3
     with pytest.raises(TowerError, match=r"--patch-z 8 \(a multiple of 4\)"):
         pretrain([_image()], cfg)
+
+
+def test_warm_start_across_2d_and_3d_is_a_clear_error(tmp_path):
+    pretrain([_image()], _cfg("tower", 0), tmp_path / "m3d.pt")
+    plain = PretrainConfig(steps=0, batch=4, val_every=0, checkpoint_every=0, data=DataConfig(patch=16),
+                           model=ModelConfig(base=4, depth=2))
+    with pytest.raises(CheckpointError, match="is a 3D model and this one is 2D"):
+        pretrain([_image()], plain, init=tmp_path / "m3d.pt")
+    pretrain([_image()], plain, tmp_path / "m2d.pt")
+    with pytest.raises(CheckpointError, match="is a 2D model and this one is 3D"):
+        pretrain([_image()], _cfg("tower", 0), init=tmp_path / "m2d.pt")
 
 
 def test_3d_resume_continues_the_uninterrupted_run(tmp_path):

@@ -69,6 +69,11 @@ def load_unet_weights(module: torch.nn.Module, bundle: ModelBundle, parts: Seque
         raise CheckpointError(f"{source} holds no U-Net weights for {', '.join(parts)}")
     own = module.unet.state_dict()
     mismatched = [k for k, v in wanted.items() if k not in own or own[k].shape != v.shape]
+    flat = [k for k in mismatched if k in own and own[k].ndim != wanted[k].ndim]
+    if flat:  # 4-D against 5-D convolution weights: a 2D model into a 3D one or back (issue 17)
+        theirs, ours = ("3D", "2D") if wanted[flat[0]].ndim > own[flat[0]].ndim else ("2D", "3D")
+        raise CheckpointError(f"{source} is a {theirs} model and this one is {ours}: use a {ours} model "
+                              f"(--dims {ours.lower()} when it was made), or start without it")
     if mismatched:
         raise CheckpointError(
             f"{source} was trained with another model shape (e.g. {mismatched[0]}): "
