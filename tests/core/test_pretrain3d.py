@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_tower.config import METHODS, DataConfig, ModelConfig, PretrainConfig
-from napari_tower.data import Normalisation, Source, VolumeSampler, from_array
+from napari_tower.data import Normalisation, Source, VolumeSampler, from_array, read_image
 from napari_tower.errors import CheckpointError, TowerError
 from napari_tower.methods import build_method
 from napari_tower.methods.augment import simclr_view
@@ -19,7 +19,7 @@ from napari_tower.models import UNet
 from napari_tower.train import pretrain
 from napari_tower.train.engine import channels_last_format
 
-from ..conftest import blobs
+from ..conftest import ISBI, blobs
 
 UNIT = Normalisation([0.0], [1.0])
 
@@ -133,6 +133,22 @@ def test_every_method_trains_in_3d_and_changes_the_encoder(method, tmp_path):
     assert bundle.spatial_dims == 3 and bundle.pools == [(2, 2, 2), (2, 2, 2)]
     unet = UNet(1, bundle.base, bundle.depth, spatial_dims=bundle.spatial_dims, pools=bundle.pools)
     unet.load_state_dict({k[5:]: v for k, v in bundle.state.items() if k.startswith("unet.")})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["tower", "genesis", "simclr"])
+def test_3d_losses_fall_on_the_isbi_volume(method):
+    """60 steps of batch 8 on 8 x 32 x 32 patches: measured tower gen 0.213 -> 0.180 and loss 2.82 -> 2.64,
+    simclr 2.69 -> 1.74 (with batch 4 TOWER's contrastive term, 8 anchors, does not move in 40 steps)."""
+    path = ISBI / "train-volume.tif"
+    images = [read_image(path)] if path.exists() else [_image(30, 128, seed=s) for s in range(2)]
+    cfg = _cfg(method, steps=60)
+    cfg.batch, cfg.data.patch, cfg.model.base = 8, 32, 8
+    history = pretrain(images, cfg).checkpoint.history
+    for key in ("gen", "loss") if method != "simclr" else ("loss",):
+        loss = np.asarray(history[key])
+        assert np.isfinite(loss).all()
+        assert loss[-10:].mean() < loss[:5].mean(), f"{method} {key}: {loss[:5].mean():.4f} -> {loss[-10:].mean():.4f}"
 
 
 def test_anisotropic_voxels_pool_z_late_and_mask_thinner_cells(tmp_path):
