@@ -72,6 +72,19 @@ def test_volume_sampler_patches_are_sub_volumes_up_to_in_plane_rotation_and_z_fl
         assert found, "every patch is one block of the volume, rotated in-plane and/or flipped along z"
 
 
+def test_volume_sampler_reads_a_zarr_volume_lazily(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    vol = np.random.default_rng(7).random((20, 48, 48)).astype(np.float32)
+    store = zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=vol.shape, chunks=(4, 16, 16), dtype="f4")
+    store[:] = vol
+    image = from_array(store, "zarr", axes="ZYX")
+    assert type(image.data).__name__ == "AxesView" and image.z_size == 20
+    sampler = VolumeSampler([Source(image, UNIT)], patch=16, patch_z=8, augment=False)
+    for patch in sampler.sample(4, np.random.default_rng(8))["image"][:, 0]:
+        assert any(np.array_equal(patch, vol[z:z + 8, y:y + 16, x:x + 16])
+                   for z in range(13) for y in range(33) for x in range(33))
+
+
 def test_structure_prior_prefers_structured_sub_volumes():
     """Half of a 32-slice volume is structured, the other half flat: the prior draws from the first half."""
     vol = np.zeros((32, 64, 64), np.float32)
