@@ -3,8 +3,9 @@
 from .io import Image, expand_inputs, from_array, labels_as_int, read_image, read_labels, write_tiff
 from .normalise import Normalisation, compute_normalisation
 from .sampling import PatchSampler, Source
+from .sampling3d import VolumeSampler
 
 __all__ = [
-    "Image", "Normalisation", "PatchSampler", "Source", "compute_normalisation",
+    "Image", "Normalisation", "PatchSampler", "Source", "VolumeSampler", "compute_normalisation",
     "expand_inputs", "from_array", "labels_as_int", "read_image", "read_labels", "write_tiff",
 ]

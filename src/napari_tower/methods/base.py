@@ -25,8 +25,9 @@ class Method(nn.Module):
         super().__init__()
         self.cfg = cfg
         m = cfg.model
-        self.unet = UNet(m.in_channels, m.base, m.depth)
-        self.restore = RestorationHead(m.base, m.in_channels)
+        # 3D (issue 17): volumes (N, C, Z, Y, X), pooled along z only as the voxel size and patch depth allow
+        self.unet = UNet(m.in_channels, m.base, m.depth, spatial_dims=m.spatial_dims, pools=m.pools(cfg.data.patch_z))
+        self.restore = RestorationHead(m.base, m.in_channels, spatial_dims=m.spatial_dims)
         self.project = ProjectionHead(self.unet.encoder.out_channels, m.projection_dim)
 
     def step(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:

@@ -43,7 +43,7 @@ class PCRL(Method):
             k = self.key_project(self.key_encoder(k_view)[-1])
         con = info_nce_queue(self.project(q_feats[-1]), k, self.queue.clone(), TEMPERATURE)
 
-        lam = torch.rand(x.shape[0], generator=gen).to(x.device)[:, None, None, None]
+        lam = torch.rand(x.shape[0], generator=gen).to(x.device).view(-1, *([1] * (x.ndim - 1)))  # 2D or 3D
         perm = torch.roll(torch.arange(x.shape[0], device=x.device), 1)
         mixed_target = lam * x + (1 - lam) * x[perm]
         mix_restored = self.restore(self.unet(lam * q_view + (1 - lam) * q_view[perm])[0])

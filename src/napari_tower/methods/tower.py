@@ -8,6 +8,8 @@ the corrupted view's bottleneck and the clean view's encoder output
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -23,8 +25,13 @@ class Tower(Method):
 
     def corrupt(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         cfg = self.cfg
-        weights = structure_weights(x, per_cell=True, cell=cfg.mask_cell) if cfg.data.structure_prior else None
-        options = {"nonlinear": {"p": cfg.remap_p}, "masking": {"ratio": cfg.mask_ratio, "cell": cfg.mask_cell}}
+        masking: dict[str, object] = {"ratio": cfg.mask_ratio, "cell": cfg.mask_cell}
+        cell_z = None
+        if x.ndim == 5:  # volumes: cells as deep in z as they are wide in physical units
+            cell_z = masking["cell_z"] = mask_cell_z(cfg.mask_cell, cfg.model.voxel_size, x.shape[2])
+        weights = (structure_weights(x, per_cell=True, cell=cfg.mask_cell, cell_z=cell_z)
+                   if cfg.data.structure_prior else None)
+        options = {"nonlinear": {"p": cfg.remap_p}, "masking": masking}
         return compose(x, cfg.tasks, gen, weights=weights, options=options)
 
     def step(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -50,13 +57,22 @@ class Tower(Method):
         return float(losses.get("gen", losses["loss"]))
 
 
+def mask_cell_z(cell: int, voxel_size: Sequence[float], depth: int) -> int:
+    """The z side of a 3D mask cell: `cell` voxels scaled by the in-plane to z spacing ratio, within the patch."""
+    z, y, _ = (float(v) for v in voxel_size)
+    return max(1, min(depth, round(cell * y / z)))
+
+
 def shift_views(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Each sample translated by its own random (dy, dx) in [-shift, shift], reflecting at the borders."""
-    n, _, h, w = x.shape
+    """Each sample translated by its own random (dy, dx) in [-shift, shift], reflecting at the borders.
+
+    Volumes (N, C, Z, Y, X) shift in-plane only: every slice by the sample's (dy, dx).
+    """
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
     s = min(shift, h - 1, w - 1)
-    padded = F.pad(x, (s, s, s, s), mode="reflect")
+    padded = F.pad(x, (s, s, s, s) + ((0, 0) if x.ndim == 5 else ()), mode="reflect")
     offsets = torch.randint(0, 2 * s + 1, (n, 2), generator=gen).tolist()
-    return torch.stack([padded[i, :, dy: dy + h, dx: dx + w] for i, (dy, dx) in enumerate(offsets)])
+    return torch.stack([padded[i, ..., dy: dy + h, dx: dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
 class TowerGenOnly(Tower):

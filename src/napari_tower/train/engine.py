@@ -74,14 +74,20 @@ def autocast(device: torch.device, enabled: bool, dtype: str = "bfloat16",
     return contextlib.nullcontext()
 
 
+def channels_last_format(module: torch.nn.Module) -> torch.memory_format:
+    """channels_last for a 2D model, channels_last_3d for one with 3D convolutions (5-D weights need it)."""
+    three_d = any(isinstance(m, torch.nn.Conv3d) for m in module.modules())
+    return torch.channels_last_3d if three_d else torch.channels_last
+
+
 def prepare_module(module: torch.nn.Module, device: torch.device, accel: AcceleratorConfig) -> torch.nn.Module:
     """Apply the GPU-path options to a model already on `device`: channels_last and torch.compile.
 
-    channels_last only on CUDA (tensor-core convolutions want NHWC; on CPU it only adds copies).
-    `compile` compiles the U-Net in place (`nn.Module.compile`), so checkpoint keys do not change.
+    channels_last only on CUDA (tensor-core convolutions want NHWC, or NDHWC in 3D; on CPU it only adds
+    copies). `compile` compiles the U-Net in place (`nn.Module.compile`), so checkpoint keys do not change.
     """
     if accel.channels_last and device.type == "cuda":
-        module.to(memory_format=torch.channels_last)
+        module.to(memory_format=channels_last_format(module))
     if accel.compile:
         getattr(module, "unet", module).compile()
     return module
@@ -95,8 +101,9 @@ def batch_to_device(array: np.ndarray, device: torch.device, accel: AcceleratorC
     if accel.pin_memory:
         tensor = tensor.pin_memory()
     tensor = tensor.to(device, non_blocking=accel.pin_memory)
-    if accel.channels_last and tensor.ndim == 4:
-        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    if accel.channels_last and tensor.ndim in (4, 5):
+        layout = torch.channels_last if tensor.ndim == 4 else torch.channels_last_3d
+        tensor = tensor.contiguous(memory_format=layout)
     return tensor
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..config import PretrainConfig, from_dict, loop_steps, to_dict
-from ..data import Image, Normalisation, PatchSampler, Source, compute_normalisation
+from ..data import Image, Normalisation, PatchSampler, Source, VolumeSampler, compute_normalisation
 from ..errors import CheckpointError, TowerError
 from ..methods import Method, build_method
 from ..model_bundle import ModelBundle
@@ -69,6 +69,11 @@ def load_unet_weights(module: torch.nn.Module, bundle: ModelBundle, parts: Seque
         raise CheckpointError(f"{source} holds no U-Net weights for {', '.join(parts)}")
     own = module.unet.state_dict()
     mismatched = [k for k, v in wanted.items() if k not in own or own[k].shape != v.shape]
+    flat = [k for k in mismatched if k in own and own[k].ndim != wanted[k].ndim]
+    if flat:  # 4-D against 5-D convolution weights: a 2D model into a 3D one or back (issue 17)
+        theirs, ours = ("3D", "2D") if wanted[flat[0]].ndim > own[flat[0]].ndim else ("2D", "3D")
+        raise CheckpointError(f"{source} is a {theirs} model and this one is {ours}: use a {ours} model "
+                              f"(--dims {ours.lower()} when it was made), or start without it")
     if mismatched:
         raise CheckpointError(
             f"{source} was trained with another model shape (e.g. {mismatched[0]}): "
@@ -76,6 +81,25 @@ def load_unet_weights(module: torch.nn.Module, bundle: ModelBundle, parts: Seque
         )
     module.unet.load_state_dict(wanted, strict=False)
     return sorted({k.split(".")[0] for k in wanted})
+
+
+def pretrain_sampler(sources: Sequence[Source], cfg: PretrainConfig) -> PatchSampler | VolumeSampler:
+    """2D patches, or (issue 17) (patch_z, patch, patch) sub-volumes when the model is 3D."""
+    if cfg.model.dims == "3d":
+        return VolumeSampler(sources, cfg.data.patch, cfg.data.patch_z, cfg.data.structure_prior,
+                             cfg.data.prior_floor)
+    return PatchSampler(sources, cfg.data.patch, cfg.data.structure_prior, cfg.data.prior_floor)
+
+
+def check_patch_fits(method: Method, cfg: PretrainConfig) -> None:
+    """Refuse a 3D patch depth the U-Net's z pooling cannot divide (the skips would not line up)."""
+    if cfg.model.dims != "3d":
+        return
+    need = method.unet.multiples[0]
+    if cfg.data.patch_z % need:
+        fit = max(need, cfg.data.patch_z // need * need)
+        raise TowerError(f"a 3D patch depth of {cfg.data.patch_z} slices does not fit a depth-{cfg.model.depth} "
+                         f"U-Net that pools z {need} times over: use --patch-z {fit} (a multiple of {need})")
 
 
 def pretrain(
@@ -125,9 +149,10 @@ def _pretrain(images: Sequence[Image], cfg: PretrainConfig, out: str | os.PathLi
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 
     norms = pretrain_normalisation(images, cfg)
-    sampler = PatchSampler([Source(im, n) for im, n in zip(images, norms)], cfg.data.patch,
-                           cfg.data.structure_prior, cfg.data.prior_floor)
-    method = prepare_module(build_method(cfg).to(device), device, cfg.accel)
+    sampler = pretrain_sampler([Source(im, n) for im, n in zip(images, norms)], cfg)
+    method = build_method(cfg)
+    check_patch_fits(method, cfg)
+    method = prepare_module(method.to(device), device, cfg.accel)
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     optimise = Optimise(optimizer, device, cfg.mixed_precision, cfg.accel)
