@@ -2,7 +2,7 @@
 
     python benchmarks/bench_density_shift.py [--sets dsb2018 usiigaci_phase sbiad634_ganglioneuroblastoma]
         [--seeds 0 1 2] [--steps 300] [--threads 2] [--sparse 4] [--init CKPT] [--out results.json]
-        [--save-models DIR | --load-models DIR] [--jitter 0.2] [--device cpu] [--fp32]
+        [--save-models DIR | --load-models DIR] [--jitter 0.2] [--zoom 1] [--device cpu] [--fp32]
 
 For each labelled set in ../shared/data (or $NAPARI_TOWER_SHARED/data) the image with the highest
 foreground share is the training image and the `--sparse` images with the lowest share (same modality and
@@ -83,6 +83,8 @@ def run_set(name: str, seed: int, args: argparse.Namespace) -> dict:
     cfg = FinetuneConfig(seed=seed, device=args.device)
     if args.steps is not None:
         cfg.steps = args.steps
+    if args.zoom is not None and hasattr(cfg, "zoom"):  # absent before the scaled copies of issue 21
+        cfg.zoom = args.zoom
     if args.jitter is not None and hasattr(cfg, "intensity_jitter"):  # absent before issue 21's augmentation
         cfg.intensity_jitter = args.jitter
     cfg.mixed_precision = not args.fp32
@@ -161,6 +163,7 @@ def main() -> None:
     ap.add_argument("--save-models", default=None, help="folder to keep each fine-tuned checkpoint in")
     ap.add_argument("--load-models", default=None, help="folder of checkpoints saved by --save-models: predict only")
     ap.add_argument("--jitter", type=float, default=None, help="FinetuneConfig.intensity_jitter (default: its default)")
+    ap.add_argument("--zoom", type=float, default=None, help="FinetuneConfig.zoom (default: its default; 1: off)")
     ap.add_argument("--device", default="cpu", help="device for fine-tuning and prediction (cpu, cuda, auto)")
     ap.add_argument("--fp32", action="store_true", help="train in float32 on CUDA too (CPU always does)")
     ap.add_argument("--out", default=None, help="JSON file for the raw results")

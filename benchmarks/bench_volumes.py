@@ -69,7 +69,7 @@ def load(name: str, crop: int | None) -> tuple[np.ndarray, np.ndarray]:
 
 def painted_slices(depth: int, n: int) -> list[int]:
     """`n` evenly spaced slices, none at either end (a user paints inside the stack)."""
-    return [int(round(depth * (k + 1) / (n + 1))) for k in range(n)]
+    return [round(depth * (k + 1) / (n + 1)) for k in range(n)]
 
 
 def sparse_labels(truth: np.ndarray, painted: list[int]) -> np.ndarray:
@@ -161,7 +161,8 @@ def run(name: str, arm: str, seed: int, args: argparse.Namespace) -> dict:
     pred = Predictor(model, PredictConfig()).predict(from_array(image, name, axes="ZYX")).labels
     predict_s = time.perf_counter() - t0
     pred_class = (pred == 1).astype(np.uint8)  # class ids: 0 = painted background, 1 = the painted class
-    scores = isbi_scores(pred_class, truth, scored) if name == "isbi2012_em" else sstem_scores(pred_class, truth, scored)
+    score = isbi_scores if name == "isbi2012_em" else sstem_scores
+    scores = score(pred_class, truth, scored)
     record = {"set": name, "arm": arm, "seed": seed, "shape": list(image.shape), "painted": painted,
               "steps": int(model.step), "train_seconds": round(train_s, 1), "predict_seconds": round(predict_s, 1),
               "load_average": load_avg, **scores}

@@ -37,6 +37,7 @@ from .model import Segmenter
 from .shape_heads import InstanceHead
 from .shape_training import ShapeObjective, instance_ids
 from .targets import check_labels, encode_targets, infer_target_kind, n_classes
+from .zoom import zoomed_sources
 
 StepHook = Callable[[int, torch.nn.Module], None]  # (steps done, the model being trained)
 
@@ -204,7 +205,10 @@ def finetune(
     elif head is not None:
         sampler = shape_objective(head, images, norms, train_planes, patch, kind == "sparse_instance")
     else:
-        sampler = PatchSampler(sources(train_planes), patch, structure_prior=False, intensity=cfg.intensity_jitter)
+        # Scaled copies of the labelled planes (issue 21): objects of other sizes than the painted ones.
+        copies = zoomed_sources(images, norms, labels, train_planes, kind, cfg.zoom, patch, cfg.seed)
+        sampler = PatchSampler(sources(train_planes) + copies, patch, structure_prior=False,
+                               intensity=cfg.intensity_jitter)
     val_batch = None
     if val_planes:
         vs = (vol.volume_sampler(images, norms, val_planes, patch, patch_z, cfg, augment=False) if dims == 3
