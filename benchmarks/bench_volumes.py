@@ -184,6 +184,16 @@ def summarise(records: list[dict]) -> None:
                       f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}] p={c.paired_t_p:.3g} ({c.n_seeds} seeds)  {c.verdict}")
 
 
+def cpu_name() -> str:
+    """The CPU model (figures differ 2-3x between this project's machines)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
@@ -199,11 +209,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("bench_volumes.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     records = json.loads(args.out.read_text())["records"] if args.out.exists() else []
     done = {(r["set"], r["arm"], r["seed"]) for r in records}
     for name in args.sets:
