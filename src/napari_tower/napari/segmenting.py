@@ -47,6 +47,12 @@ def predict(w: Tower) -> None:
     image = image_from_layer(image_layer)
     planes = ([current_plane(image_layer, w.viewer.dims.point)]
               if w.segment.scope.currentText() == SCOPES[0] else list(range(image.shape[0])))
+    if ckpt.spatial_dims == 3:  # a 3D model predicts whole volumes: "current slice" is the volume around it
+        if image.z_size < 2:
+            raise TowerError(f"the segmenter is a 3D model but '{image_layer.name}' is not a z-stack: choose a "
+                             "z-stack, or fine-tune a model in 2D planes mode (1. Data > Mode)")
+        first = sorted({p // image.z_size * image.z_size for p in planes})
+        planes = [p for f in first for p in range(f, f + image.z_size)]
     tag = LayerTag.of(image_layer)
     cfg = predict_config(w)
 
