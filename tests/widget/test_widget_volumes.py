@@ -111,3 +111,52 @@ def test_3d_preview_shows_volumes(make_napari_viewer, qtbot, errors):
     masking = viewer.layers["tower preview: masking"].data
     assert (masking == 0).any() and not np.array_equal(masking, viewer.layers["tower preview: nonlinear"].data)
     assert "Previewed 6" in widget.status.text()
+
+
+def _has_3d_engines() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in
+               ("napari_tower.proxy.tasks3d", "napari_tower.segment.finetune3d"))
+
+
+@pytest.mark.gui
+@pytest.mark.skipif(not _has_3d_engines(), reason="the 3D pretraining and fine-tuning engines are not in this build")
+def test_3d_mode_pretrains_finetunes_from_two_slices_predicts_and_retrains(make_napari_viewer, qtbot, errors):
+    """The front end's choices reach the 3D engines: a 3D model comes out, predicts the whole volume and retrains."""
+    viewer, widget = open_widget(make_napari_viewer)
+    configure(widget, steps=2, patch=32, batch=2, base=4, finetune_steps=2)
+    widget.train.patch_z.value = 8
+    images, truths = zip(*[blobs((64, 64), 8, seed=s) for s in range(16)])
+    image = viewer.add_image(np.stack(images), name="stack", scale=(3, 1, 1))
+    assert widget.volume.dims() == "3d"
+    widget.train.pretrain_button.click()
+    wait_idle(qtbot, widget, 120)
+    assert not errors, errors
+    assert widget.session.pretrained.spatial_dims == 3
+    sparse = np.zeros((16, 64, 64), np.int32)
+    for z in (3, 10):
+        sparse[z] = (np.asarray(truths[z]) > 0) + 1  # 1 = background, 2 = object, on two slices only
+    labels = viewer.add_labels(sparse, name="two slices")
+    widget.segment.image.set_layer(image)
+    widget.segment.labels.set_layer(labels)
+    widget.segment.sparse.value = True
+    widget.segment.finetune_button.click()
+    wait_idle(qtbot, widget, 120)
+    assert not errors, errors
+    ckpt = widget.session.segmenter
+    assert ckpt.spatial_dims == 3 and tuple(ckpt.config["model"]["voxel_size"]) == (3.0, 1.0, 1.0)
+    widget.segment.predict_button.click()
+    wait_idle(qtbot, widget, 120)
+    assert not errors, errors
+    out = viewer.layers["stack tower labels"]
+    assert out.data.shape == (16, 64, 64)
+    corrected = np.asarray(out.data).copy()
+    corrected[7, 10:30, 10:30] = 1 - (corrected[7, 10:30, 10:30] > 0)  # one correction on one slice
+    out.data = corrected
+    widget.correct.labels.set_layer(out)
+    widget.correct.steps.value = 2
+    widget.correct.button.click()
+    wait_idle(qtbot, widget, 120)
+    assert not errors, errors
+    assert widget.session.segmenter.spatial_dims == 3

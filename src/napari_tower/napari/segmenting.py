@@ -164,11 +164,14 @@ def retrain(w: Tower) -> None:
     image = image_from_layer(image_layer)
     # Batch, patch and device of 2. Pretrain; the rest (steps, seed, weight of edits) is the retrain's own.
     cfg, tcfg, pcfg = retrain_config(w), finetune_config(w, FinetuneConfig()), predict_config(w)
+    model = ckpt.config.get("model") or {}  # the segmenter's mode, whatever 1. Data > Mode shows now
+    tcfg.model.dims = str(model.get("dims", "2d"))
+    tcfg.model.voxel_size = tuple(model.get("voxel_size", tcfg.model.voxel_size))
     previous = record.written
 
     w.autosave.save_now()  # the corrections, before anything else can happen to them
     save_round(w, layer, np.asarray(layer.data).copy())  # a version the user can go back to
-    live = live_preview_hook(w, image_layer)
+    live = live_preview_hook(w, image_layer, ckpt.spatial_dims)
 
     def job(callback, should_stop):
         return run_retrain(ckpt, image, previous, current, cfg, planes, callback, should_stop,

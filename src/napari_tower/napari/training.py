@@ -220,7 +220,7 @@ def finetune(w: Tower) -> None:
     elif len(planes) < labels.shape[0]:
         image = from_array(np.asarray(image.data[planes]), image.source, axes="ZCYX")
         labels = labels[planes]
-    live = live_preview_hook(w, image_layer)
+    live = live_preview_hook(w, image_layer, cfg.model.spatial_dims)
 
     def job(callback, should_stop):
         return run_finetune([image], [labels], cfg, init=init, callback=callback, should_stop=should_stop,
