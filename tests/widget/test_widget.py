@@ -257,6 +257,7 @@ def test_event_loop_never_stalls_while_pretraining(make_napari_viewer, qtbot, er
         viewer.open(str(path))
     else:
         viewer.add_image(np.stack([blobs((512, 512), n=60, seed=s)[0] for s in range(4)]), name="blobs")
+    widget.volume.set_dims("2d")  # the ISBI stack would pick 3D (issue 17), whose steps take longer than this test waits
     records = []
     widget.train.progress.plot.add = (lambda add: lambda p: (records.append(p), add(p)))(widget.train.progress.plot.add)
     with StallMeter() as meter:

@@ -40,7 +40,8 @@ def test_a_dropped_stack_selects_3d_with_its_voxel_size(make_napari_viewer):
     assert (pre.model.dims, pre.model.voxel_size) == ("3d", (4.0, 1.0, 1.0))
     assert (fine.model.dims, fine.model.voxel_size) == ("3d", (4.0, 1.0, 1.0))
     assert fine.data.patch_z == pre.data.patch_z == widget.train.patch_z.value
-    assert "3D mode" in widget.data.info.text()
+    widget.train.patch_z.value = 12
+    assert "3D mode: training samples 12 x 128 x 128 sub-volumes" in widget.data.info.text()
 
 
 @pytest.mark.gui

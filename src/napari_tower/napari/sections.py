@@ -120,6 +120,7 @@ class DataSection(QGroupBox):
         layout.addWidget(self.info)
         self.patch = DataConfig.patch
         self.dims = "2d"  # the mode (1. Data > Mode): what training samples
+        self.patch_z = DataConfig.patch_z
         self.list.itemChanged.connect(lambda _: self.describe())
         self.refresh()
 
@@ -165,8 +166,8 @@ class DataSection(QGroupBox):
             self.info.setText("Choose at least one image layer (open or drop a TIFF stack into napari).")
             return
         if self.dims == "3d":
-            lines.append(f"3D mode: training samples {self.patch} x {self.patch} sub-volumes of the z-stacks, "
-                         "favouring structured regions.")
+            lines.append(f"3D mode: training samples {self.patch_z} x {self.patch} x {self.patch} sub-volumes of the "
+                         "z-stacks, favouring structured regions.")
         else:
             lines.append(f"Training samples {self.patch} x {self.patch} patches from {planes} plane(s), "
                          "favouring structured regions.")

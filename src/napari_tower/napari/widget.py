@@ -104,6 +104,7 @@ class TowerWidget(QWidget):
             control.changed.connect(lambda *_: self._save_timer.start())
         s.scope.currentTextChanged.connect(lambda *_: self._save_timer.start())
         t.patch.changed.connect(self._patch_changed)
+        t.patch_z.changed.connect(self._patch_changed)
         self._patch_changed()
         self.data.list.itemChanged.connect(lambda *_: self._follow_layer())
         self.segment.image.currentIndexChanged.connect(lambda *_: self._follow_layer())
@@ -195,7 +196,7 @@ class TowerWidget(QWidget):
         self.data.describe()
 
     def _patch_changed(self, *_: Any) -> None:
-        self.data.patch = self.train.patch.value
+        self.data.patch, self.data.patch_z = self.train.patch.value, self.train.patch_z.value
         self.data.describe()
 
     def _configured(self) -> tuple:
