@@ -45,6 +45,17 @@ def test_ome_tiff_physical_sizes_with_units(tmp_path):
     assert voxel.zyx == pytest.approx((0.5, 0.1, 0.1))  # nm converted, so the ratio z/x is 5
 
 
+def test_pyramid_level_of_an_ome_tiff_has_larger_pixels(tmp_path):
+    path = tmp_path / "pyramid.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        tw.write(STACK, subifds=1, metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.5,
+                                             "PhysicalSizeX": 0.5})
+        tw.write(STACK[:, ::2, ::2], subfiletype=1)
+    assert voxel_size_of_file(path).zyx == pytest.approx((2.0, 0.5, 0.5))
+    assert voxel_size_of_file(path, level=1).zyx == pytest.approx((2.0, 1.0, 1.0))
+    assert read_image(path, level=1).voxels.zyx == pytest.approx((2.0, 1.0, 1.0))
+
+
 def test_tiff_without_z_spacing_declares_nothing(tmp_path):
     tifffile.imwrite(tmp_path / "plain.tif", STACK)
     tifffile.imwrite(tmp_path / "xy_only.tif", STACK, imagej=True, resolution=(2.0, 2.0))

@@ -115,14 +115,18 @@ def _tiff_voxel_size(path: Path, level: int) -> VoxelSize | None:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        levels = getattr(series, "levels", None) or [series]
+        # Only the first page's tags and the OME/ImageJ text: the series (every page of a plain multi-page
+        # TIFF) is parsed only for a pyramid level's shape.
         found = None
         if tif.is_ome and tif.ome_metadata:
             found = _ome_xml_voxel_size(tif.ome_metadata)
         if found is None and tif.is_imagej:
-            found = _imagej_voxel_size(tif.imagej_metadata or {}, series.pages[0])
-        if found is None or level == 0 or not 0 <= level < len(levels):
+            found = _imagej_voxel_size(tif.imagej_metadata or {}, tif.pages.first)
+        if found is None or level == 0:
+            return found
+        series = tif.series[0]
+        levels = getattr(series, "levels", None) or [series]
+        if not 0 <= level < len(levels):
             return found
         return _at_level(found, series.axes, tuple(series.shape), tuple(levels[level].shape))
 
