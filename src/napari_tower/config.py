@@ -64,7 +64,8 @@ class DataConfig:
                                   "uniformly)", flag="--prior")
     # Share of patch draws that ignore the structure score, so background is still seen.
     prior_floor: float = param(0.25, "share of patch draws that ignore the structure prior", flag="", min=0, max=1)
-    patch_z: int = param(16, "slices per patch in 3D (ignored in 2D)", flag="", min=1, max=512, noun="3D patch depth")
+    patch_z: int = param(16, "slices per training patch in 3D (ignored in 2D)", label="slices per patch", min=1,
+                         max=512, noun="3D patch depth")
 
     def validate(self) -> None:
         check_params(self)
@@ -81,7 +82,9 @@ class ModelConfig:
     in_channels: int = param(1, "input channels (set from the data)", flag="", min=1, max=64,
                              noun="input channel count")
     projection_dim: int = param(128, "width of the contrastive projection", flag="", min=8, max=4096)
-    # issue 17: "3d" trains and predicts on volumes; voxel_size (z, y, x) decides where z is pooled.
+    # issue 17: "3d" trains and predicts on volumes; voxel_size (z, y, x) decides where z is pooled. Both are set on
+    # the command line by the hand-written --dims (which adds "auto") and --voxel-size (cli/volumes.py), in the
+    # widget by the mode and voxel-size controls (napari/volume_controls.py).
     dims: str = param("2d", "2d: every plane on its own; 3d: volumes with 3D convolutions", choices=("2d", "3d"),
                       flag="", noun="dimensionality")
     voxel_size: tuple[float, ...] = param((1.0, 1.0, 1.0), "voxel size z,y,x (any unit; only the ratios count; "

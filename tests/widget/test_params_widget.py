@@ -23,6 +23,7 @@ from napari_tower.params import default_of, params
 # Which field each parameter control of the widget edits (the controls the widget must have).
 EXPECTED = {
     (PretrainConfig, "method"), (PretrainConfig, "steps"), (PretrainConfig, "data.patch"), (PretrainConfig, "batch"),
+    (PretrainConfig, "data.patch_z"),
     (PretrainConfig, "model.base"), (PretrainConfig, "device"), (FinetuneConfig, "steps"), (FinetuneConfig, "minutes"), (FinetuneConfig, "instance_head"),
     (PredictConfig, "instances"), (PredictConfig, "probabilities"), (RetrainConfig, "steps"), (RetrainConfig, "minutes"),
     (RetrainConfig, "edit_weight"), (PreviewConfig, "seed"), (PrototypeConfig, "k"), (PrototypeConfig, "ignore"),

@@ -11,6 +11,7 @@ from ..generalist import resolve_init
 from .console import EXIT_INTERRUPTED, ProgressBar, StopOnSignal
 from .options import add_config_options, config_from_args
 from .training import add_training_options, training_precision
+from .volumes import add_volume_options, given_voxel_size, resolve_volumes, say
 
 NAME = "finetune"
 HELP = "train a segmenter from labels"
@@ -25,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", help="pretraining checkpoint, 'generalist' for the built-in one, or a segmenter to "
                    "keep training (default: random initialisation)")
     add_config_options(p, FinetuneConfig)
+    add_volume_options(p)
     add_training_options(p)
 
 
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..segment.finetune import finetune
 
     cfg = config_from_args(FinetuneConfig, args, **training_precision(args))
+    given_voxel_size(args)  # a bad --voxel-size is an error before anything is read
     check_writable(args.out)
     image_paths, label_paths = expand_inputs(args.images), expand_inputs(args.labels)
     if len(image_paths) != len(label_paths):
@@ -42,9 +45,12 @@ def run(args: argparse.Namespace) -> int:
                          "per image")
     images = [read_image(p, level=args.level) for p in image_paths]
     labels = [read_labels(p) for p in label_paths]
+    init = resolve_init(args.init)
+    volumes = resolve_volumes(args, images, init)
+    volumes.apply(cfg)
+    say(volumes.note, args.quiet)
     with StopOnSignal() as should_stop:
-        result = finetune(images, labels, cfg, args.out, resolve_init(args.init), None, ProgressBar(args.quiet),
-                          should_stop)
+        result = finetune(images, labels, cfg, args.out, init, None, ProgressBar(args.quiet), should_stop)
     if result.last.stopped:
         print(f"interrupted at step {result.last.step}; the model so far is in {args.out} "
               f"(continue training it with --init {args.out})", file=sys.stderr)

@@ -12,6 +12,7 @@ from ..errors import TowerError
 from .console import StopOnSignal
 from .options import add_config_options, config_from_args
 from .training import add_level_option
+from .volumes import add_volume_options, check_model_fits, say
 
 NAME = "predict"
 HELP = "segment images with a fine-tuned model"
@@ -32,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="blocks predicted at once in local threads (zarr output)")
     p.add_argument("--scheduler", help="dask.distributed scheduler address (e.g. tcp://host:8786): predict the blocks "
                    "on that cluster (inputs and --out on storage the workers share)")
+    add_volume_options(p, predict=True)
     add_level_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress messages")
 
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise TowerError(f"--out {out} is a file: give a folder for the predictions")
     for path in expand_inputs(args.images):
         image = read_image(path, level=args.level)
+        say(check_model_fits(ckpt.config, image, args), args.quiet)
         if args.zarr or args.scheduler or path.suffix.lower() == ".zarr" or _pixels(image) > ZARR_OUTPUT_PIXELS:
             _predict_zarr(predictor, image, out / (path.stem + ".zarr"), cfg, args)
             continue

@@ -13,6 +13,7 @@ from ..params import default_of
 from .console import EXIT_INTERRUPTED, ProgressBar, StopOnSignal
 from .options import add_config_options, config_from_args
 from .training import add_training_options, read_images, training_precision
+from .volumes import add_volume_options, given_voxel_size, resolve_volumes, say
 
 NAME = "pretrain"
 HELP = "self-supervised pretraining on unlabelled images"
@@ -30,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_options(p, PretrainConfig, defaults={"steps": None},
                        notes={"steps": f"default {default_of(PretrainConfig, 'steps')}, with --resume the "
                                        "interrupted run's total"})
+    add_volume_options(p)
     add_training_options(p)
 
 
@@ -46,12 +48,16 @@ def run(args: argparse.Namespace) -> int:
     from ..train import pretrain
 
     cfg = config_from_args(PretrainConfig, args, steps=_steps(args), **training_precision(args))
+    given_voxel_size(args)  # a bad --voxel-size is an error before anything is read
     out = Path(args.out)
     check_writable(out)
     images = read_images(args.images, args.level)
+    init = resolve_init(args.init)
+    volumes = resolve_volumes(args, images, args.resume or init)
+    volumes.apply(cfg)
+    say(volumes.note, args.quiet)
     with StopOnSignal() as should_stop:
-        result = pretrain(images, cfg, out, ProgressBar(args.quiet), should_stop, args.resume,
-                          resolve_init(args.init))
+        result = pretrain(images, cfg, out, ProgressBar(args.quiet), should_stop, args.resume, init)
     if result.world_size > 1:  # under torchrun: one line per rank, so a rank that did not train shows
         losses = " ".join(f"{k}={v:.4f}" for k, v in result.last.losses.items())
         print(f"rank {result.rank}/{result.world_size}: {result.last.step} steps, {losses}", file=sys.stderr)

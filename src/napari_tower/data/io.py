@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import TowerError
 from .guards import check_tiff_series
 from .lazy import AxesView
+from .voxels import VoxelSize, voxel_size_of_file
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".zarr")
 
@@ -35,6 +36,8 @@ class Image:
     # Slices per volume: planes z*k .. z*(k+1)-1 are volume k (Z is the fastest plane axis after
     # T; 1 for a 2D image). What 3D mode (issue 17) reads volumes by; 2D ignores it.
     z_size: int = 1
+    # The voxel size the file declares (data.voxels.VoxelSize), None when it declares none (issue 17).
+    voxels: VoxelSize | None = None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -64,7 +67,7 @@ class Image:
         else:
             data = self.data[idx]
         z = self.z_size if idx == list(range(int(self.data.shape[0]))) else 1
-        return Image(data, self.source, self.axes, z)
+        return Image(data, self.source, self.axes, z, self.voxels)
 
 
 def guess_axes(shape: Sequence[int], rgb: bool | None = None) -> str:
@@ -285,12 +288,15 @@ def read_image(path: str | os.PathLike, axes: str | None = None, level: int = 0)
     Zarr, uncompressed TIFF and NPY stay on disk (only what is indexed is read);
     large compressed TIFFs are decoded tile by tile. `level` picks a resolution
     of an OME-Zarr multiscale group or a pyramidal TIFF (0 = full resolution).
+    The voxel size the file declares (TIFF/OME metadata) is in `Image.voxels`.
     """
     path = Path(path)
     if level < 0:
         raise TowerError(f"level {level} is invalid: use 0 for full resolution, 1, 2, ... for coarser ones")
     data, file_axes = _read_raw(path, level)
-    return from_array(data, str(path), axes or file_axes)
+    image = from_array(data, str(path), axes or file_axes)
+    image.voxels = voxel_size_of_file(path, level)
+    return image
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:

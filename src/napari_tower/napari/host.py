@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .loop_state import LoopState
     from .sections import CorrectSection, DataSection, ModelSection, PretrainSection, PreviewSection, SegmentSection
     from .session import Session
+    from .volume_section import VolumeSection
 
 OnValue = Callable[[Any, bool], None]  # (the job's value, whether it was stopped)
 
@@ -59,6 +60,7 @@ class Tower(JobHost, Protocol):
     """The widget as its workflows (pretrain, preview, fine-tune, predict, retrain, models) see it."""
 
     data: DataSection
+    volume: VolumeSection
     train: PretrainSection
     preview: PreviewSection
     segment: SegmentSection

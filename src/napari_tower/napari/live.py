@@ -23,15 +23,17 @@ LIVE_PREVIEW_EVERY_S = 3.0
 LIVE_PREVIEW_SIZE = 256  # px: the crop around the view's centre a live preview predicts
 
 
-def live_preview_hook(w: Tower, image_layer: Any) -> Any:
+def live_preview_hook(w: Tower, image_layer: Any, spatial_dims: int = 2) -> Any:
     """`make(callback)`: the `finetune(on_step=...)` hook previewing the part of `image_layer` in view.
 
     The crop is read here, on the GUI thread; the job calls `make` with its progress callback. `make` returns None
-    when the image cannot be read (the job then reports that itself).
+    when the image cannot be read (the job then reports that itself), and for a 3D model (`spatial_dims` 3).
     """
     from ..data import compute_normalisation
     from ..segment.live_preview import LivePreview
 
+    if spatial_dims == 3:  # TODO(issue 17): a live preview of a 3D model needs a sub-volume crop, not one plane
+        return _no_live_preview()
     try:
         image = image_from_layer(image_layer)
     except TowerError:
@@ -59,6 +61,14 @@ def live_preview_hook(w: Tower, image_layer: Any) -> Any:
             w.viewer.layers.remove(made)
 
     make.discard = discard  # type: ignore[attr-defined]
+    return make
+
+
+def _no_live_preview() -> Any:
+    def make(callback: Any) -> None:
+        return None
+
+    make.discard = lambda: None  # type: ignore[attr-defined]
     return make
 
 

@@ -119,6 +119,8 @@ class DataSection(QGroupBox):
         layout.addWidget(self.list)
         layout.addWidget(self.info)
         self.patch = DataConfig.patch
+        self.dims = "2d"  # the mode (1. Data > Mode): what training samples
+        self.patch_z = DataConfig.patch_z
         self.list.itemChanged.connect(lambda _: self.describe())
         self.refresh()
 
@@ -163,8 +165,12 @@ class DataSection(QGroupBox):
         if not lines:
             self.info.setText("Choose at least one image layer (open or drop a TIFF stack into napari).")
             return
-        lines.append(f"Training samples {self.patch} x {self.patch} patches from {planes} plane(s), "
-                     "favouring structured regions.")
+        if self.dims == "3d":
+            lines.append(f"3D mode: training samples {self.patch_z} x {self.patch} x {self.patch} sub-volumes of the "
+                         "z-stacks, favouring structured regions.")
+        else:
+            lines.append(f"Training samples {self.patch} x {self.patch} patches from {planes} plane(s), "
+                         "favouring structured regions.")
         self.info.setText("\n".join(lines))
 
 
@@ -266,10 +272,11 @@ class PretrainSection(QGroupBox, Configurable):
 
     def __init__(self) -> None:
         super().__init__("2. Pretrain")
-        self.controls = ConfigControls(PretrainConfig, "method", "steps", "data.patch", "batch", "model.base",
-                                       "device")
+        self.controls = ConfigControls(PretrainConfig, "method", "steps", "data.patch", "data.patch_z", "batch",
+                                       "model.base", "device")
         c = self.controls
-        self.method, self.steps, self.patch = c["method"], c["steps"], c["data.patch"]
+        self.method, self.steps, self.patch, self.patch_z = c["method"], c["steps"], c["data.patch"], c["data.patch_z"]
+        self.patch_z.enabled = False  # 3D mode only (1. Data > Mode)
         self.batch, self.base, self.device = c["batch"], c["model.base"], c["device"]
         form = QFormLayout()
         add_rows(form, c)

@@ -47,6 +47,12 @@ def predict(w: Tower) -> None:
     image = image_from_layer(image_layer)
     planes = ([current_plane(image_layer, w.viewer.dims.point)]
               if w.segment.scope.currentText() == SCOPES[0] else list(range(image.shape[0])))
+    if ckpt.spatial_dims == 3:  # a 3D model predicts whole volumes: "current slice" is the volume around it
+        if image.z_size < 2:
+            raise TowerError(f"the segmenter is a 3D model but '{image_layer.name}' is not a z-stack: choose a "
+                             "z-stack, or fine-tune a model in 2D planes mode (1. Data > Mode)")
+        first = sorted({p // image.z_size * image.z_size for p in planes})
+        planes = [p for f in first for p in range(f, f + image.z_size)]
     tag = LayerTag.of(image_layer)
     cfg = predict_config(w)
 
@@ -158,11 +164,14 @@ def retrain(w: Tower) -> None:
     image = image_from_layer(image_layer)
     # Batch, patch and device of 2. Pretrain; the rest (steps, seed, weight of edits) is the retrain's own.
     cfg, tcfg, pcfg = retrain_config(w), finetune_config(w, FinetuneConfig()), predict_config(w)
+    model = ckpt.config.get("model") or {}  # the segmenter's mode, whatever 1. Data > Mode shows now
+    tcfg.model.dims = str(model.get("dims", "2d"))
+    tcfg.model.voxel_size = tuple(model.get("voxel_size", tcfg.model.voxel_size))
     previous = record.written
 
     w.autosave.save_now()  # the corrections, before anything else can happen to them
     save_round(w, layer, np.asarray(layer.data).copy())  # a version the user can go back to
-    live = live_preview_hook(w, image_layer)
+    live = live_preview_hook(w, image_layer, ckpt.spatial_dims)
 
     def job(callback, should_stop):
         return run_retrain(ckpt, image, previous, current, cfg, planes, callback, should_stop,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import DataConfig, FinetuneConfig, ModelConfig
+from ..config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig
 from ..errors import TowerError
 from ..generalist import resolve_init
 from .host import Tower
@@ -28,13 +28,16 @@ def pretrain(w: Tower) -> None:
     if not layers:
         raise TowerError("no image layer chosen: tick at least one image layer under 1. Data")
     images = [image_from_layer(layer) for layer in layers]
-    cfg = w.train.config()
+    cfg = pretrain_config(w)
+    if cfg.model.dims == "3d":
+        require_volumes(images)
     init = resolve_init(w.train.start.value())  # the generalist is checked against its hash here, not in the job
     if init is not None:  # continuing a checkpoint: its network shape, whatever the size box says
         from ..model_bundle import ModelBundle
 
         start = ModelBundle.load(init, "pretrained")
         cfg.model.base, cfg.model.depth = start.base, start.depth
+        check_mode_fits(start, cfg)
 
     def job(callback, should_stop):
         return run_pretrain(images, cfg, callback=callback, should_stop=should_stop, init=init)
@@ -46,6 +49,34 @@ def pretrain(w: Tower) -> None:
         w.show_info(f"Pretraining ({cfg.method}) {what}. Next: fine-tune on a few labels (4. Segment).")
 
     w.start_job("pretrain", job, finished)
+
+
+def pretrain_config(w: Tower) -> PretrainConfig:
+    """2. Pretrain's settings with the mode and voxel size of 1. Data > Mode, validated."""
+    cfg = w.volume.apply(w.train.config())
+    cfg.validate()
+    return cfg
+
+
+def check_mode_fits(init: Any, cfg: Any) -> None:
+    """Refuse to continue a 2D model in 3D mode or a 3D one in 2D mode, saying which switch to use."""
+    from ..model_bundle import ModelBundle
+
+    if init is None or (not isinstance(init, ModelBundle) and cfg.model.dims == "2d"):
+        return  # a file in 2D mode: the checkpoint loader checks it as before
+    dims = (init if isinstance(init, ModelBundle) else ModelBundle.load(init)).spatial_dims
+    if dims != cfg.model.spatial_dims:
+        mode = "3D volume" if dims == 3 else "2D planes"
+        raise TowerError(f"the model training starts from is a {dims}D model but 1. Data > Mode is "
+                         f"{cfg.model.spatial_dims}D: switch the mode to {mode}, or start from scratch")
+
+
+def require_volumes(images: list[Any]) -> None:
+    """3D mode needs z-stacks: a TowerError naming the first image that is not one."""
+    for image in images:
+        if image.z_size < 2:
+            raise TowerError(f"'{image.source}' is not a z-stack (axes {image.axes}): 3D volume mode needs z-stacks; "
+                             "switch 1. Data > Mode to 2D planes, or choose a z-stack")
 
 
 # ----------------------------------------------------------------------------------------------- 3. preview
@@ -61,6 +92,9 @@ def preview(w: Tower) -> None:
     layer = layers[0]
     image = image_from_layer(layer)
     plane_index = current_plane(layer, w.viewer.dims.point)
+    if w.volume.dims() == "3d":
+        preview_volume(w, layer, image, plane_index)
+        return
     y0, x0, crop = view_crop(w.viewer, layer, image.shape[2:])
     plane = np.asarray(image.data[plane_index, :, y0:y0 + crop[0], x0:x0 + crop[1]])
     tag = LayerTag.of(layer)
@@ -81,10 +115,48 @@ def preview(w: Tower) -> None:
     w.start_job("preview", job, finished)
 
 
-def show_previews(w: Tower, layer: Any, views: dict[str, np.ndarray], offset: tuple[int, int]) -> None:
-    """One image layer per corruption, replacing this widget's earlier previews."""
-    scale = np.asarray(layer.scale)[-2:]
-    translate = np.asarray(layer.translate)[-2:] + np.asarray(offset) * scale
+def preview_volume(w: Tower, layer: Any, image: Any, plane_index: int) -> None:
+    """3D mode: every corruption of the volume in view (at most 64 slices around the current one), as 3D layers."""
+    from ..data import compute_normalisation
+    from .volume_preview import preview_volume as corruptions
+    from .volume_preview import z_window
+
+    require_volumes([image])
+    z_size = image.z_size
+    first = plane_index // z_size * z_size  # the volume (time point) the viewer shows
+    z0, nz = z_window(plane_index - first, z_size)
+    y0, x0, crop = view_crop(w.viewer, layer, image.shape[2:])
+    block = np.asarray(image.data[first + z0:first + z0 + nz, :, y0:y0 + crop[0], x0:x0 + crop[1]])
+    tag = LayerTag.of(layer)
+    seed = w.preview.config().seed
+
+    def job(callback, should_stop):
+        norm = compute_normalisation(image.data, image.source)
+        volume = np.moveaxis(norm.apply(block, channel_axis=1), 1, 0)  # (C, Z, Y, X)
+        return corruptions(volume, seed=seed)
+
+    def finished(result: tuple[dict[str, np.ndarray], bool], stopped: bool) -> None:
+        views, in_3d = result
+        problem = tag.problem(w.viewer.layers)
+        if problem:
+            w.show_warning(f"{problem} while previewing: preview dropped")
+            return
+        show_previews(w, layer, {k: np.moveaxis(v, 0, 1) for k, v in views.items()}, (z0, y0, x0))
+        how = "3D corruptions" if in_3d else "2D corruptions slice by slice (this version has no 3D proxy tasks)"
+        w.show_info(f"Previewed {len(views)} {how} of '{layer.name}', slices {z0}..{z0 + nz - 1}: "
+                    "toggle 2D/3D view (bottom left of the viewer) to see them as volumes.")
+
+    w.start_job("preview", job, finished)
+
+
+def show_previews(w: Tower, layer: Any, views: dict[str, np.ndarray], offset: tuple[int, ...]) -> None:
+    """One image layer per corruption, replacing this widget's earlier previews.
+
+    `views` hold (C, Y, X) planes at `offset` (y, x), or in 3D mode (Z, C, Y, X) volumes at (z, y, x).
+    """
+    n = len(offset)
+    scale = np.asarray(layer.scale)[-n:]
+    translate = np.asarray(layer.translate)[-n:] + np.asarray(offset) * scale
     rgb = bool(getattr(layer, "rgb", False))
     layers, previews = w.viewer.layers, w.session.previews
     for name in previews.keys():  # noqa: SIM118 - WrittenLayers, not a dict: keys() is a copy to remove from
@@ -96,7 +168,10 @@ def show_previews(w: Tower, layer: Any, views: dict[str, np.ndarray], offset: tu
                                       translate=translate, contrast_limits=(0.0, 1.0), colormap="gray",
                                       metadata={OWNED: "preview"}, visible=name == "tower")
 
-        data = np.moveaxis(view, 0, -1) if rgb else (view[0] if view.shape[0] == 1 else view)
+        if n == 3:  # (Z, C, Y, X): a volume per channel is not shown; RGB moves last, one channel drops its axis
+            data = np.moveaxis(view, 1, -1) if rgb else (view[:, 0] if view.shape[1] == 1 else view)
+        else:
+            data = np.moveaxis(view, 0, -1) if rgb else (view[0] if view.shape[0] == 1 else view)
         new, reused = previews.write(name, layers, data, add, check_edits=False, drop_old=True)
         if reused:
             new.translate = translate
@@ -107,11 +182,13 @@ def show_previews(w: Tower, layer: Any, views: dict[str, np.ndarray], offset: tu
 
 
 def finetune_config(w: Tower, base: FinetuneConfig | None = None) -> FinetuneConfig:
-    """`base` (default: 4. Segment's settings) with the batch, patch, model size and device of 2. Pretrain."""
-    t = w.train.config()
+    """`base` (default: 4. Segment's settings) with the batch, patch, model size and device of 2. Pretrain and the
+    mode and voxel size of 1. Data."""
+    t = pretrain_config(w)
     cfg = base if base is not None else w.segment.finetune_config()
     cfg.batch, cfg.device = t.batch, t.device
-    cfg.data, cfg.model = DataConfig(patch=t.data.patch), ModelConfig(base=t.model.base)
+    cfg.data = DataConfig(patch=t.data.patch, patch_z=t.data.patch_z)
+    cfg.model = ModelConfig(base=t.model.base, dims=t.model.dims, voxel_size=t.model.voxel_size)
     return cfg
 
 
@@ -135,11 +212,15 @@ def finetune(w: Tower) -> None:
         raise TowerError(f"labels layer '{labels_layer.name}' is empty: paint a few objects"
                          + (" (1 = background, 2.. = classes)" if cfg.target == "sparse" else "")
                          + ", then fine-tune")
-    if len(planes) < labels.shape[0]:
+    init = w.session.pretrained if w.session.pretrained is not None else resolve_init(w.train.start.value())
+    check_mode_fits(init, cfg)
+    if cfg.model.dims == "3d":
+        # Volumes stay whole: the 3D fine-tuning reads unpainted slices as unannotated (issue 17).
+        require_volumes([image])
+    elif len(planes) < labels.shape[0]:
         image = from_array(np.asarray(image.data[planes]), image.source, axes="ZCYX")
         labels = labels[planes]
-    init = w.session.pretrained if w.session.pretrained is not None else resolve_init(w.train.start.value())
-    live = live_preview_hook(w, image_layer)
+    live = live_preview_hook(w, image_layer, cfg.model.spatial_dims)
 
     def job(callback, should_stop):
         return run_finetune([image], [labels], cfg, init=init, callback=callback, should_stop=should_stop,

@@ -33,6 +33,7 @@ from .loop_state import LoopState
 from .prototypes_section import PrototypeSection
 from .sections import CorrectSection, DataSection, ModelSection, PretrainSection, PreviewSection, SegmentSection, owned
 from .session import Session
+from .volume_section import VolumeSection
 from .workers import warm_up_torch
 
 
@@ -52,6 +53,7 @@ class TowerWidget(QWidget):
         self.last_dir = str(Path.home())
 
         self.data = DataSection(self.viewer)
+        self.volume = VolumeSection()  # 2D planes / 3D volume, auto from the layer (issue 17)
         self.train = PretrainSection()
         self.preview = PreviewSection()
         self.prototypes = PrototypeSection(self)
@@ -102,7 +104,12 @@ class TowerWidget(QWidget):
             control.changed.connect(lambda *_: self._save_timer.start())
         s.scope.currentTextChanged.connect(lambda *_: self._save_timer.start())
         t.patch.changed.connect(self._patch_changed)
+        t.patch_z.changed.connect(self._patch_changed)
         self._patch_changed()
+        self.data.list.itemChanged.connect(lambda *_: self._follow_layer())
+        self.segment.image.currentIndexChanged.connect(lambda *_: self._follow_layer())
+        self.volume.mode.currentIndexChanged.connect(lambda *_: self._mode_changed())
+        self._follow_layer()
 
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.moved):
@@ -128,7 +135,7 @@ class TowerWidget(QWidget):
         self.tabs = self.content = tabs = QTabWidget()
         tabs.setUsesScrollButtons(False)  # every step's tab in view: compact tabs fit the 380 px dock
         tabs.setStyleSheet("QTabBar::tab { padding: 3px 6px; }")
-        for widgets, title in (((self.data, self.preview), "Data"), ((self.train,), "Pretrain"),
+        for widgets, title in (((self.data, self.volume, self.preview), "Data"), ((self.train,), "Pretrain"),
                                ((self.segment,), "Segment"), ((self.prototypes,), "Prototypes"),
                                ((self.correct, self.loop_panel), "Correct"), ((self.models,), "Model")):
             tabs.addTab(page(*widgets), title)
@@ -175,10 +182,21 @@ class TowerWidget(QWidget):
             combo.refresh()
         if event is not None and getattr(event, "type", "") == "inserted" and owned(event.value) == "labels":
             self.correct.labels.set_layer(event.value)
+        self._follow_layer()
         self.update_hint()
 
+    def _follow_layer(self) -> None:
+        """The mode follows the first image ticked under 1. Data (else the Segment tab's image)."""
+        chosen = self.data.selected()
+        self.volume.follow(chosen[0] if chosen else self.segment.image.layer())
+
+    def _mode_changed(self) -> None:
+        self.train.patch_z.enabled = self.volume.dims() == "3d"
+        self.data.dims = self.volume.dims()
+        self.data.describe()
+
     def _patch_changed(self, *_: Any) -> None:
-        self.data.patch = self.train.patch.value
+        self.data.patch, self.data.patch_z = self.train.patch.value, self.train.patch_z.value
         self.data.describe()
 
     def _configured(self) -> tuple:
