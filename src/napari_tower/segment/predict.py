@@ -44,6 +44,12 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def volume_size(image: Image) -> int:
+    """Slices per volume for a 3D model: `Image.z_size`, or all planes when they do not split into whole volumes."""
+    p, z = int(image.shape[0]), max(1, int(image.z_size))
+    return z if p % z == 0 else p
+
+
 class PlaneRange:
     """Planes [start, start + count) of a (P, C, Y, X) array-like, read only where indexed (a lazy `Image.volume`)."""
 
@@ -208,7 +214,7 @@ class Predictor:
                          should_stop: Callable[[], bool] | None) -> Prediction:
         """3D model: each volume predicted as one 3D array; labels are 3D (instances keep their id across z)."""
         p, _, h, w = image.shape
-        z = max(1, image.z_size) if p % max(1, image.z_size) == 0 else p  # planes that are not whole volumes: one
+        z = volume_size(image)
         planes = list(range(p)) if planes is None else [int(i) for i in planes]
         volumes = sorted({i // z for i in planes})
         probs = np.empty((len(planes), self.classes, h, w), np.float32)
