@@ -1,7 +1,7 @@
 """Block-wise 3D prediction of a large uint16 zarr volume: peak memory (goal < 2 GB) and throughput (issue 17).
 
     python benchmarks/bench_blockwise3d.py [--shape 512 2048 2048 --chunks 32 256 256 --model tiny|default
-                                            --block 32 512 512 --halo 16 32 32 --instances --threads 1
+                                            --block 32 384 384 --halo 16 32 32 --instances --threads 1
                                             --dir DIR --keep]
 
 Writes a (Z, Y, X) uint16 zarr of synthetic bright balls on a noisy background, chunk by chunk (one
@@ -12,8 +12,9 @@ runs `predict_blockwise` in its own process under `/usr/bin/time -v` and prints 
 the peak resident set size (MB), seconds and voxels per second. The volume is removed afterwards
 unless --keep (or --dir) is given. Free disk is checked first: the raw volume's size plus 10% must fit.
 
-To show memory does not grow with the volume, run two sizes with the same block, e.g.
---shape 64 1024 1024 and --shape 128 2048 2048.
+To show memory does not grow with the volume, run two sizes with the same block, each large enough to
+have a block with a full halo on every side (3 blocks along each axis), e.g. --shape 96 1152 1152 and
+--shape 128 1536 1536.
 """
 
 from __future__ import annotations
@@ -105,9 +106,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=3, default=[512, 2048, 2048], metavar=("Z", "Y", "X"))
     ap.add_argument("--chunks", type=int, nargs=3, default=[32, 256, 256], help="input zarr chunks")
-    ap.add_argument("--block", type=int, nargs=3, default=[32, 512, 512], help="block core (z, y, x)")
+    ap.add_argument("--block", type=int, nargs=3, default=[32, 384, 384], help="block core (z, y, x)")
     ap.add_argument("--halo", type=int, nargs=3, default=[16, 32, 32])
-    ap.add_argument("--chunk", type=int, default=256, help="output chunk side (y, x)")
+    ap.add_argument("--chunk", type=int, default=128, help="output chunk side (y, x)")
     ap.add_argument("--model", choices=["tiny", "default"], default="tiny")
     ap.add_argument("--instances", action="store_true", help="3D instances (watershed + seam relabelling)")
     ap.add_argument("--threads", type=int, default=1)

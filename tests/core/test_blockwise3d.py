@@ -114,3 +114,19 @@ def test_bad_volume_settings_are_refused(tmp_path, bundle, volume_zarr):
     with pytest.raises(TowerError, match="give one value or three"):
         predict_blockwise(Predictor(bundle, _cfg()), image, tmp_path / "o.zarr", block=(16, 64))
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_z_range_of_a_lazy_volume_is_one_read():
+    """A block of slices reads the stored volume once (a 3D-chunked zarr decodes each chunk once, not per slice)."""
+    from napari_tower.data.lazy import AxesView
+
+    from .test_scale import CountingArray
+
+    data = np.arange(2 * 6 * 10 * 12, dtype=np.uint16).reshape(2, 6, 10, 12)  # T, Z, Y, X
+    base = CountingArray(data)
+    view = AxesView(base, "TZYX")
+    np.testing.assert_array_equal(view[7:11, :, 2:5, 3:9], data.reshape(12, 1, 10, 12)[7:11, :, 2:5, 3:9])
+    assert base.reads == [4 * 3 * 6]
+    base.reads = []
+    np.testing.assert_array_equal(view[4:8, 0], data.reshape(12, 10, 12)[4:8])  # crosses a time point: per slice
+    assert len(base.reads) == 4

@@ -12,9 +12,10 @@ shares with another block, its labels on the core's outermost slice and on the s
 (which lies in the neighbour's core); two blocks' objects that agree on those two slices
 (IoU >= 0.5) are one object (`block_engine.final_ids`). Ids are sequential per volume.
 
-Memory is one block's input, probabilities, labels and instance pass per worker: about
-40 bytes per voxel of the extended block (27 M voxels, ~1.1 GB, for the default 32 x 512 x 512
-core with its 16 x 32 x 32 halo; see benchmarks/bench_blockwise3d.py), whatever the volume's size.
+Memory is one block's input, probabilities, labels and instance pass per worker, whatever the
+volume's size: the default 32 x 384 x 384 core with its 16 x 32 x 32 halo reads 64 x 448 x 448
+voxels (benchmarks/bench_blockwise3d.py and docs/benchmarks.md give the peak RSS); the instance pass
+(watershed, relabelling) is most of it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .predict import Predictor, volume_size
 from .tiling3d import tiling_3d
 
 BLOCK_Z = 32  # default core slices of a block
-MAX_BLOCK_YX = 512  # a 2D block side (4096 by default) is capped to this in 3D: voxels grow with z too
+MAX_BLOCK_YX = 384  # a 2D block side (4096 by default) is capped to this in 3D: voxels grow with z too
 HALO = (16, 32, 32)  # default halo per axis (each capped by the 2D halo)
 
 Triple = tuple[int, int, int]
@@ -186,7 +187,7 @@ def volume_layout(predictor: Predictor, image: Image, block: int | tuple[int, ..
     if chunk < 16 or chunk % 16:
         raise TowerError(f"chunk {chunk} is invalid: use a multiple of 16 (e.g. 512)")
     if min(block3) < 1 or min(block3[1:]) < 64:
-        raise TowerError(f"block {block3} is invalid: use at least 1 slice and 64 pixels (e.g. (32, 512, 512))")
+        raise TowerError(f"block {block3} is invalid: use at least 1 slice and 64 pixels (e.g. (32, 384, 384))")
     if min(halo3) < 0:
         raise TowerError(f"halo {halo3} is invalid: use 0 or more voxels (at least the largest object's diameter)")
     if cfg.instances and min(halo3) < 1:
