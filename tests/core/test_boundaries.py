@@ -361,8 +361,6 @@ OVERSIZED_ALLOWED: dict[str, int] = {
     # One corruption per function plus the fused TOWER pass that shares their tables; splitting it would put
     # the fused pass and the functions it must stay bit-identical with in different files.
     "proxy/tasks.py": 650,
-    # Block-wise zarr prediction with its seam logic (runners and resume journal are split out); next: reader/writer.
-    "segment/blockwise.py": 505,
 }
 
 

@@ -109,7 +109,10 @@ class AxesView:
         channel_slice, drop_channel = _as_slice(channel_key, self.shape[1])
         y_slice, drop_y = _as_slice(y_key, self.shape[2])
         x_slice, drop_x = _as_slice(x_key, self.shape[3])
-        reads = [self._read_plane(p, channel_slice, y_slice, x_slice) for p in planes]
+        if self._one_run(planes):  # consecutive planes along one stored axis (a z range): one read, not one per plane
+            reads = list(self._read_run(planes[0], len(planes), channel_slice, y_slice, x_slice))
+        else:
+            reads = [self._read_plane(p, channel_slice, y_slice, x_slice) for p in planes]
         if reads:
             out = np.stack(reads)
         else:
@@ -117,6 +120,34 @@ class AxesView:
             out = empty[None][:0]
         drop = [i for i, d in enumerate((drop_plane, drop_channel, drop_y, drop_x)) if d]
         return out.squeeze(axis=tuple(drop)) if drop else out
+
+    def _one_run(self, planes: list[int]) -> bool:
+        """Whether `planes` are 2+ consecutive planes that differ only in the last stored plane axis."""
+        if len(planes) < 2 or not self._plane_shape or planes != list(range(planes[0], planes[0] + len(planes))):
+            return False
+        last = self._plane_shape[-1]
+        return planes[0] // last == planes[-1] // last
+
+    def _read_run(self, first: int, count: int, channels: slice, ys: slice, xs: slice) -> np.ndarray:
+        """(count, C, Y, X) of consecutive planes: one read of the base array (a chunked 3D zarr decodes each
+        chunk once, not once per plane)."""
+        index: list[Any] = [slice(None)] * len(self.base.shape)
+        at = np.unravel_index(first, self._plane_shape)
+        for axis, i in zip(self._plane_axes[:-1], at[:-1]):
+            index[axis] = int(i)
+        run_axis = self._plane_axes[-1]
+        index[run_axis] = slice(int(at[-1]), int(at[-1]) + count)
+        index[self._y], index[self._x] = ys, xs
+        if self._channel_axis is not None:
+            index[self._channel_axis] = channels
+        data = np.asarray(self.base[tuple(index)])
+        kept = [a for a in range(len(self.base.shape)) if a not in self._plane_axes[:-1]]
+        order = [kept.index(run_axis)] + ([kept.index(self._channel_axis)] if self._channel_axis is not None else []) \
+            + [kept.index(self._y), kept.index(self._x)]
+        data = data.transpose(order)
+        if self._channel_axis is None:
+            data = data[:, None][:, channels]
+        return data
 
     def _read_plane(self, plane: int, channels: slice, ys: slice, xs: slice) -> np.ndarray:
         """(C, Y, X) of one plane: a single read of the base array, then axes put in order."""

@@ -1,4 +1,5 @@
-"""Prediction with a fine-tuned segmenter: tiled, plane by plane, normalised as in training."""
+"""Prediction with a fine-tuned segmenter: tiled, plane by plane (or volume by volume for a 3D model),
+normalised as in training."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from ..config import PredictConfig
 from ..data import Image, Normalisation, compute_normalisation
+from ..data.lazy import read_region
 from ..errors import TowerError
 from ..model_bundle import ModelBundle
 from ..train.engine import cpu_has_native_bf16, resolve_device
@@ -18,6 +20,7 @@ from .instance_heads import head_for
 from .instances import instances_from_probabilities
 from .model import Segmenter, inference_segmenter
 from .retry import predict_tiled_within_memory
+from .tiling3d import predict_tiled_3d, tiling_3d
 
 
 @dataclass
@@ -41,6 +44,26 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def volume_size(image: Image) -> int:
+    """Slices per volume for a 3D model: `Image.z_size`, or all planes when they do not split into whole volumes."""
+    p, z = int(image.shape[0]), max(1, int(image.z_size))
+    return z if p % z == 0 else p
+
+
+class PlaneRange:
+    """Planes [start, start + count) of a (P, C, Y, X) array-like, read only where indexed (a lazy `Image.volume`)."""
+
+    def __init__(self, data: Any, start: int, count: int) -> None:
+        self.data, self.start = data, int(start)
+        self.shape = (int(count), *tuple(data.shape)[1:])
+        self.ndim = 4
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        zs, *rest = key if isinstance(key, tuple) else (key,)
+        lo, hi, _ = zs.indices(self.shape[0])
+        return read_region(self.data, (slice(self.start + lo, self.start + hi), *rest))
+
+
 class Predictor:
     """A loaded segmenter ready to predict images of any size."""
 
@@ -49,6 +72,9 @@ class Predictor:
         self.ckpt = ckpt
         self.cfg = cfg or PredictConfig()
         self.cfg.validate()
+        self.spatial_dims = int(ckpt.spatial_dims)  # 3: volumes go to the network whole, tiled in 3D
+        if self.spatial_dims == 3 and ckpt.target == "instance" and ckpt.instance_head:
+            raise TowerError(f"{ckpt.instance_head} instance heads predict planes only: use a 2D model for them")
         self.device = resolve_device(self.cfg.device)
         self.model: Segmenter = inference_segmenter(ckpt, self.device)
         self.dtype = resolve_precision(self.cfg.precision, self.device)
@@ -61,7 +87,8 @@ class Predictor:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            layout = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=layout)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                 logits = self.model(x)
             if self.head is not None:
@@ -111,8 +138,26 @@ class Predictor:
         # Out of memory: retried with fewer, then smaller tiles; what fits is kept in cfg for the next plane.
         return predict_tiled_within_memory(_Normalised(), self._forward, self.classes, cfg, out=out)
 
+    def volume_probabilities(self, volume: Any, norm: Normalisation, out: Any = None) -> np.ndarray:
+        """Class probabilities (Z, K, Y, X) of one (Z, C, Y, X) volume, tiled in 3D (3D models only)."""
+
+        class _Normalised:
+            """Normalises tiles as they are read, so a lazy volume is never loaded whole."""
+
+            shape = tuple(volume.shape)
+            ndim = 4
+
+            def __getitem__(self, key):  # noqa: ANN001
+                return norm.apply(np.asarray(volume[key]), channel_axis=1)
+
+        multiples = self.model.unet.multiples
+        tile, overlap = tiling_3d(self.cfg.tile, self.cfg.overlap, multiples)
+        return predict_tiled_3d(_Normalised(), self._forward, self.classes, tile, overlap, multiples,
+                                batch=self.cfg.batch, out=out)
+
     def labels_from(self, probs: np.ndarray) -> np.ndarray:
-        """Labels of one plane: instance ids, or class ids (0 = background)."""
+        """Labels of one plane (probabilities (K, Y, X)) or one volume ((K, Z, Y, X), 3D instances):
+        instance ids, or class ids (0 = background)."""
         if self.head is not None:
             if self.cfg.instances:
                 return self.head.decode(probs, self.postprocess())
@@ -122,7 +167,10 @@ class Predictor:
             # interior + boundary > 0.5: the soft-Dice term inflates the thin boundary class, so that sum
             # spread foreground past object edges (issue 21: +17% share on the training image itself).
             # argmax > 0 implies 1 - p0 > 0.5, so the masked map keeps the watershed's 0.5 threshold.
-            fg = np.where(probs.argmax(0) > 0, 1.0 - probs[0], 0.0).astype(np.float32)
+            # (Written with float32 and bool temporaries only: argmax and np.where made 25 bytes per pixel of
+            # int64/float64 temporaries, the peak of a 3D block.) p0 >= max(others) is exactly argmax == 0.
+            fg = 1.0 - probs[0]
+            fg[probs[0] >= probs[1:].max(0)] = 0.0
             if self.cfg.instances:
                 return instances_from_probabilities(fg, probs[2], min_size=self.cfg.min_size)
             return (fg > 0.5).astype(np.int32)
@@ -142,9 +190,14 @@ class Predictor:
     def predict(self, image: Image, planes: list[int] | None = None,
                 progress: Callable[[int, int], None] | None = None,
                 should_stop: Callable[[], bool] | None = None) -> Prediction:
-        """Predict every plane (or the listed ones) of `image` into in-memory arrays."""
+        """Predict every plane (or the listed ones) of `image` into in-memory arrays.
+
+        A 3D model predicts whole volumes (`Image.volume`): those holding the listed planes.
+        """
         self.check_image(image)
         norm = self.normalisation_for(image)
+        if self.spatial_dims == 3:
+            return self._predict_volumes(image, norm, planes, progress, should_stop)
         p, _, h, w = image.shape
         planes = list(range(p)) if planes is None else planes
         # Every pixel is written by the tiling, so no zero-fill; planes are predicted in place (no copy).
@@ -157,4 +210,33 @@ class Predictor:
             labels[k] = self.labels_from(probs[k])
             if progress is not None:
                 progress(k + 1, len(planes))
+        return Prediction(probs, labels)
+
+    def _predict_volumes(self, image: Image, norm: Normalisation, planes: list[int] | None,
+                         progress: Callable[[int, int], None] | None,
+                         should_stop: Callable[[], bool] | None) -> Prediction:
+        """3D model: each volume predicted as one 3D array; labels are 3D (instances keep their id across z)."""
+        p, _, h, w = image.shape
+        z = volume_size(image)
+        planes = list(range(p)) if planes is None else [int(i) for i in planes]
+        volumes = sorted({i // z for i in planes})
+        probs = np.empty((len(planes), self.classes, h, w), np.float32)
+        labels = np.empty((len(planes), h, w), np.int32)
+        for k, v in enumerate(volumes):
+            if should_stop is not None and should_stop():
+                raise TowerError("prediction stopped")
+            whole = list(range(v * z, (v + 1) * z))
+            at = planes.index(whole[0]) if whole[0] in planes else -1
+            if at >= 0 and planes[at:at + z] == whole:  # the whole volume is wanted: predicted in place, no copy
+                vol_probs = self.volume_probabilities(PlaneRange(image.data, v * z, z), norm, out=probs[at:at + z])
+                labels[at:at + z] = self.labels_from(np.moveaxis(vol_probs, 1, 0))  # (K, Z, Y, X) view
+            else:
+                vol_probs = self.volume_probabilities(PlaneRange(image.data, v * z, z), norm)
+                vol_labels = self.labels_from(np.moveaxis(vol_probs, 1, 0))
+                for i, pi in enumerate(planes):
+                    if pi // z == v:
+                        probs[i], labels[i] = vol_probs[pi - v * z], vol_labels[pi - v * z]
+                del vol_probs, vol_labels
+            if progress is not None:
+                progress(k + 1, len(volumes))
         return Prediction(probs, labels)

@@ -43,8 +43,8 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def balanced_tile(length: int, tile: int, overlap: int) -> int:
-    """The smallest tile side (a multiple of 16, at most `tile`) that covers `length` with as few tiles as `tile` does.
+def balanced_tile(length: int, tile: int, overlap: int, multiple: int = MULTIPLE) -> int:
+    """The smallest tile side (a multiple of `multiple`, at most `tile`) covering `length` with as few tiles as `tile`.
 
     A fixed tile leaves the last one overlapping its neighbour by up to a whole
     tile; shrinking every tile evenly spreads that slack, so no pixel is
@@ -55,7 +55,7 @@ def balanced_tile(length: int, tile: int, overlap: int) -> int:
         return length
     count = -(-(length - overlap) // (tile - overlap))
     side = -(-(length - overlap) // count) + overlap
-    return min(tile, -(-side // MULTIPLE) * MULTIPLE)
+    return min(tile, -(-side // multiple) * multiple)
 
 
 def _ramp(overlap: int) -> np.ndarray:
