@@ -1,7 +1,8 @@
 """3D against 2D per plane, at an equal CPU budget, from two painted slices (issue 17).
 
     python benchmarks/bench_volumes.py [--sets isbi2012_em sstem_drosophila_vnc] [--seeds 0 1 2]
-        [--minutes 3] [--threads 2] [--painted 2] [--crop 512] [--out results.json]
+        [--minutes 2.5] [--threads 1] [--painted 2] [--crop 512] [--patch-3d 128] [--patch-z 4] [--batch-3d 2]
+        [--out results.json]
 
 For each volume a user paints `--painted` slices (evenly spaced, away from the ends) and leaves every other
 slice unannotated (0). Two arms get the same painted labels and the same wall-clock budget of fine-tuning
@@ -199,21 +200,22 @@ def main() -> int:
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     ap.add_argument("--arms", nargs="+", default=["3d", "2d"], choices=("3d", "2d"))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--minutes", type=float, default=3.0, help="fine-tuning wall time per arm")
+    ap.add_argument("--minutes", type=float, default=2.5, help="fine-tuning wall time per arm")
     ap.add_argument("--painted", type=int, default=2, help="painted slices per volume")
     ap.add_argument("--crop", type=int, default=None, help="central Y/X crop (default: whole slices)")
-    ap.add_argument("--patch-3d", type=int, default=64)
-    ap.add_argument("--patch-z", type=int, default=8)
+    ap.add_argument("--patch-3d", type=int, default=128)
+    ap.add_argument("--patch-z", type=int, default=4)
     ap.add_argument("--batch-3d", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("bench_volumes.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cpu = cpu_name()
     records = json.loads(args.out.read_text())["records"] if args.out.exists() else []
     done = {(r["set"], r["arm"], r["seed"]) for r in records}
-    for name in args.sets:
-        for seed in args.seeds:
+    # Seeds outermost, so a run stopped early still has every set and arm for the seeds it finished.
+    for seed in args.seeds:
+        for name in args.sets:
             for arm in args.arms:
                 if (name, arm, seed) in done:
                     continue
