@@ -80,3 +80,11 @@ def test_copies_stop_at_the_memory_budget(monkeypatch):
     sources = zoomed_sources([img], [compute_normalisation(img.data, "s")], [np.stack([ids] * 6)], items,
                              "instance", zoom=2.0, min_side=16)
     assert len(sources) == 2 * 4  # two planes' copies fit, four scales each
+
+
+def test_a_retrain_fits_the_corrections_at_their_own_scale():
+    from napari_tower.config import RetrainConfig
+    from napari_tower.segment.retrain import retrain_finetune_config
+
+    cfg = retrain_finetune_config(None, RetrainConfig(), FinetuneConfig(zoom=3.0))
+    assert cfg.zoom == 1.0

@@ -6,11 +6,13 @@ Run under a virtual display: `xvfb-run -a python -m pytest tests/widget/test_wid
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from ..conftest import blobs
-from .test_widget import configure, open_widget, wait_idle
+from .test_widget import configure, open_widget, snap, wait_idle
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
@@ -112,6 +114,8 @@ def test_3d_preview_shows_volumes(make_napari_viewer, qtbot, errors):
     masking = viewer.layers["tower preview: masking"].data
     assert (masking == 0).any() and not np.array_equal(masking, viewer.layers["tower preview: nonlinear"].data)
     assert "Previewed 6" in widget.status.text()
+    viewer.dims.ndisplay = 3
+    snap(viewer, widget, "volumes-3d-preview")
 
 
 def _has_3d_engines() -> bool:
@@ -126,7 +130,9 @@ def _has_3d_engines() -> bool:
 def test_3d_mode_pretrains_finetunes_from_two_slices_predicts_and_retrains(make_napari_viewer, qtbot, errors):
     """The front end's choices reach the 3D engines: a 3D model comes out, predicts the whole volume and retrains."""
     viewer, widget = open_widget(make_napari_viewer)
-    configure(widget, steps=2, patch=32, batch=2, base=4, finetune_steps=2)
+    # Two steps test the wiring; the docs' screenshots (NAPARI_TOWER_SCREENSHOTS) need a model that has learnt.
+    shots = bool(os.environ.get("NAPARI_TOWER_SCREENSHOTS"))
+    configure(widget, steps=40 if shots else 2, patch=32, batch=2, base=4, finetune_steps=200 if shots else 2)
     widget.train.patch_z.value = 8
     images, truths = zip(*[blobs((64, 64), 8, seed=s) for s in range(16)])
     image = viewer.add_image(np.stack(images), name="stack", scale=(3, 1, 1))
@@ -152,6 +158,11 @@ def test_3d_mode_pretrains_finetunes_from_two_slices_predicts_and_retrains(make_
     assert not errors, errors
     out = viewer.layers["stack tower labels"]
     assert out.data.shape == (16, 64, 64)
+    if shots:
+        viewer.dims.ndisplay = 3
+        viewer.camera.angles = (0, -40, 60)
+        snap(viewer, widget, "volumes-3d-prediction")
+        viewer.dims.ndisplay = 2
     corrected = np.asarray(out.data).copy()
     corrected[7, 10:30, 10:30] = 1 - (corrected[7, 10:30, 10:30] > 0)  # one correction on one slice
     out.data = corrected

@@ -84,7 +84,8 @@ def edit_weights(previous: np.ndarray, corrected: np.ndarray, edit_weight: float
 
 def retrain_finetune_config(model: Model, cfg: RetrainConfig, base: FinetuneConfig | None = None) -> FinetuneConfig:
     """The fine-tuning settings of a retrain: `base` (default: the model's own training settings) with the
-    retrain's steps, seed, device and edit weight, every plane used and none held out for validation."""
+    retrain's steps, seed, device and edit weight, every plane used, none held out for validation and no
+    scaled copies."""
     if base is None:
         try:
             base = from_dict(FinetuneConfig, dict(model.config or {}))
@@ -94,6 +95,9 @@ def retrain_finetune_config(model: Model, cfg: RetrainConfig, base: FinetuneConf
     out.steps, out.seed, out.device, out.edit_weight = cfg.steps, cfg.seed, cfg.device, cfg.edit_weight
     out.minutes = cfg.minutes
     out.fraction, out.val_fraction = 1.0, 0.0
+    # A retrain fits the user's own corrections at their own scale: scaled copies (issue 21) would take
+    # most of its few steps away from the pixels just corrected.
+    out.zoom = 1.0
     return out
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from ..data.lazy import read_region
 from ..data.normalise import Normalisation
 from ..data.sampling import jitter_intensity
+from ..data.sampling3d import augment_volume
 from ..errors import TowerError
 
 # Annotated pixels remembered per labelled slice (a seeded subset for dense slices): bounds the index.
@@ -109,21 +110,14 @@ class VolumePatchSampler:
                 wts = None if wts is None else np.pad(wts, ((0, pz - (ze - zs)), (0, 0), (0, 0)))
             if self.augment:
                 k, flip, flip_z = int(rng.integers(4)), bool(rng.integers(2)), bool(rng.integers(2))
-                img, lab = _aug(img, k, flip, flip_z), _aug(lab, k, flip, flip_z)
-                wts = None if wts is None else _aug(wts, k, flip, flip_z)
+                img, lab = augment_volume(img, k, flip, flip_z), augment_volume(lab, k, flip, flip_z)
+                wts = None if wts is None else augment_volume(wts, k, flip, flip_z)
                 if self.intensity > 0:
                     img = jitter_intensity(img, self.intensity, rng)
             images[i], labels[i] = img, lab
             if wts is not None:
                 weights[i] = wts
         return {"image": images, "labels": labels, "weights": weights}
-
-
-def _aug(a: np.ndarray, k: int, flip: bool, flip_z: bool) -> np.ndarray:
-    a = np.rot90(a, k, axes=(-2, -1))
-    if flip:
-        a = a[..., ::-1]
-    return a[..., ::-1, :, :] if flip_z else a
 
 
 __all__ = ["LabelledVolume", "VolumePatchSampler"]
