@@ -110,6 +110,14 @@ class ModelConfig:
         min_size = None if patch_z is None else (patch_z, 1 << 30, 1 << 30)
         return pool_schedule(self.voxel_size, self.depth, min_size)
 
+    def kernels(self, patch_z: int | None = None) -> list[tuple[int, ...]] | None:
+        """The U-Net's per-level convolution sizes: None (3 everywhere) in 2D, 1 along a coarse z in 3D."""
+        pools = self.pools(patch_z)
+        if pools is None:
+            return None
+        from .models.anisotropy import conv_kernels
+        return conv_kernels(self.voxel_size, pools)
+
 
 @dataclass
 class AcceleratorConfig:
@@ -203,10 +211,12 @@ class FinetuneConfig:
     intensity_jitter: float = param(0.4, "random brightness/contrast change of training patches, so the model "
                                     "does not key on the training image's exact intensities (0: off)",
                                     label="intensity jitter", min=0, max=1, step=0.05)
-    # Issue 21: a model fine-tuned on large nuclei put a rim of +40% area around small ones (DSB2018, up to
-    # 3.3x the true foreground on one seed); copies scaled by 1/zoom .. zoom brought that seed within 1.44x.
-    zoom: float = param(2.0, "also train on copies of the labelled images scaled down and up to this factor, so "
-                        "objects smaller or larger than the painted ones are segmented too (1: off)",
+    # Issue 21: a model fine-tuned on large nuclei put a rim of +40% area around small ones (DSB2018, 3.2x the
+    # true foreground on one seed; 1.5x with zoom 2). Off by default: where objects keep their size
+    # (S-BIAD634, Usiigaci) the copies cost 1.5-4 Dice points (docs/benchmarks.md, "Dense-to-sparse transfer").
+    zoom: float = param(1.0, "also train on copies of the labelled images scaled down and up to this factor: "
+                        "use 2 when the objects to segment are smaller or larger than the ones you painted "
+                        "(1: off)",
                         label="scale range", min=1, max=4, step=0.25)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -114,6 +114,15 @@ class ModelBundle:
         return pool_schedule(tuple(model.get("voxel_size", (1.0, 1.0, 1.0))), self.depth, (patch_z, 1 << 30, 1 << 30))
 
     @property
+    def kernels(self) -> list[tuple[int, ...]] | None:
+        """The U-Net's per-level convolution sizes, as training built them (None: 3 on every axis)."""
+        pools = self.pools
+        if pools is None:
+            return None
+        from .models.anisotropy import conv_kernels
+        return conv_kernels(tuple(self.config["model"].get("voxel_size", (1.0, 1.0, 1.0))), pools)
+
+    @property
     def percentiles(self) -> tuple[float, float]:
         """The low and high percentiles that per-image normalisation maps to 0 and 1."""
         data = self.config.get("data") or {}

@@ -26,7 +26,8 @@ class Method(nn.Module):
         self.cfg = cfg
         m = cfg.model
         # 3D (issue 17): volumes (N, C, Z, Y, X), pooled along z only as the voxel size and patch depth allow
-        self.unet = UNet(m.in_channels, m.base, m.depth, spatial_dims=m.spatial_dims, pools=m.pools(cfg.data.patch_z))
+        self.unet = UNet(m.in_channels, m.base, m.depth, spatial_dims=m.spatial_dims, pools=m.pools(cfg.data.patch_z),
+                         kernels=m.kernels(cfg.data.patch_z))
         self.restore = RestorationHead(m.base, m.in_channels, spatial_dims=m.spatial_dims)
         self.project = ProjectionHead(self.unet.encoder.out_channels, m.projection_dim)
 

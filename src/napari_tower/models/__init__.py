@@ -1,7 +1,7 @@
 """U-Net and heads."""
 
-from .anisotropy import pool_schedule
+from .anisotropy import conv_kernels, pool_schedule
 from .heads import ProjectionHead, RestorationHead, SegmentationHead
 from .unet import UNet
 
-__all__ = ["ProjectionHead", "RestorationHead", "SegmentationHead", "UNet", "pool_schedule"]
+__all__ = ["ProjectionHead", "RestorationHead", "SegmentationHead", "UNet", "conv_kernels", "pool_schedule"]

@@ -38,3 +38,21 @@ def pool_schedule(voxel_size: Sequence[float] | None, depth: int, min_size: Sequ
         if sizes is not None:
             sizes = [s // f for s, f in zip(sizes, factors)]
     return pools
+
+
+def conv_kernels(voxel_size: Sequence[float] | None, pools: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """Per-level convolution kernel sizes (one per axis; depth + 1 levels) for a volume of `voxel_size`.
+
+    A kernel spans 3 voxels along an axis only where that axis's spacing at the level is at most twice
+    the finest, else 1 (nnU-Net's rule): at full resolution a 12x-anisotropic EM stack gets 1 x 3 x 3
+    kernels, which cost a third of 3 x 3 x 3 and do not mix sections 12 pixels apart as if they were
+    neighbours; 3D context comes in at the levels where z has become comparable.
+    """
+    spacing = [float(s) for s in (voxel_size or (1.0,) * len(pools[0] if pools else (1, 1, 1)))]
+    kernels: list[tuple[int, ...]] = []
+    for level in range(len(pools) + 1):
+        finest = min(spacing)
+        kernels.append(tuple(3 if s <= 2 * finest + 1e-9 else 1 for s in spacing))
+        if level < len(pools):
+            spacing = [s * f for s, f in zip(spacing, pools[level])]
+    return kernels

@@ -28,11 +28,13 @@ def conv_class(spatial_dims: int) -> type[nn.Module]:
     return _CONV[spatial_dims]
 
 
-def _block(cin: int, cout: int, dims: int = 2) -> nn.Sequential:
+def _block(cin: int, cout: int, dims: int = 2, kernel: Sequence[int] | None = None) -> nn.Sequential:
     conv, norm = _CONV[dims], _NORM[dims]
+    size = tuple(kernel) if kernel is not None else 3
+    pad = tuple(k // 2 for k in kernel) if kernel is not None else 1
     return nn.Sequential(
-        conv(cin, cout, 3, padding=1, bias=False), norm(cout), nn.ReLU(inplace=True),
-        conv(cout, cout, 3, padding=1, bias=False), norm(cout), nn.ReLU(inplace=True),
+        conv(cin, cout, size, padding=pad, bias=False), norm(cout), nn.ReLU(inplace=True),
+        conv(cout, cout, size, padding=pad, bias=False), norm(cout), nn.ReLU(inplace=True),
     )
 
 
@@ -45,11 +47,14 @@ class Encoder(nn.Module):
     """Contracting path: returns the features of every level, the bottleneck last."""
 
     def __init__(self, in_channels: int, base: int, depth: int, spatial_dims: int = 2,
-                 pools: Sequence[Sequence[int]] | None = None) -> None:
+                 pools: Sequence[Sequence[int]] | None = None,
+                 kernels: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
         widths = [base * 2**i for i in range(depth + 1)]
-        self.levels = nn.ModuleList([_block(in_channels, widths[0], spatial_dims)]
-                                    + [_block(widths[i - 1], widths[i], spatial_dims) for i in range(1, depth + 1)])
+        k = list(kernels) if kernels is not None else [None] * (depth + 1)
+        self.levels = nn.ModuleList([_block(in_channels, widths[0], spatial_dims, k[0])]
+                                    + [_block(widths[i - 1], widths[i], spatial_dims, k[i])
+                                       for i in range(1, depth + 1)])
         pools = [tuple(p) for p in (pools or default_pools(spatial_dims, depth))]
         # Pooling has no parameters, so a list of them leaves the state dict as it was with one module.
         self.pools = nn.ModuleList([_POOL[spatial_dims](p, stride=p) for p in pools])
@@ -66,14 +71,17 @@ class Decoder(nn.Module):
     """Expanding path with skip connections; returns full-resolution features of width `base`."""
 
     def __init__(self, base: int, depth: int, spatial_dims: int = 2,
-                 pools: Sequence[Sequence[int]] | None = None) -> None:
+                 pools: Sequence[Sequence[int]] | None = None,
+                 kernels: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
         widths = [base * 2**i for i in range(depth + 1)]
         pools = [tuple(p) for p in (pools or default_pools(spatial_dims, depth))]
+        k = list(kernels) if kernels is not None else [None] * (depth + 1)
         up = _UP[spatial_dims]
         self.ups = nn.ModuleList([up(widths[i + 1], widths[i], pools[i], stride=pools[i])
                                   for i in reversed(range(depth))])
-        self.blocks = nn.ModuleList([_block(widths[i] * 2, widths[i], spatial_dims) for i in reversed(range(depth))])
+        self.blocks = nn.ModuleList([_block(widths[i] * 2, widths[i], spatial_dims, k[i])
+                                     for i in reversed(range(depth))])
         self.out_channels = base
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -87,22 +95,30 @@ class UNet(nn.Module):
     """Encoder + decoder. `forward` returns (full-resolution features, bottleneck).
 
     `spatial_dims` is 2 (input N, C, H, W) or 3 (N, C, Z, Y, X); `pools` gives
-    each level's pooling factor per axis (default 2 everywhere).
+    each level's pooling factor per axis (default 2 everywhere) and `kernels` each level's
+    convolution size per axis (depth + 1 levels, odd sizes; default 3 everywhere).
     """
 
     def __init__(self, in_channels: int = 1, base: int = 16, depth: int = 4, spatial_dims: int = 2,
-                 pools: Sequence[Sequence[int]] | None = None) -> None:
+                 pools: Sequence[Sequence[int]] | None = None,
+                 kernels: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, not {spatial_dims}")
         pools = [tuple(int(f) for f in p) for p in (pools or default_pools(spatial_dims, depth))]
         if len(pools) != depth or any(len(p) != spatial_dims for p in pools):
             raise ValueError(f"pools must give {depth} levels of {spatial_dims} factors, got {pools}")
+        if kernels is not None:
+            kernels = [tuple(int(k) for k in level) for level in kernels]
+            if len(kernels) != depth + 1 or any(len(k) != spatial_dims or min(k) < 1 or not all(v % 2 for v in k)
+                                                for k in kernels):
+                raise ValueError(f"kernels must give {depth + 1} levels of {spatial_dims} odd sizes, got {kernels}")
         self.depth = depth
         self.spatial_dims = spatial_dims
         self.pools = pools
-        self.encoder = Encoder(in_channels, base, depth, spatial_dims, pools)
-        self.decoder = Decoder(base, depth, spatial_dims, pools)
+        self.kernels = kernels
+        self.encoder = Encoder(in_channels, base, depth, spatial_dims, pools, kernels)
+        self.decoder = Decoder(base, depth, spatial_dims, pools, kernels)
 
     @property
     def multiples(self) -> tuple[int, ...]:

@@ -172,7 +172,8 @@ def finetune(
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     pools, patch_z = vol.volume_geometry(cfg, images, ckpt) if dims == 3 else (None, 1)
-    model = Segmenter(cfg.model.in_channels, classes, cfg.model.base, cfg.model.depth, dims, pools)
+    kernels = cfg.model.kernels(cfg.data.patch_z) if dims == 3 else None
+    model = Segmenter(cfg.model.in_channels, classes, cfg.model.base, cfg.model.depth, dims, pools, kernels)
     init_method = "scratch"
     if ckpt is not None and ckpt.kind == "segmenter":
         model.load_state_dict(ckpt.state)

@@ -15,9 +15,10 @@ class Segmenter(nn.Module):
     """U-Net + 1x1 head giving class logits (background first)."""
 
     def __init__(self, in_channels: int, classes: int, base: int = 16, depth: int = 4, spatial_dims: int = 2,
-                 pools: Sequence[Sequence[int]] | None = None) -> None:
+                 pools: Sequence[Sequence[int]] | None = None,
+                 kernels: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
-        self.unet = UNet(in_channels, base, depth, spatial_dims, pools)
+        self.unet = UNet(in_channels, base, depth, spatial_dims, pools, kernels)
         self.head = SegmentationHead(base, classes, spatial_dims)
         self.classes = classes
 
@@ -58,6 +59,7 @@ def inference_segmenter(ckpt: ModelBundle, device: torch.device) -> Segmenter:
 
 def segmenter_from_checkpoint(ckpt: ModelBundle) -> Segmenter:
     """Rebuild a fine-tuned segmenter from its checkpoint (eval mode, CPU)."""
-    model = Segmenter(ckpt.in_channels, int(ckpt.classes), ckpt.base, ckpt.depth, ckpt.spatial_dims, ckpt.pools)
+    model = Segmenter(ckpt.in_channels, int(ckpt.classes), ckpt.base, ckpt.depth, ckpt.spatial_dims, ckpt.pools,
+                      ckpt.kernels)
     model.load_state_dict(ckpt.state)
     return model.eval()
