@@ -97,7 +97,8 @@ def model_3d(tmp_path_factory):
     from napari_tower.segment.model import Segmenter
 
     cfg = FinetuneConfig(model=ModelConfig(base=4, depth=2, dims="3d", voxel_size=(4.0, 1.0, 1.0)))
-    net = Segmenter(1, 2, base=4, depth=2, spatial_dims=3, pools=cfg.model.pools(cfg.data.patch_z))
+    net = Segmenter(1, 2, base=4, depth=2, spatial_dims=3, pools=cfg.model.pools(cfg.data.patch_z),
+                    kernels=cfg.model.kernels(cfg.data.patch_z))
     path = tmp_path_factory.mktemp("m3d") / "m3d.pt"
     ModelBundle("segmenter", to_dict(cfg), net.state_dict(), target="binary", classes=2).save(path)
     return path

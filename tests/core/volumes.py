@@ -60,7 +60,8 @@ def tiny_segmenter_3d(steps: int = 40) -> ModelBundle:
 def _train(steps: int) -> ModelBundle:
     torch.manual_seed(0)
     cfg = config_3d()
-    model = Segmenter(1, 2, base=4, depth=2, spatial_dims=3, pools=cfg.model.pools(cfg.data.patch_z))
+    model = Segmenter(1, 2, base=4, depth=2, spatial_dims=3, pools=cfg.model.pools(cfg.data.patch_z),
+                    kernels=cfg.model.kernels(cfg.data.patch_z))
     image, labels = balls(seed=1)
     norm = Normalisation([200.0], [800.0])
     x_all = norm.apply(image[:, None], channel_axis=1)[:, 0]
