@@ -114,8 +114,14 @@ def test_3d_preview_shows_volumes(make_napari_viewer, qtbot, errors):
     masking = viewer.layers["tower preview: masking"].data
     assert (masking == 0).any() and not np.array_equal(masking, viewer.layers["tower preview: nonlinear"].data)
     assert "Previewed 6" in widget.status.text()
-    viewer.dims.ndisplay = 3
-    snap(viewer, widget, "volumes-3d-preview")
+    if os.environ.get("NAPARI_TOWER_SCREENSHOTS"):
+        for layer in viewer.layers:  # the stack and its TOWER view (masked 3D cells) only
+            layer.visible = layer.name in ("stack", "tower preview: tower")
+        viewer.layers["tower preview: tower"].rendering = "attenuated_mip"
+        viewer.dims.ndisplay = 3
+        viewer.reset_view()
+        viewer.camera.angles = (10, -25, 60)
+        snap(viewer, widget, "volumes-3d-preview")
 
 
 def _has_3d_engines() -> bool:
@@ -159,8 +165,10 @@ def test_3d_mode_pretrains_finetunes_from_two_slices_predicts_and_retrains(make_
     out = viewer.layers["stack tower labels"]
     assert out.data.shape == (16, 64, 64)
     if shots:
+        viewer.layers["two slices"].visible = False
         viewer.dims.ndisplay = 3
-        viewer.camera.angles = (0, -40, 60)
+        viewer.reset_view()
+        viewer.camera.angles = (10, -25, 60)
         snap(viewer, widget, "volumes-3d-prediction")
         viewer.dims.ndisplay = 2
     corrected = np.asarray(out.data).copy()
