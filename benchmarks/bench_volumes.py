@@ -48,6 +48,7 @@ from napari_tower.stats import compare
 
 SHARED = Path(os.environ.get("NAPARI_TOWER_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
 SETS = ("isbi2012_em", "sstem_drosophila_vnc")
+LOWER_IS_BETTER = {"voi", "arand", "split_share"}
 VOXEL_NM = {"isbi2012_em": (50.0, 4.0, 4.0), "sstem_drosophila_vnc": (50.0, 4.6, 4.6)}
 
 
@@ -175,14 +176,18 @@ def summarise(records: list[dict]) -> None:
     for name in sorted({r["set"] for r in records}):
         keys = ["membrane_dice", "voi", "arand"] if name == "isbi2012_em" else ["mito_dice", "f1_3d", "split_share"]
         for key in keys:
-            by_arm = {arm: {r["seed"]: [r[key]] for r in records if r["set"] == name and r["arm"] == arm}
+            # compare() calls the higher score better: errors (VOI, Rand error, split share) go in negated.
+            sign = -1.0 if key in LOWER_IS_BETTER else 1.0
+            by_arm = {arm: {r["seed"]: [sign * r[key]] for r in records if r["set"] == name and r["arm"] == arm}
                       for arm in ("3d", "2d")}
             if by_arm["3d"] and by_arm["2d"]:
                 c = compare(by_arm["3d"], by_arm["2d"], ("3d", "2d"))
-                m3 = np.mean([v[0] for v in by_arm["3d"].values()])
-                m2 = np.mean([v[0] for v in by_arm["2d"].values()])
-                print(f"{name} {key}: 3d {m3:.4f} vs 2d {m2:.4f}  diff {c.mean_diff:+.4f} "
-                      f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}] p={c.paired_t_p:.3g} ({c.n_seeds} seeds)  {c.verdict}")
+                m3 = sign * np.mean([v[0] for v in by_arm["3d"].values()])
+                m2 = sign * np.mean([v[0] for v in by_arm["2d"].values()])
+                lo, hi = sorted((sign * c.ci_low, sign * c.ci_high))
+                print(f"{name} {key}: 3d {m3:.4f} vs 2d {m2:.4f}  diff {m3 - m2:+.4f} "
+                      f"[{lo:+.4f}, {hi:+.4f}] p={c.paired_t_p:.3g} "
+                      f"({c.n_seeds} seeds)  {c.verdict}")
 
 
 def cpu_name() -> str:
