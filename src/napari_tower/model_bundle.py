@@ -103,24 +103,26 @@ class ModelBundle:
         """2 for a plane-by-plane model, 3 for a volume model (files before issue 17 are 2D)."""
         return 3 if self.config["model"].get("dims", "2d") == "3d" else 2
 
+    def _model_config(self) -> tuple[Any, int]:
+        """The saved model settings as a `ModelConfig`, and the training patch depth: what the U-Net is built from."""
+        from .config import ModelConfig
+
+        model = self.config["model"]
+        cfg = ModelConfig(depth=self.depth, dims=model.get("dims", "2d"),
+                          voxel_size=tuple(float(v) for v in model.get("voxel_size", (1.0, 1.0, 1.0))))
+        return cfg, int((self.config.get("data") or {}).get("patch_z", 16))
+
     @property
     def pools(self) -> list[tuple[int, ...]] | None:
         """The U-Net's per-level pooling factors, as training built them (None: 2 on every axis)."""
-        if self.spatial_dims == 2:
-            return None
-        from .models.anisotropy import pool_schedule
-        model = self.config["model"]
-        patch_z = int((self.config.get("data") or {}).get("patch_z", 16))
-        return pool_schedule(tuple(model.get("voxel_size", (1.0, 1.0, 1.0))), self.depth, (patch_z, 1 << 30, 1 << 30))
+        cfg, patch_z = self._model_config()
+        return cfg.pools(patch_z)
 
     @property
     def kernels(self) -> list[tuple[int, ...]] | None:
         """The U-Net's per-level convolution sizes, as training built them (None: 3 on every axis)."""
-        pools = self.pools
-        if pools is None:
-            return None
-        from .models.anisotropy import conv_kernels
-        return conv_kernels(tuple(self.config["model"].get("voxel_size", (1.0, 1.0, 1.0))), pools)
+        cfg, patch_z = self._model_config()
+        return cfg.kernels(patch_z)
 
     @property
     def percentiles(self) -> tuple[float, float]:
