@@ -216,7 +216,7 @@ class FinetuneConfig:
     # (S-BIAD634, Usiigaci) the copies cost 1.5-4 Dice points (docs/benchmarks.md, "Dense-to-sparse transfer").
     zoom: float = param(1.0, "also train on copies of the labelled images scaled down and up to this factor: "
                         "use 2 when the objects to segment are smaller or larger than the ones you painted "
-                        "(1: off)",
+                        "(1: off; 2D class and boundary targets only, not shape heads or 3D)",
                         label="scale range", min=1, max=4, step=0.25)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
