@@ -1,20 +1,25 @@
 """The correct-and-retrain loop, simulated: do suggested regions beat random ones?
 
-A simulated user opens a few training images (`--pool`, drawn by seed), annotates one 128 x 128 tile (drawn by
-seed, the same for every strategy) and fine-tunes on it (from the built-in generalist by default). Then, each
-round, the model predicts the open images, the user corrects one `--region` x `--region` region from the ground
-truth (the "suggested" strategy takes the most uncertain region not yet corrected, `suggest_region` on the
-entropy or test-time-flip map; "random" draws one among those not yet corrected) and the model is retrained on
-every region corrected so far with the widget's own Qt-free `segment.retrain.retrain`, the pixels the user
-changed weighing `--edit-weight` times more. After the first tile and after each round the model is scored on
-held-out images (foreground Dice); scoring time is not counted in a round's seconds.
+A simulated user opens a few training images of one size (`--pool`, drawn by seed: a stack, as a microscope
+gives), annotates one 128 x 128 tile (drawn by seed, the same for every strategy) and fine-tunes on the stack with
+the loss on that tile only (from the built-in generalist by default). Then, each round, the model predicts the
+stack, the user corrects one `--region` x `--region` region from the ground truth (the "suggested" strategy takes
+the most uncertain region not yet corrected, `suggest_region` on the entropy or test-time-flip map; "random" draws
+one among those not yet corrected) and the model is retrained with the widget's own Qt-free
+`segment.retrain.retrain` on the stack, learning from every region corrected so far (`reviewed`), the pixels the
+user changed weighing `--edit-weight` times more. Training sees whole planes, as in the widget: the model's
+stored intensity scaling is the stack's, not a tile's, and its patches are drawn around the corrected regions.
+After the first tile and after each round the model is scored on held-out images (foreground Dice); scoring
+time is not counted in a round's seconds.
 
 Held-out images: where IMAGES_DIR is a shared data set of benchmarks/corpus.py, its test split (DSB2018: 20% by a
 hash of the image id; Usiigaci: the source's `val` split); elsewhere the same hash rule on the file name. Masks are
-matched to images by file name. Colour images become their luminance (the generalist is single-channel).
+matched to images by file name. Colour images become their luminance (the generalist is single-channel);
+`--grayscale-only` keeps the images an `index.csv` beside the images folder marks grayscale (DSB2018: drops the
+colour brightfield and stained tissue images, as the project's other DSB benchmarks do).
 
-The simulated user accepts nothing it did not correct: a retrain learns from the corrected regions only (each a
-plane of the training stack), not from the uncorrected rest of the prediction.
+The simulated user accepts nothing it did not correct: a retrain learns from the corrected regions only, not
+from the uncorrected rest of the prediction.
 
     python benchmarks/bench_loop.py --data ../shared/data/dsb2018/images --labels ../shared/data/dsb2018/masks \
         --rounds 5 --seeds 3 --strategy both --out docs/benchmarks/loop/dsb2018
@@ -98,13 +103,34 @@ def held_out(images: Path) -> dict[str, bool]:
         return {}
 
 
-def load_pairs(images: Path, masks: Path, max_test: int, test_names: Path | None = None
-               ) -> tuple[list[Pair], list[Pair]]:
+def grayscale_names(images: Path) -> set[str] | None:
+    """Stems of the images an index.csv beside IMAGES_DIR marks grayscale (column `grayscale`), or None."""
+    import csv
+
+    index = images.parent / "index.csv"
+    if not index.exists():
+        return None
+    with index.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "grayscale" not in rows[0]:
+        return None
+    return {r.get("id", "") for r in rows if r["grayscale"] == "1"}
+
+
+def load_pairs(images: Path, masks: Path, max_test: int, test_names: Path | None = None,
+               grayscale_only: bool = False) -> tuple[list[Pair], list[Pair]]:
     """(training pool, held-out test images) of two folders of same-named files.
 
     test_names: a file listing the held-out file names, one a line (default: see the module docstring).
+    grayscale_only: keep only the images index.csv marks grayscale.
     """
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if grayscale_only:
+        keep = grayscale_names(images)
+        if keep is None:
+            raise SystemExit(f"error: --grayscale-only needs an index.csv with `id` and `grayscale` columns beside "
+                             f"{images}; drop the option")
+        files = [f for f in files if f.stem in keep]
     if test_names is not None:
         listed = set(test_names.read_text().split())
         known = {f.name: f.name in listed for f in files}
@@ -127,10 +153,12 @@ def load_pairs(images: Path, masks: Path, max_test: int, test_names: Path | None
 
 
 def open_images(train: list[Pair], n: int, seed: int) -> list[Pair]:
-    """The `n` training images the simulated user opens with `seed`: ranked by a seeded hash of their names, so
-    the choice does not depend on which other images the folder holds."""
+    """The (at most) `n` training images the simulated user opens with `seed`: the first of a ranking by a seeded
+    hash of the names and the next ones of its size (one stack, as a microscope gives), so the choice does not
+    depend on which other images the folder holds."""
     rank = sorted(train, key=lambda p: hashlib.sha1(f"{seed}:{p.name}".encode()).hexdigest())
-    return sorted(rank[:n], key=lambda p: p.name)
+    same = [p for p in rank if p.image.shape == rank[0].image.shape]
+    return sorted(same[:n], key=lambda p: p.name)
 
 
 def first_tile(pool: list[Pair], size: int, rng: np.random.Generator) -> Region:
@@ -182,14 +210,17 @@ def run_strategy(strategy: str, seed: int, pool: list[Pair], test: list[Pair], f
     torch.manual_seed(seed)
     fcfg = FinetuneConfig(steps=args.first_steps, batch=args.batch, lr=args.lr, seed=seed, device=args.device,
                           val_fraction=0.0, val_every=0, checkpoint_every=0, edit_weight=args.edit_weight,
-                          target="instance", data=DataConfig(patch=args.region), model=ModelConfig())
+                          target="instance", data=DataConfig(patch=args.patch), model=ModelConfig())
+    pcfg = PredictConfig(device=args.device, instances=False)
+    stack = from_array(np.stack([p.image for p in pool]), "open images", axes="ZYX")
+    truth = np.stack([p.truth for p in pool])
+    reviewed = np.zeros(truth.shape, np.uint8)  # the regions annotated or corrected so far
     corrected: list[Region] = [first]
-    tiles = [pool[first.plane].image[first.slices()]]
-    truths = [pool[first.plane].truth[first.slices()]]
+    reviewed[first.plane][first.slices()] = 1
     t0, c0 = time.perf_counter(), time.process_time()
-    model = finetune([from_array(tiles[0][None], "tile", axes="ZYX")], [truths[0][None]], fcfg, init=init).checkpoint
+    # The first tile is annotated from scratch: the truth's ids (whole objects) with the loss on the tile only.
+    model = finetune([stack], [truth], fcfg, init=init, weights=[reviewed.astype(np.float32)]).checkpoint
     seconds = (time.perf_counter() - t0, time.process_time() - c0)
-    previous = [truths[0]]  # nothing to correct: the first tile is annotated from scratch
     emit(strategy, seed, 0, score(model, test, args.device), seconds, corrected, 0)
     rng = np.random.default_rng([seed, 1])
     for rnd in range(1, args.rounds + 1):
@@ -201,20 +232,17 @@ def run_strategy(strategy: str, seed: int, pool: list[Pair], test: list[Pair], f
             region = random_region([p.image.shape for p in pool], args.region, corrected, rng)
         if region is None:
             break
-        pair = pool[region.plane]
-        tile, truth = pair.image[region.slices()], pair.truth[region.slices()]
-        predicted = Predictor(model, PredictConfig(device=args.device, instances=False)).predict(
-            from_array(tile[None], "region", axes="ZYX")).labels[0]
+        predicted = Predictor(model, pcfg).predict(stack).labels  # the prediction layer the user corrects
+        previous = np.stack([fg_aligned_previous(p, t) for p, t in zip(predicted, truth)])
+        fixed = previous.copy()
         corrected.append(region)
-        tiles.append(tile)
-        truths.append(truth)
-        previous.append(fg_aligned_previous(predicted, truth))
+        reviewed[region.plane][region.slices()] = 1
+        fixed[reviewed > 0] = truth[reviewed > 0]
         rcfg = RetrainConfig(steps=args.steps, edit_weight=args.edit_weight, seed=seed * 1000 + rnd, device=args.device)
         fcfg.steps = args.steps
         try:
-            result = retrain(model, from_array(np.stack(tiles), "corrected regions", axes="ZYX"), np.stack(previous),
-                             np.stack(truths), rcfg, finetune_cfg=fcfg,
-                             predict_cfg=PredictConfig(device=args.device, instances=False))
+            result = retrain(model, stack, previous, fixed, rcfg, finetune_cfg=fcfg, predict_cfg=pcfg,
+                             reviewed=reviewed)
             model, edited = result.model, result.edited
         except TowerError as exc:  # the model already matched every corrected pixel: nothing to learn
             if "no corrections" not in str(exc):
@@ -286,6 +314,8 @@ def main() -> int:
     parser.add_argument("--edit-weight", type=float, default=5.0)
     parser.add_argument("--max-test", type=int, default=30, help="held-out images scored (the first by name)")
     parser.add_argument("--test-names", type=Path, help="file listing the held-out image file names, one a line")
+    parser.add_argument("--grayscale-only", action="store_true",
+                        help="only the images an index.csv beside IMAGES_DIR marks grayscale")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (seconds are only meaningful on one device)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
@@ -302,7 +332,7 @@ def main() -> int:
         init = str(generalist_path())
     elif args.init != "scratch":
         init = args.init
-    train, test = load_pairs(args.data, args.labels, args.max_test, args.test_names)
+    train, test = load_pairs(args.data, args.labels, args.max_test, args.test_names, args.grayscale_only)
     train = [p for p in train if min(p.image.shape) >= args.region]
     args.out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []

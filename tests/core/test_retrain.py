@@ -82,6 +82,28 @@ def test_retrain_is_reproducible_and_learns_the_edits(small_model, tmp_path):
     assert not all(torch.equal(first.model.state[k], small_model.state[k]) for k in small_model.state)
 
 
+def test_a_retrain_limited_to_reviewed_regions_learns_nothing_from_the_rest(small_model):
+    image, truth = blobs((64, 64), seed=6)
+    previous = np.zeros((64, 64), np.int32)
+    corrected = (truth > 0).astype(np.int32)
+    reviewed = np.zeros((64, 64), np.uint8)
+    reviewed[:32] = 1  # the user checked the top half only
+    cfg = RetrainConfig(steps=3, seed=1, device="cpu")
+    top = retrain(small_model, image, previous, corrected, cfg, reviewed=reviewed)
+    assert top.edited == int(corrected[:32].sum())
+    scrambled = corrected.copy()
+    scrambled[40:] = 1 - scrambled[40:]  # whatever the unchecked half says (away from the seam) ...
+    other = retrain(small_model, image, previous, scrambled, cfg, reviewed=reviewed)
+    # ... the retrained weights are the same: the unchecked pixels carry no loss.
+    assert all(torch.allclose(top.model.state[k].float(), other.model.state[k].float(), atol=1e-6)
+               for k in top.model.state)
+    whole = retrain(small_model, image, previous, scrambled, cfg)
+    assert not all(torch.allclose(top.model.state[k].float(), whole.model.state[k].float(), atol=1e-6)
+                   for k in top.model.state)
+    with pytest.raises(TowerError, match="no corrections"):
+        retrain(small_model, image, previous, corrected, cfg, reviewed=np.zeros((64, 64), np.uint8))
+
+
 def test_stopping_a_retrain_keeps_the_model_without_a_prediction(small_model):
     image, truth = blobs((64, 64), seed=6)
     result = retrain(small_model, image, np.zeros((64, 64), np.int32), (truth > 0).astype(np.int32),

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import TowerError
+from .annotated import AnnotatedPixels
 from .io import Image
 from .lazy import read_region
 from .normalise import Normalisation
@@ -70,6 +71,7 @@ class PatchSampler:
                              "use images with the same channels")
         self.channels = channels.pop()
         self._index_planes()
+        self._index_annotations()
 
     def _index_planes(self) -> None:
         """List every plane and, for the prior, a coarse grid of structure scores per plane.
@@ -113,8 +115,33 @@ class PatchSampler:
                 cum.append(total)
         self.plane_cum = np.asarray(cum)
 
+    def _index_annotations(self) -> None:
+        """Where labels carry loss. When some plane is only partly annotated (painted regions, scribbles,
+        corrected tiles), planes are drawn by their annotated pixels and patches hold some of them; with every
+        plane fully annotated, draws stay uniform."""
+        self.annotated: list[AnnotatedPixels] | None = None
+        if self.sources[0].labels is None:
+            return
+        index = []
+        for si, pi in self.planes:
+            s = self.sources[si]
+            index.append(AnnotatedPixels.of(np.asarray(s.labels[pi]),
+                                            None if s.weights is None else np.asarray(s.weights[pi])))
+        if all(a.dense for a in index):
+            return
+        self.annotated = index
+        self.annotated_cum = np.cumsum([a.count for a in index])
+        if self.annotated_cum[-1] <= 0:
+            raise TowerError("the labels annotate no pixel: paint at least one object or background region")
+
     def _pick_corner(self, rng: np.random.Generator) -> tuple[int, int, int, int]:
         p = self.patch
+        if self.annotated is not None:
+            k = int(np.searchsorted(self.annotated_cum, rng.random() * self.annotated_cum[-1], side="right"))
+            k = min(k, len(self.planes) - 1)
+            si, pi = self.planes[k]
+            y, x = self.annotated[k].corner(p, rng)
+            return si, pi, y, x
         use_prior = self.prior_floor < 1.0 and rng.random() >= self.prior_floor and self.plane_cum[-1] > 0
         if use_prior:
             k = int(np.searchsorted(self.plane_cum, rng.random() * self.plane_cum[-1], side="right"))

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted cross-entropy + soft Dice over annotated pixels; targets 0 = unannotated (no gradient).
 
+    A pixel of weight 0 is unannotated too (e.g. outside the regions a user corrected): it enters neither term.
+
     `logits` (N, K, *spatial) and `targets`, `weights` (N, *spatial): planes (2D) or volumes (3D).
     """
     logits = logits.float()
@@ -19,7 +21,7 @@ def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torc
     ce = (ce * annotated).sum() / annotated.sum().clamp(min=1.0)
     probs = logits.softmax(dim=1)
     onehot = F.one_hot(cls, logits.shape[1]).movedim(-1, 1).float()
-    mask = (targets > 0).float()[:, None]
+    mask = (annotated > 0).float()[:, None]
     inter = (probs * onehot * mask).sum(dim=spatial)
     denom = ((probs + onehot) * mask).sum(dim=spatial)
     present = onehot.mul(mask).sum(dim=spatial) > 0

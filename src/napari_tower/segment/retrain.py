@@ -137,6 +137,7 @@ def retrain(
     finetune_cfg: FinetuneConfig | None = None,
     predict_cfg: PredictConfig | None = None,
     on_step: StepHook | None = None,
+    reviewed: np.ndarray | None = None,
 ) -> RetrainResult:
     """Retrain a segmenter on the user's corrections of its prediction, then predict the corrected planes again.
 
@@ -150,6 +151,9 @@ def retrain(
     finetune_cfg: the other training settings (batch, patch, learning rate...); default: the model's own.
     predict_cfg: how to predict afterwards; default: `PredictConfig` on `cfg.device`.
     on_step: called with (step, model) after each training step, as for `finetune` (e.g. a live preview).
+    reviewed: the pixels the user has checked, e.g. the regions corrected so far (nonzero = checked), in the
+        labels' shape; the rest of the prediction is then not learnt from. Default: every pixel of the planes
+        counts, i.e. what the user left uncorrected is accepted as it is.
 
     The corrected planes become dense training targets (`retrain_targets`, for the model's target kind);
     every pixel of them counts, the changed ones `cfg.edit_weight` times. Same inputs and seed, same
@@ -175,7 +179,9 @@ def retrain(
         chosen = vol.volume_planes(chosen, image)
         annotated = np.array([p in marked for p in chosen])
     weights = edit_weights(previous[chosen], corrected[chosen], cfg.edit_weight) * annotated[:, None, None]
-    edited = int((corrected[chosen] != previous[chosen]).sum())
+    if reviewed is not None:
+        weights = weights * (_as_planes(reviewed, image, "reviewed")[chosen] != 0)
+    edited = int(((corrected[chosen] != previous[chosen]) & (weights > 0)).sum())
     if edited == 0:
         raise TowerError("no corrections: the corrected labels equal the prediction on the planes to retrain; fix "
                          "the prediction (paint, fill, erase), then retrain")

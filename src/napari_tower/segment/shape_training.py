@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data import Image, Normalisation
+from ..data.annotated import AnnotatedPixels
 from ..data.lazy import read_region
 from .metrics import overlaps
 from .shape_heads import DEFAULT_POSTPROCESS, InstanceHead
@@ -53,7 +54,7 @@ class ShapeObjective:
         self.weights = [np.asarray(w, np.float32) for _, _, _, w in planes]
         # Draw planes by area, and patches near annotated pixels, so sparse scribbles are not mostly missed.
         self.area = np.array([float(w.size) for w in self.weights])
-        self.cells = [np.argwhere(w > 0) for w in self.weights]
+        self.annotated = [AnnotatedPixels.of(None, w) for w in self.weights]
 
     def sample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         p = self.patch
@@ -65,14 +66,7 @@ class ShapeObjective:
         for i in range(n):
             k = int(rng.choice(len(self.images), p=probs))
             (im, norm), t, w = self.images[k], self.targets[k], self.weights[k]
-            h, wd = t.shape[-2:]
-            cells = self.cells[k]
-            if cells.size and cells.shape[0] < w.size:  # sparse: centre the patch on an annotated pixel
-                cy, cx = cells[int(rng.integers(cells.shape[0]))]
-                y = int(np.clip(cy - p // 2 + rng.integers(-p // 4, p // 4 + 1), 0, h - p))
-                x = int(np.clip(cx - p // 2 + rng.integers(-p // 4, p // 4 + 1), 0, wd - p))
-            else:
-                y, x = int(rng.integers(h - p + 1)), int(rng.integers(wd - p + 1))
+            y, x = self.annotated[k].corner(p, rng)
             img = norm.apply(read_region(im.data, (0, slice(None), slice(y, y + p), slice(x, x + p))))
             tt, ww = t[:, y: y + p, x: x + p], w[y: y + p, x: x + p]
             if self.augment:
