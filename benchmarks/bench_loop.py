@@ -16,7 +16,9 @@ Held-out images: where IMAGES_DIR is a shared data set of benchmarks/corpus.py, 
 hash of the image id; Usiigaci: the source's `val` split); elsewhere the same hash rule on the file name. Masks are
 matched to images by file name. Colour images become their luminance (the generalist is single-channel);
 `--grayscale-only` keeps the images an `index.csv` beside the images folder marks grayscale (DSB2018: drops the
-colour brightfield and stained tissue images, as the project's other DSB benchmarks do).
+colour brightfield and stained tissue images, as the project's other DSB benchmarks do); `--bright-objects` keeps
+the images whose objects are brighter than their background (fluorescence), so that the held-out images are of
+the modality the simulated user works on.
 
 The simulated user accepts nothing it did not correct: a retrain learns from the corrected regions only, not
 from the uncorrected rest of the prediction.
@@ -117,12 +119,19 @@ def grayscale_names(images: Path) -> set[str] | None:
     return {r.get("id", "") for r in rows if r["grayscale"] == "1"}
 
 
+def bright_objects(pair: Pair) -> bool:
+    """Whether the objects are brighter than the background (fluorescence), by their mean intensities."""
+    fg = pair.truth > 0
+    return bool(fg.any() and (~fg).any() and pair.image[fg].mean() > pair.image[~fg].mean())
+
+
 def load_pairs(images: Path, masks: Path, max_test: int, test_names: Path | None = None,
-               grayscale_only: bool = False) -> tuple[list[Pair], list[Pair]]:
+               grayscale_only: bool = False, bright_only: bool = False) -> tuple[list[Pair], list[Pair]]:
     """(training pool, held-out test images) of two folders of same-named files.
 
     test_names: a file listing the held-out file names, one a line (default: see the module docstring).
     grayscale_only: keep only the images index.csv marks grayscale.
+    bright_only: keep only the images whose objects are brighter than their background (`bright_objects`).
     """
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if grayscale_only:
@@ -145,6 +154,8 @@ def load_pairs(images: Path, masks: Path, max_test: int, test_names: Path | None
         if is_test and len(test) >= max_test:
             continue
         pair = Pair(f.stem, read_plane(f), read_plane(m).astype(np.int32))
+        if bright_only and not bright_objects(pair):
+            continue
         (test if is_test else train).append(pair)
     if not train or not test:
         raise SystemExit(f"error: {images} and {masks} give {len(train)} training and {len(test)} held-out "
@@ -316,6 +327,8 @@ def main() -> int:
     parser.add_argument("--test-names", type=Path, help="file listing the held-out image file names, one a line")
     parser.add_argument("--grayscale-only", action="store_true",
                         help="only the images an index.csv beside IMAGES_DIR marks grayscale")
+    parser.add_argument("--bright-objects", action="store_true",
+                        help="only the images whose objects are brighter than their background (fluorescence)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (seconds are only meaningful on one device)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
@@ -332,7 +345,8 @@ def main() -> int:
         init = str(generalist_path())
     elif args.init != "scratch":
         init = args.init
-    train, test = load_pairs(args.data, args.labels, args.max_test, args.test_names, args.grayscale_only)
+    train, test = load_pairs(args.data, args.labels, args.max_test, args.test_names, args.grayscale_only,
+                              args.bright_objects)
     train = [p for p in train if min(p.image.shape) >= args.region]
     args.out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []

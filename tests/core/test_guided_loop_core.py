@@ -75,12 +75,21 @@ def test_live_preview_predicts_the_crop_at_most_every_interval(tiny_segmenter):
     model.train()
     image, _ = blobs((70, 90), seed=1)
     shown = []
-    live = LivePreview(image[None], compute_normalisation(image[None, None], "x"), lambda l, s: shown.append((l, s)),
-                       every_s=3600)
+    norm = compute_normalisation(image[None, None], "x")
+    live = LivePreview(image[None, :40, :50], norm, lambda l, s, o: shown.append((l, s, o)), every_s=3600,
+                       offset=(0, 0))
     live(1, model)
     live(2, model)  # within the interval: nothing
-    assert len(shown) == 1 and shown[0][0].shape == (70, 90) and shown[0][1] == 1
+    assert len(shown) == 1 and shown[0][0].shape == (40, 50) and shown[0][1:] == (1, (0, 0))
     assert model.training  # left as it was
+    live.move(image[None, 30:70, 40:90], (30, 40))  # the user panned: the next step after a short wait shows it
+    live.last -= LivePreview.MOVED_EVERY_S
+    live(3, model)
+    assert len(shown) == 2 and shown[1][1:] == (3, (30, 40))
+    expected = LivePreview(image[None, 30:70, 40:90], norm, lambda *a: None).labels(model)
+    assert np.array_equal(shown[1][0], expected)
+    live(4, model)  # back to the normal interval
+    assert len(shown) == 2
 
 
 def test_label_history_restores_every_round_exactly(tmp_path):

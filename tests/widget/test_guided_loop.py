@@ -90,6 +90,36 @@ def test_time_budgeted_finetune_shows_a_live_preview(make_napari_viewer, qtbot, 
     assert meter.max_gap < 0.500, sorted(meter.gaps)[-5:]
 
 
+def test_the_live_preview_follows_the_view(make_napari_viewer, qtbot, errors, monkeypatch):
+    """Panning during a fine-tune moves the preview to the part now in view, predicted from that part's pixels."""
+    from napari_tower.napari import live
+
+    monkeypatch.setattr(live, "LIVE_PREVIEW_EVERY_S", 1.0)
+    viewer, widget = open_widget(make_napari_viewer)
+    configure(widget, steps=4, patch=64, batch=4, base=8, finetune_steps=100_000)
+    widget.segment.minutes.value = 1.0  # stopped as soon as the preview shows objects in the new part
+    image_layer, labels_layer, _ = _annotated(viewer, size=640, n=60)
+    widget.segment.image.set_layer(image_layer)
+    widget.segment.labels.set_layer(labels_layer)
+    viewer.camera.center = (128.0, 128.0)  # the top-left part in view
+    widget.segment.finetune_button.click()
+    preview = viewer.layers[live.LIVE_PREVIEW_NAME]
+    assert tuple(preview.translate[-2:]) == (0.0, 0.0)
+    qtbot.waitUntil(lambda: widget.loop.live_updates >= 1, timeout=60_000)
+    viewer.camera.center = (500.0, 420.0)  # pan to the bottom right
+    moved = (500 - 128, 420 - 128)
+    qtbot.waitUntil(lambda: tuple(viewer.layers[live.LIVE_PREVIEW_NAME].translate[-2:]) == moved, timeout=30_000)
+    # Later previews stay there and, as training goes on, find the objects of that part.
+    qtbot.waitUntil(lambda: viewer.layers[live.LIVE_PREVIEW_NAME].data.max() >= 1, timeout=60_000)
+    widget.stop()  # the Stop button: the model so far is kept
+    wait_idle(qtbot, widget, 60)
+    assert not errors, errors
+    assert tuple(viewer.layers[live.LIVE_PREVIEW_NAME].translate[-2:]) == moved
+    viewer.camera.center = (128.0, 128.0)  # after the job, panning no longer moves the preview
+    qtbot.wait(100)
+    assert tuple(viewer.layers[live.LIVE_PREVIEW_NAME].translate[-2:]) == moved
+
+
 def test_next_region_history_and_pretraining_check(make_napari_viewer, qtbot, errors):
     """Next region moves the camera and outlines; going back restores a round exactly; the check gives a number."""
     from napari_tower.napari import guided

@@ -47,21 +47,50 @@ def live_preview_hook(w: Tower, image_layer: Any, spatial_dims: int = 2) -> Any:
     made = preview_layer(w, image_layer, np.zeros((ch, cw), np.uint8), (y0, x0))
     updates = w.loop.live_updates
 
+    running: list[Any] = []  # the job's LivePreview, once the job has made it (a weak reference)
+
     def make(callback: Any) -> LivePreview:
         norm = compute_normalisation(image.data, image.source)
 
-        def emit(labels: np.ndarray, step: int) -> None:
-            callback(GuiCall(show_live_preview, (w, ref, labels, (y0, x0), step)))
+        def emit(labels: np.ndarray, step: int, offset: tuple[int, int]) -> None:
+            callback(GuiCall(show_live_preview, (w, ref, labels, offset, step)))
 
-        return LivePreview(crop, norm, emit, LIVE_PREVIEW_EVERY_S)
+        preview = LivePreview(crop, norm, emit, LIVE_PREVIEW_EVERY_S, offset=(y0, x0))
+        running.append(weakref.ref(preview))
+        return preview
+
+    def follow(event: Any = None) -> None:
+        """The view moved (pan, zoom, another plane): preview the part now in view (GUI thread)."""
+        preview = running[-1]() if running else None
+        layer = ref()
+        if running and (preview is None or layer is None):  # the job ended or the image went: stop following
+            _disconnect(w.viewer, follow)
+            return
+        if preview is None or layer is None:
+            return
+        y, x, (h, wd) = view_crop(w.viewer, layer, image.shape[2:], most=LIVE_PREVIEW_SIZE)
+        at = current_plane(layer, w.viewer.dims.point)
+        if ((y, x), at) != (preview.offset, follow.plane):
+            follow.plane = at
+            preview.move(np.asarray(image.data[at, :, y:y + h, x:x + wd]), (y, x))
+
+    follow.plane = plane  # type: ignore[attr-defined]
+    w.viewer.camera.events.center.connect(follow)
+    w.viewer.dims.events.current_step.connect(follow)
 
     def discard() -> None:
         """A job that failed (bad input) leaves the layers as they were: drop the preview layer it added."""
+        _disconnect(w.viewer, follow)
         if not existed and w.loop.live_updates == updates and any(made is l for l in w.viewer.layers):
             w.viewer.layers.remove(made)
 
     make.discard = discard  # type: ignore[attr-defined]
     return make
+
+
+def _disconnect(viewer: Any, follow: Any) -> None:
+    viewer.camera.events.center.disconnect(follow)
+    viewer.dims.events.current_step.disconnect(follow)
 
 
 def _no_live_preview() -> Any:
