@@ -249,7 +249,8 @@ def run_strategy(strategy: str, seed: int, pool: list[Pair], test: list[Pair], f
         corrected.append(region)
         reviewed[region.plane][region.slices()] = 1
         fixed[reviewed > 0] = truth[reviewed > 0]
-        rcfg = RetrainConfig(steps=args.steps, edit_weight=args.edit_weight, seed=seed * 1000 + rnd, device=args.device)
+        rcfg = RetrainConfig(steps=args.steps, edit_weight=args.edit_weight, seed=seed * 1000 + rnd, device=args.device,
+                             lr_scale=args.retrain_lr_scale)
         fcfg.steps = args.steps
         try:
             result = retrain(model, stack, previous, fixed, rcfg, finetune_cfg=fcfg, predict_cfg=pcfg,
@@ -323,6 +324,8 @@ def main() -> int:
     parser.add_argument("--patch", type=int, default=64, help="training patch side (at most --region)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--edit-weight", type=float, default=5.0)
+    parser.add_argument("--retrain-lr-scale", type=float, default=RetrainConfig().lr_scale,
+                        help="a retrain's learning rate over the fine-tuning rate (RetrainConfig.lr_scale)")
     parser.add_argument("--max-test", type=int, default=30, help="held-out images scored (the first by name)")
     parser.add_argument("--test-names", type=Path, help="file listing the held-out image file names, one a line")
     parser.add_argument("--grayscale-only", action="store_true",

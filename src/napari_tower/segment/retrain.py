@@ -27,6 +27,7 @@ from .finetune import FinetuneResult, StepHook, finetune
 from .predict import Prediction, Predictor
 
 Model = ModelBundle  # a segmenter
+RETRAIN_WARMUP = 0.1  # share of a retrain's steps over which a scaled-down rate ramps up
 
 
 @dataclass
@@ -84,8 +85,8 @@ def edit_weights(previous: np.ndarray, corrected: np.ndarray, edit_weight: float
 
 def retrain_finetune_config(model: Model, cfg: RetrainConfig, base: FinetuneConfig | None = None) -> FinetuneConfig:
     """The fine-tuning settings of a retrain: `base` (default: the model's own training settings) with the
-    retrain's steps, seed, device and edit weight, every plane used, none held out for validation and no
-    scaled copies."""
+    retrain's steps, seed, device, edit weight and learning rate (`lr_scale` x the model's, with a warm-up), every
+    plane used, none held out for validation and no scaled copies."""
     if base is None:
         try:
             base = from_dict(FinetuneConfig, dict(model.config or {}))
@@ -94,6 +95,8 @@ def retrain_finetune_config(model: Model, cfg: RetrainConfig, base: FinetuneConf
     out = copy.deepcopy(base)  # finetune fills in fields of the config it gets
     out.steps, out.seed, out.device, out.edit_weight = cfg.steps, cfg.seed, cfg.device, cfg.edit_weight
     out.minutes = cfg.minutes
+    if cfg.lr_scale != 1.0:
+        out.lr, out.warmup = base.lr * cfg.lr_scale, max(base.warmup, RETRAIN_WARMUP)
     out.fraction, out.val_fraction = 1.0, 0.0
     # A retrain fits the user's own corrections at their own scale: scaled copies (issue 21) would take
     # most of its few steps away from the pixels just corrected.
