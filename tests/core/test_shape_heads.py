@@ -146,14 +146,15 @@ def test_boundary_models_keep_the_watershed(tiny_instance_model_file):
     assert Predictor(bundle, PredictConfig(device="cpu")).head is None
 
 
-def test_blockwise_distance_instances_agree_across_seams(tmp_path):
+@pytest.mark.parametrize("name", ["distance", "stardist"])
+def test_blockwise_shape_head_instances_agree_across_seams(tmp_path, name):
     """Block-wise zarr prediction with a shape head: objects crossing block seams keep one id."""
     zarr = pytest.importorskip("zarr")
     from napari_tower.data import read_image
     from napari_tower.segment.blockwise import predict_blockwise
 
     pairs = [synthetic_nuclei((128, 128), 14, seed=s) for s in range(2)]
-    cfg = FinetuneConfig(steps=30, batch=4, lr=3e-3, device="cpu", instance_head="distance", val_fraction=0.0,
+    cfg = FinetuneConfig(steps=30, batch=4, lr=3e-3, device="cpu", instance_head=name, val_fraction=0.0,
                          data=DataConfig(patch=64), model=ModelConfig(base=8, depth=3))
     model = finetune([from_array(im) for im, _ in pairs], [lab[None] for _, lab in pairs], cfg).checkpoint
     stack = synthetic_nuclei((520, 500), 160, seed=20)[0][None]
