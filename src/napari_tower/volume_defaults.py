@@ -27,8 +27,8 @@ class VolumeDefaults:
     batch: int
 
     def describe(self) -> str:
-        """"128 x 128 x 4 patches, batch 2"."""
-        return f"{self.patch} x {self.patch} x {self.patch_z} patches, batch {self.batch}"
+        """"4 x 128 x 128 sub-volumes, batch 2" (z first)."""
+        return f"{self.patch_z} x {self.patch} x {self.patch} sub-volumes, batch {self.batch}"
 
 
 # Fine-tuning: 2 x 128 x 128 x 4 voxels a step, the 2D default step's (8 x 128 x 128), so a 3D step costs about
