@@ -162,3 +162,9 @@ def test_a_3d_pretrain_chosen_by_auto_takes_the_3d_cpu_defaults(tmp_path, capsys
     assert (saved["data"]["patch"], saved["data"]["patch_z"], saved["batch"]) == (64, 16, 4)  # PRETRAIN_3D
     assert ("3D pretraining defaults for a CPU: patch 64, batch 4 (set --patch, --batch to change)"
             in capsys.readouterr().err)
+    # Resuming continues with the checkpoint's settings: no defaults to take, none said.
+    assert main(["pretrain", str(tmp_path / "stack.tif"), "--out", str(out), "--resume", str(out), "--steps", "2",
+                 "--device", "cpu"]) == 0
+    assert "defaults for a CPU" not in capsys.readouterr().err
+    saved = ModelBundle.load(out).config
+    assert (saved["data"]["patch"], saved["data"]["patch_z"], saved["batch"]) == (64, 16, 4)

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     volumes = resolve_volumes(args, images, args.resume or init)
     volumes.apply(cfg)
     say(volumes.note, args.quiet)
-    say(take_volume_defaults(cfg, args), args.quiet)
+    if not args.resume:  # a resumed run continues with its checkpoint's own settings
+        say(take_volume_defaults(cfg, args), args.quiet)
     with StopOnSignal() as should_stop:
         result = pretrain(images, cfg, out, ProgressBar(args.quiet), should_stop, args.resume, init)
     if result.world_size > 1:  # under torchrun: one line per rank, so a rank that did not train shows
