@@ -28,6 +28,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "napari_tower"
 # Defaults a command sets on purpose, each explained where the option is added.
 OWN_DEFAULTS = {
     ("pretrain", "--steps"): None,  # the field's default, or with --resume the interrupted run's total
+    # None until the mode is known: 2D takes the field's default, 3D napari_tower.volume_defaults' (issue 17)
+    **{(command, flag): None for command in ("pretrain", "finetune") for flag in ("--patch", "--patch-z", "--batch")},
     ("demo", "--steps"): DEMO_STEPS,  # the demo's short run
     ("demo", "--finetune-steps"): DEMO_STEPS,
     # bench: None is "the preset's value" (--quick or --full)

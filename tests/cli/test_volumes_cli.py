@@ -124,3 +124,47 @@ def test_predict_notes_a_voxel_size_unlike_the_models(files, model_3d):
     assert "resample" in check_model_fits(config, volume, args)
     args_2d = build_parser().parse_args(["predict", "m", "x", "--out", "o"])
     assert "planes one by one" in check_model_fits({"model": {"dims": "2d"}}, volume, args_2d)
+
+
+def test_a_3d_finetune_takes_the_3d_cpu_defaults_unless_given(files, tmp_path, capsys):
+    stack = tifffile.imread(files / "volume.tif")
+    labels = np.zeros(stack.shape, np.uint8)
+    labels[6] = 1 + (stack[6] > np.median(stack[6]))  # one painted slice: 1 = background, 2 = class
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    out = tmp_path / "f.pt"
+    argv = ["finetune", str(files / "volume.tif"), "--labels", str(tmp_path / "labels.tif"), "--out", str(out),
+            "--steps", "1", "--base", "4", "--depth", "2", "--device", "cpu", "--target", "sparse"]
+
+    def used() -> tuple[int, int, int]:
+        saved = ModelBundle.load(out).config
+        return saved["data"]["patch"], saved["data"]["patch_z"], saved["batch"]
+
+    assert main([*argv, "--dims", "3d"]) == 0
+    assert used() == (128, 4, 2)  # FINETUNE_3D, saved with the model
+    assert ("3D fine-tuning defaults for a CPU: 4 slices per patch, batch 2 (set --patch-z, --batch to change)"
+            in capsys.readouterr().err)
+    assert main([*argv, "--dims", "3d", "--batch", "8", "--patch-z", "8"]) == 0  # given, even at a 2D default
+    assert used() == (128, 8, 8)
+    assert "defaults for a CPU" not in capsys.readouterr().err
+    assert main([*argv, "--dims", "2d"]) == 0  # 2D: the config's defaults, as before
+    assert used() == (128, 16, 8)
+    assert "defaults for a CPU" not in capsys.readouterr().err
+
+
+def test_a_3d_pretrain_chosen_by_auto_takes_the_3d_cpu_defaults(tmp_path, capsys):
+    stack = np.stack([blobs((64, 64), 6, seed=s)[0] for s in range(16)])
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    out = tmp_path / "p.pt"
+    assert main(["pretrain", str(tmp_path / "stack.tif"), "--out", str(out), "--steps", "1", "--base", "4",
+                 "--depth", "2", "--device", "cpu"]) == 0
+    saved = ModelBundle.load(out).config
+    assert saved["model"]["dims"] == "3d"
+    assert (saved["data"]["patch"], saved["data"]["patch_z"], saved["batch"]) == (64, 16, 4)  # PRETRAIN_3D
+    assert ("3D pretraining defaults for a CPU: patch 64, batch 4 (set --patch, --batch to change)"
+            in capsys.readouterr().err)
+    # Resuming continues with the checkpoint's settings: no defaults to take, none said.
+    assert main(["pretrain", str(tmp_path / "stack.tif"), "--out", str(out), "--resume", str(out), "--steps", "2",
+                 "--device", "cpu"]) == 0
+    assert "defaults for a CPU" not in capsys.readouterr().err
+    saved = ModelBundle.load(out).config
+    assert (saved["data"]["patch"], saved["data"]["patch_z"], saved["batch"]) == (64, 16, 4)

@@ -41,9 +41,20 @@ def test_a_dropped_stack_selects_3d_with_its_voxel_size(make_napari_viewer):
     pre, fine = _configs(widget)
     assert (pre.model.dims, pre.model.voxel_size) == ("3d", (4.0, 1.0, 1.0))
     assert (fine.model.dims, fine.model.voxel_size) == ("3d", (4.0, 1.0, 1.0))
-    assert fine.data.patch_z == pre.data.patch_z == widget.train.patch_z.value
-    widget.train.patch_z.value = 12
-    assert "3D mode: training samples 12 x 128 x 128 sub-volumes" in widget.data.info.text()
+    # Patch, slices and batch left at their (2D) defaults: the 3D CPU defaults of each run (volume_defaults).
+    assert (pre.data.patch, pre.data.patch_z, pre.batch) == (64, 16, 4)
+    assert (fine.data.patch, fine.data.patch_z, fine.batch) == (128, 4, 2)
+    assert ("3D mode: pretraining takes 16 x 64 x 64 sub-volumes, batch 4 (favouring structured regions); "
+            "fine-tuning 4 x 128 x 128 sub-volumes, batch 2.") in widget.data.info.text()
+    assert "3D volume mode, left at 16: 4 for pretraining, 2 for fine-tuning" in widget.train.batch.tooltip
+    widget.train.patch_z.value = 12  # the user's value holds for both runs
+    pre, fine = _configs(widget)
+    assert pre.data.patch_z == fine.data.patch_z == 12 and (pre.batch, fine.batch) == (4, 2)
+    assert "pretraining takes 12 x 64 x 64 sub-volumes" in widget.data.info.text()
+    assert "fine-tuning 12 x 128 x 128 sub-volumes" in widget.data.info.text()
+    v.set_dims("2d")  # 2D: the controls' values as they are
+    pre, fine = _configs(widget)
+    assert (pre.data.patch, pre.batch) == (128, 16) and (fine.data.patch, fine.batch) == (128, 16)
 
 
 @pytest.mark.gui
@@ -180,3 +191,32 @@ def test_3d_mode_pretrains_finetunes_from_two_slices_predicts_and_retrains(make_
     wait_idle(qtbot, widget, 120)
     assert not errors, errors
     assert widget.session.segmenter.spatial_dims == 3
+
+
+@pytest.mark.gui
+@pytest.mark.skipif(not _has_3d_engines(), reason="the 3D fine-tuning engine is not in this build")
+def test_3d_fine_tuning_with_untouched_controls_uses_and_saves_the_3d_defaults(make_napari_viewer, qtbot, errors):
+    from napari_tower.config import FinetuneConfig
+    from napari_tower.napari.training import finetune_config
+
+    viewer, widget = open_widget(make_napari_viewer)
+    widget.train.base.value, widget.train.device.value, widget.segment.steps.value = 4, "cpu", 1
+    images, truths = zip(*[blobs((64, 64), 8, seed=s) for s in range(12)])
+    image = viewer.add_image(np.stack(images), name="stack", scale=(3, 1, 1))
+    assert widget.volume.dims() == "3d"
+    sparse = np.zeros((12, 64, 64), np.int32)
+    sparse[6] = (np.asarray(truths[6]) > 0) + 1
+    widget.segment.image.set_layer(image)
+    widget.segment.labels.set_layer(viewer.add_labels(sparse, name="one slice"))
+    widget.segment.sparse.value = True
+    widget.segment.finetune_button.click()
+    wait_idle(qtbot, widget, 120)
+    assert not errors, errors
+    saved = widget.session.segmenter.config
+    assert (saved["data"]["patch"], saved["data"]["patch_z"], saved["batch"]) == (128, 4, 2)
+    assert "3D fine-tuning defaults for a CPU: 4 slices per patch, batch 2" in widget.status.text()
+    # A retrain follows its model's mode, not the mode box: a 3D model gets the 3D defaults in 2D mode too.
+    widget.volume.set_dims("2d")
+    retrain = finetune_config(widget, FinetuneConfig(), dims="3d")
+    assert (retrain.data.patch_z, retrain.batch) == (4, 2)
+    assert finetune_config(widget, FinetuneConfig()).batch == 16  # 2D: the batch control's value

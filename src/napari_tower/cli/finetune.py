@@ -11,7 +11,14 @@ from ..generalist import resolve_init
 from .console import EXIT_INTERRUPTED, ProgressBar, StopOnSignal
 from .options import add_config_options, config_from_args
 from .training import add_training_options, training_precision
-from .volumes import add_volume_options, given_voxel_size, resolve_volumes, say
+from .volumes import (
+    add_volume_options,
+    given_voxel_size,
+    resolve_volumes,
+    say,
+    take_volume_defaults,
+    volume_default_options,
+)
 
 NAME = "finetune"
 HELP = "train a segmenter from labels"
@@ -25,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="segmenter checkpoint to write")
     p.add_argument("--init", help="pretraining checkpoint, 'generalist' for the built-in one, or a segmenter to "
                    "keep training (default: random initialisation)")
-    add_config_options(p, FinetuneConfig)
+    # --patch, --patch-z, --batch: None (not given) until the mode is known; 3D takes its own defaults.
+    defaults, notes = volume_default_options(FinetuneConfig)
+    add_config_options(p, FinetuneConfig, defaults=defaults, notes=notes)
     add_volume_options(p)
     add_training_options(p)
 
@@ -49,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     volumes = resolve_volumes(args, images, init)
     volumes.apply(cfg)
     say(volumes.note, args.quiet)
+    say(take_volume_defaults(cfg, args), args.quiet)
     with StopOnSignal() as should_stop:
         result = finetune(images, labels, cfg, args.out, init, None, ProgressBar(args.quiet), should_stop)
     if result.last.stopped:

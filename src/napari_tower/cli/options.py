@@ -164,6 +164,15 @@ def config_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -
     return cfg
 
 
+def given_paths(cls: type, args: argparse.Namespace) -> set[str]:
+    """The dotted fields of `cls` whose generated option was given (is not None) in `args`.
+
+    Meaningful for options added with a None default (`defaults={path: None}`): the others always hold a value.
+    """
+    return {opt.path for opt in getattr(args, OPTIONS_KEY, ()) if opt.cls is cls
+            and getattr(args, opt.dest) is not None}
+
+
 def _build(cls: type[T], values: Mapping[str, Any]) -> T:
     kwargs: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {}
@@ -180,4 +189,5 @@ def _build(cls: type[T], values: Mapping[str, Any]) -> T:
     return cls(**kwargs)
 
 
-__all__ = ["ConfigOption", "add_config_options", "config_fields", "config_from_args", "config_options", "field_param"]
+__all__ = ["ConfigOption", "add_config_options", "config_fields", "config_from_args", "config_options", "field_param",
+           "given_paths"]

@@ -13,7 +13,14 @@ from ..params import default_of
 from .console import EXIT_INTERRUPTED, ProgressBar, StopOnSignal
 from .options import add_config_options, config_from_args
 from .training import add_training_options, read_images, training_precision
-from .volumes import add_volume_options, given_voxel_size, resolve_volumes, say
+from .volumes import (
+    add_volume_options,
+    given_voxel_size,
+    resolve_volumes,
+    say,
+    take_volume_defaults,
+    volume_default_options,
+)
 
 NAME = "pretrain"
 HELP = "self-supervised pretraining on unlabelled images"
@@ -27,10 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", help="continue this checkpoint's run")
     p.add_argument("--init", help="warm-start the network from this checkpoint, or 'generalist' for the built-in one "
                    "(adapts it to your images)")
-    # --steps None: the field's default, or with --resume the interrupted run's own step count.
-    add_config_options(p, PretrainConfig, defaults={"steps": None},
-                       notes={"steps": f"default {default_of(PretrainConfig, 'steps')}, with --resume the "
-                                       "interrupted run's total"})
+    # --steps None: the field's default, or with --resume the interrupted run's own step count. --patch,
+    # --patch-z, --batch: None (not given) until the mode is known; 3D takes its own defaults.
+    defaults, notes = volume_default_options(PretrainConfig)
+    add_config_options(p, PretrainConfig, defaults={**defaults, "steps": None},
+                       notes={**notes, "steps": f"default {default_of(PretrainConfig, 'steps')}, with --resume the "
+                                                "interrupted run's total"})
     add_volume_options(p)
     add_training_options(p)
 
@@ -56,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     volumes = resolve_volumes(args, images, args.resume or init)
     volumes.apply(cfg)
     say(volumes.note, args.quiet)
+    if not args.resume:  # a resumed run continues with its checkpoint's own settings
+        say(take_volume_defaults(cfg, args), args.quiet)
     with StopOnSignal() as should_stop:
         result = pretrain(images, cfg, out, ProgressBar(args.quiet), should_stop, args.resume, init)
     if result.world_size > 1:  # under torchrun: one line per rank, so a rank that did not train shows

@@ -5,6 +5,10 @@ checkpoint (--init, --resume), whose own dims win. The voxel size is --voxel-siz
 file declares (ImageJ, OME-XML, OME-Zarr), else the checkpoint's, else isotropic. The resolved values go into
 the config (`ModelConfig.dims` / `voxel_size`), which the checkpoint saves. `--patch-z` is generated from
 `DataConfig.patch_z`. Predict takes no choice: the model decides, and a 3D model refuses an image with no volume.
+
+--patch, --patch-z and --batch default to "not given" (`volume_default_options`): a 2D run then takes the
+config's defaults, a 3D run the 3D CPU defaults (`napari_tower.volume_defaults`), and `take_volume_defaults`
+says which it took, so the run can be repeated with explicit options.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import Any
 
 from ..data.voxels import DIMS_CHOICES, ISOTROPIC, DimsChoice, VoxelSize, dims_of_image, parse_voxel_size
 from ..errors import TowerError
-from .options import field_param
+from ..params import default_of
+from ..volume_defaults import FIELDS, apply_volume_defaults, describe_applied, volume_defaults
+from .options import OPTIONS_KEY, field_param, given_paths
 
 # A voxel-size ratio (z over x) this much off the model's is worth a note at prediction.
 RATIO_TOLERANCE = 1.5
@@ -57,6 +63,27 @@ class Volumes:
             cfg.model.voxel_size = tuple(self.voxel.zyx)
         cfg.validate()
         return cfg
+
+
+def volume_default_options(cls: type) -> tuple[dict[str, Any], dict[str, str]]:
+    """`add_config_options` defaults and help notes for the fields whose 3D default differs from the 2D one."""
+    three_d = volume_defaults(cls)
+    notes = {}
+    for path, name in FIELDS.items():
+        flat, deep = default_of(cls, path), getattr(three_d, name)
+        # patch_z means nothing in 2D; a default that is the same in both modes is said once.
+        notes[path] = (f"default {deep}" if path == "data.patch_z" or flat == deep
+                       else f"default {flat} in 2D, {deep} in 3D")
+    return dict.fromkeys(FIELDS), notes
+
+
+def take_volume_defaults(cfg: Any, args: argparse.Namespace) -> str:
+    """In 3D, the volume defaults for --patch, --patch-z and --batch not given; a note saying which ('' if none)."""
+    cls = type(cfg)
+    applied = apply_volume_defaults(cfg, given_paths(cls, args))
+    cfg.validate()
+    flags = {opt.path: opt.flag for opt in getattr(args, OPTIONS_KEY, ()) if opt.cls is cls}
+    return describe_applied(applied, cfg, flags)
 
 
 def given_voxel_size(args: argparse.Namespace) -> VoxelSize | None:
@@ -151,4 +178,5 @@ def say(note: str, quiet: bool) -> None:
         print(note, file=sys.stderr)
 
 
-__all__ = ["Volumes", "add_volume_options", "check_model_fits", "given_voxel_size", "resolve_volumes", "say"]
+__all__ = ["Volumes", "add_volume_options", "check_model_fits", "given_voxel_size", "resolve_volumes", "say",
+           "take_volume_defaults", "volume_default_options"]

@@ -29,7 +29,9 @@ from qtpy.QtWidgets import (
 
 from ..config import DataConfig, FinetuneConfig, PredictConfig, PretrainConfig, PreviewConfig, RetrainConfig
 from ..errors import TowerError
+from ..params import default_of
 from ..train.engine import Progress
+from ..volume_defaults import FIELDS, FINETUNE_3D, PRETRAIN_3D, VolumeDefaults
 from .controls import ConfigControls
 from .layers import image_from_layer
 from .plot import LossPlot
@@ -121,6 +123,8 @@ class DataSection(QGroupBox):
         self.patch = DataConfig.patch
         self.dims = "2d"  # the mode (1. Data > Mode): what training samples
         self.patch_z = DataConfig.patch_z
+        # What 3D pretraining and fine-tuning use with 2. Pretrain's controls as they are (set by the widget).
+        self.volume_settings: tuple[VolumeDefaults, VolumeDefaults] | None = None
         self.list.itemChanged.connect(lambda _: self.describe())
         self.refresh()
 
@@ -165,7 +169,11 @@ class DataSection(QGroupBox):
         if not lines:
             self.info.setText("Choose at least one image layer (open or drop a TIFF stack into napari).")
             return
-        if self.dims == "3d":
+        if self.dims == "3d" and self.volume_settings is not None:
+            pre, fine = self.volume_settings
+            lines.append(f"3D mode: pretraining takes {pre.describe()} (favouring structured regions); "
+                         f"fine-tuning {fine.describe()}.")
+        elif self.dims == "3d":
             lines.append(f"3D mode: training samples {self.patch_z} x {self.patch} x {self.patch} sub-volumes of the "
                          "z-stacks, favouring structured regions.")
         else:
@@ -278,6 +286,10 @@ class PretrainSection(QGroupBox, Configurable):
         self.method, self.steps, self.patch, self.patch_z = c["method"], c["steps"], c["data.patch"], c["data.patch_z"]
         self.patch_z.enabled = False  # 3D mode only (1. Data > Mode)
         self.batch, self.base, self.device = c["batch"], c["model.base"], c["device"]
+        for path, name in FIELDS.items():  # in 3D mode a value left at its default stands for the 3D one
+            c[path].tooltip = (f"{c[path].tooltip}\n3D volume mode, left at {default_of(PretrainConfig, path)}: "
+                               f"{getattr(PRETRAIN_3D, name)} for pretraining, {getattr(FINETUNE_3D, name)} for "
+                               "fine-tuning (CPU defaults); any other value is used as it is")
         form = QFormLayout()
         add_rows(form, c)
         self.start = StartFrom()

@@ -163,9 +163,9 @@ def retrain(w: Tower) -> None:
                          "fill or erase tools, then retrain")
     image = image_from_layer(image_layer)
     # Batch, patch and device of 2. Pretrain; the rest (steps, seed, weight of edits) is the retrain's own.
-    cfg, tcfg, pcfg = retrain_config(w), finetune_config(w, FinetuneConfig()), predict_config(w)
     model = ckpt.config.get("model") or {}  # the segmenter's mode, whatever 1. Data > Mode shows now
-    tcfg.model.dims = str(model.get("dims", "2d"))
+    cfg, pcfg = retrain_config(w), predict_config(w)
+    tcfg = finetune_config(w, FinetuneConfig(), dims=str(model.get("dims", "2d")))
     tcfg.model.voxel_size = tuple(model.get("voxel_size", tcfg.model.voxel_size))
     previous = record.written
 

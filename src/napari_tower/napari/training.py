@@ -6,6 +6,7 @@ runs the core call as a job (`Tower.start_job`) and writes the result back when 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from ..config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig
 from ..errors import TowerError
 from ..generalist import resolve_init
+from ..volume_defaults import FIELDS, VolumeDefaults, apply_volume_defaults, describe_applied, left_at_default
 from .host import Tower
 from .layers import current_plane, image_from_layer, labels_to_planes, view_crop
 from .sections import OWNED
@@ -39,6 +41,8 @@ def pretrain(w: Tower) -> None:
         cfg.model.base, cfg.model.depth = start.base, start.depth
         check_mode_fits(start, cfg)
 
+    took = volume_defaults_note(w, cfg)
+
     def job(callback, should_stop):
         return run_pretrain(images, cfg, callback=callback, should_stop=should_stop, init=init)
 
@@ -46,16 +50,47 @@ def pretrain(w: Tower) -> None:
         w.session.pretrained = result.checkpoint
         w.update_models()
         what = f"stopped at step {result.last.step}; checkpoint kept" if stopped else "finished"
-        w.show_info(f"Pretraining ({cfg.method}) {what}. Next: fine-tune on a few labels (4. Segment).")
+        w.show_info(f"Pretraining ({cfg.method}) {what}{f' ({took})' if took else ''}. Next: fine-tune on a few "
+                    "labels (4. Segment).")
 
     w.start_job("pretrain", job, finished)
 
 
 def pretrain_config(w: Tower) -> PretrainConfig:
-    """2. Pretrain's settings with the mode and voxel size of 1. Data > Mode, validated."""
+    """2. Pretrain's settings with the mode and voxel size of 1. Data > Mode, validated; in 3D mode the patch,
+    slices and batch left at their defaults become the 3D ones (`volume_defaults`)."""
     cfg = w.volume.apply(w.train.config())
+    apply_volume_defaults(cfg, set_by_user(w))
     cfg.validate()
     return cfg
+
+
+def set_by_user(w: Tower) -> set[str]:
+    """The patch, slices and batch controls of 2. Pretrain the user moved off their (2D) defaults.
+
+    A control always holds a value, so one at its default counts as "not set": in 3D mode it stands for the 3D
+    default of the run (pretraining or fine-tuning), which the controls' tooltips name.
+    """
+    return set(FIELDS) - left_at_default(w.train.controls.fill(PretrainConfig()))
+
+
+def volume_settings(w: Tower) -> tuple[VolumeDefaults, VolumeDefaults]:
+    """What 3D pretraining and 3D fine-tuning would use with 2. Pretrain's controls as they are."""
+    raw, given = w.train.controls.fill(PretrainConfig()), set_by_user(w)
+    out = []
+    for cls in (PretrainConfig, FinetuneConfig):
+        cfg = cls(batch=raw.batch, data=DataConfig(patch=raw.data.patch, patch_z=raw.data.patch_z),
+                  model=ModelConfig(dims="3d"))
+        apply_volume_defaults(cfg, given)
+        out.append(VolumeDefaults(cfg.data.patch, cfg.data.patch_z, cfg.batch))
+    return out[0], out[1]
+
+
+def volume_defaults_note(w: Tower, cfg: PretrainConfig | FinetuneConfig) -> str:
+    """Which 3D defaults a config from `pretrain_config`/`finetune_config` took ('' in 2D or when none)."""
+    raw = copy.deepcopy(cfg)
+    raw.data.patch, raw.data.patch_z, raw.batch = w.train.patch.value, w.train.patch_z.value, w.train.batch.value
+    return describe_applied(apply_volume_defaults(raw, set_by_user(w)), cfg)
 
 
 def check_mode_fits(init: Any, cfg: Any) -> None:
@@ -181,14 +216,19 @@ def show_previews(w: Tower, layer: Any, views: dict[str, np.ndarray], offset: tu
 # ----------------------------------------------------------------------------------------------- 4. fine-tune
 
 
-def finetune_config(w: Tower, base: FinetuneConfig | None = None) -> FinetuneConfig:
+def finetune_config(w: Tower, base: FinetuneConfig | None = None, dims: str | None = None) -> FinetuneConfig:
     """`base` (default: 4. Segment's settings) with the batch, patch, model size and device of 2. Pretrain and the
-    mode and voxel size of 1. Data."""
-    t = pretrain_config(w)
+    mode and voxel size of 1. Data (`dims`, when given, instead of the mode: a retrain keeps its model's); in 3D
+    the patch, slices and batch left at their defaults become the 3D fine-tuning ones (`volume_defaults`)."""
+    t = w.volume.apply(w.train.config())  # the controls as they are: fine-tuning has its own 3D defaults
+    if dims is not None:
+        t.model.dims = dims
     cfg = base if base is not None else w.segment.finetune_config()
     cfg.batch, cfg.device = t.batch, t.device
     cfg.data = DataConfig(patch=t.data.patch, patch_z=t.data.patch_z)
     cfg.model = ModelConfig(base=t.model.base, dims=t.model.dims, voxel_size=t.model.voxel_size)
+    apply_volume_defaults(cfg, set_by_user(w))
+    cfg.validate()
     return cfg
 
 
@@ -221,6 +261,7 @@ def finetune(w: Tower) -> None:
         image = from_array(np.asarray(image.data[planes]), image.source, axes="ZCYX")
         labels = labels[planes]
     live = live_preview_hook(w, image_layer, cfg.model.spatial_dims)
+    took = volume_defaults_note(w, cfg)
 
     def job(callback, should_stop):
         return run_finetune([image], [labels], cfg, init=init, callback=callback, should_stop=should_stop,
@@ -233,6 +274,6 @@ def finetune(w: Tower) -> None:
         start = ("from the pretrained model" if init is w.session.pretrained and init is not None else
                  f"from {w.train.start.currentText()}" if init is not None else "from scratch (no pretrained model)")
         w.show_info(f"Fine-tuned {start} on {len(planes)} annotated plane(s){' (stopped)' if stopped else ''}"
-                    f"{dice}. Next: Predict.")
+                    f"{dice}{f'; {took}' if took else ''}. Next: Predict.")
 
     w.start_job("fine-tune", job, finished, on_failure=live.discard)

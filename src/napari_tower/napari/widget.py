@@ -103,8 +103,8 @@ class TowerWidget(QWidget):
         for control in [c for section in self._configured() for c in section.parameter_controls()] + [s.sparse]:
             control.changed.connect(lambda *_: self._save_timer.start())
         s.scope.currentTextChanged.connect(lambda *_: self._save_timer.start())
-        t.patch.changed.connect(self._patch_changed)
-        t.patch_z.changed.connect(self._patch_changed)
+        for control in (t.patch, t.patch_z, t.batch):
+            control.changed.connect(self._patch_changed)
         self._patch_changed()
         self.data.list.itemChanged.connect(lambda *_: self._follow_layer())
         self.segment.image.currentIndexChanged.connect(lambda *_: self._follow_layer())
@@ -197,6 +197,7 @@ class TowerWidget(QWidget):
 
     def _patch_changed(self, *_: Any) -> None:
         self.data.patch, self.data.patch_z = self.train.patch.value, self.train.patch_z.value
+        self.data.volume_settings = training.volume_settings(self)
         self.data.describe()
 
     def _configured(self) -> tuple:

@@ -56,16 +56,19 @@ def volume_geometry(cfg: FinetuneConfig, images: Sequence[Image], ckpt: ModelBun
     """The U-Net's pooling and the training patch depth, with `cfg` updated so the saved model rebuilds them.
 
     A checkpoint brings its voxel size and patch depth (its transposed convolutions are shaped by its
-    pooling, so the new model must pool as it did). A fresh model takes `cfg`'s, with the patch no
-    deeper than the deepest volume. The depth is rounded up to a multiple of the z pooling; thinner
-    volumes are padded by the sampler.
+    pooling, so the new model must pool as it did); the run keeps its own depth where that pools the same
+    (an anisotropic stack pretrained 16 slices deep fine-tunes 4 deep, a quarter of the voxels a step). A
+    fresh model takes `cfg`'s. The patch is no deeper than the deepest volume and its depth is rounded up
+    to a multiple of the z pooling; thinner volumes are padded by the sampler.
     """
+    own = max(1, min(cfg.data.patch_z, max(im.z_size for im in images)))
+    cfg.data.patch_z = own
     if ckpt is not None:
         model, data = ckpt.config.get("model") or {}, ckpt.config.get("data") or {}
         cfg.model.voxel_size = tuple(float(v) for v in model.get("voxel_size", (1.0, 1.0, 1.0)))
-        cfg.data.patch_z = int(data.get("patch_z", cfg.data.patch_z))
-    else:
-        cfg.data.patch_z = max(1, min(cfg.data.patch_z, max(im.z_size for im in images)))
+        saved = int(data.get("patch_z", own))
+        if cfg.model.pools(own) != cfg.model.pools(saved):
+            cfg.data.patch_z = saved
     pools = cfg.model.pools(cfg.data.patch_z)
     assert pools is not None  # 3D
     if ckpt is not None and ckpt.pools is not None and [tuple(p) for p in ckpt.pools] != pools:
