@@ -203,3 +203,38 @@ def test_layout_fits_a_laptop_screen(make_napari_viewer, qtbot):
     if os.environ.get("NAPARI_TOWER_SCREENSHOTS"):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         viewer.window._qt_window.grab().save(str(SCREENSHOTS / "laptop-1366x768.png"))
+
+
+def test_step_counts_left_at_their_defaults_are_sized_from_the_measured_step_time(make_napari_viewer, qtbot, errors):
+    """A fine-tune's seconds per step size the untouched fine-tune and retrain step counts, and are remembered."""
+    from napari_tower.config import FinetuneConfig, RetrainConfig
+    from napari_tower.napari.training import finetune_config
+    from napari_tower.train.sizing import FINETUNE_BUDGET_S, RETRAIN_BUDGET_S
+
+    viewer, widget = open_widget(make_napari_viewer)
+    configure(widget, steps=4, patch=64, batch=4, base=8, finetune_steps=FinetuneConfig().steps,
+              retrain_steps=RetrainConfig().steps)
+    widget.segment.minutes.value = 0.05  # 3 s of the default step count, whatever this machine's speed
+    image_layer, labels_layer, _ = _annotated(viewer)
+    widget.segment.image.set_layer(image_layer)
+    widget.segment.labels.set_layer(labels_layer)
+    widget.segment.finetune_button.click()
+    wait_idle(qtbot, widget, 120)
+    assert not errors, errors
+    timing = widget.loop.step_timing
+    assert timing is not None and timing.fits(finetune_config(widget, FinetuneConfig()))
+    assert widget.segment.steps.value == timing.steps_in(FINETUNE_BUDGET_S) != FinetuneConfig().steps
+    assert widget.correct.steps.value == timing.steps_in(RETRAIN_BUDGET_S, least=10)
+    assert "Sized to about 2 min on this machine" in widget.segment.steps.tooltip
+    widget.save_settings()
+
+    _, again = open_widget(make_napari_viewer)  # the next session on this machine starts from the timing
+    assert again.loop.step_timing == timing
+    assert again.segment.steps.value == timing.steps_in(FINETUNE_BUDGET_S)
+    again.correct.steps.value = 33  # the user's own count is never resized
+    again.loop.step_timing = type(timing)(timing.seconds * 2, *list(timing.as_dict().values())[1:])
+    from napari_tower.napari.step_sizing import size_step_defaults
+
+    size_step_defaults(again)
+    assert again.correct.steps.value == 33
+    assert again.segment.steps.value == again.loop.step_timing.steps_in(FINETUNE_BUDGET_S)  # still untouched: resized

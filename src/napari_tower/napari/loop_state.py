@@ -32,6 +32,7 @@ class LoopState:
     outline_ref: Any = None  # weakref to the next-region Shapes layer
     live_updates: int = 0  # live previews shown
     last_check: Any = None  # the last PretrainingCheck
+    step_timing: Any = None  # train.sizing.StepTiming of the last fine-tune or retrain (remembered)
 
     def layer(self, ref: Any, layers: Any) -> Any | None:
         layer = ref() if ref is not None else None

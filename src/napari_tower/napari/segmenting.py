@@ -140,6 +140,7 @@ def retrain_config(w: Tower) -> RetrainConfig:
 def retrain(w: Tower) -> None:
     from ..segment.retrain import retrain as run_retrain
     from .live import live_preview_hook, save_round
+    from .step_sizing import remember_step_time
 
     layer = w.correct.labels.layer()
     if layer is None:
@@ -180,6 +181,7 @@ def retrain(w: Tower) -> None:
     def finished(result, stopped: bool) -> None:
         w.session.segmenter = result.model
         w.update_models()
+        remember_step_time(w, result.training.last, tcfg)
         if result.prediction is None:
             w.autosave.save_now()
             w.show_info("Retraining stopped; the model so far is kept. Retrain again or Predict.")

@@ -236,6 +236,7 @@ def finetune(w: Tower) -> None:
     from ..data import from_array
     from ..segment import finetune as run_finetune
     from .live import live_preview_hook
+    from .step_sizing import remember_step_time
 
     image_layer, labels_layer = w.segment.image.layer(), w.segment.labels.layer()
     if image_layer is None:
@@ -270,6 +271,7 @@ def finetune(w: Tower) -> None:
     def finished(result, stopped: bool) -> None:
         w.session.segmenter = result.checkpoint
         w.update_models()
+        remember_step_time(w, result.last, cfg)
         dice = f", best validation Dice {result.best_val_dice:.3f}" if result.best_val_dice is not None else ""
         start = ("from the pretrained model" if init is w.session.pretrained and init is not None else
                  f"from {w.train.start.currentText()}" if init is not None else "from scratch (no pretrained model)")

@@ -24,6 +24,7 @@ from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QScrollArea, QShortcut, QTabWidget, QVBoxLayout, QWidget
 
 from ..errors import TowerError
+from ..train.sizing import StepTiming
 from . import guided, model_io, segmenting, training
 from . import settings as remembered
 from .autosave import Autosave
@@ -33,6 +34,7 @@ from .loop_state import LoopState
 from .prototypes_section import PrototypeSection
 from .sections import CorrectSection, DataSection, ModelSection, PretrainSection, PreviewSection, SegmentSection, owned
 from .session import Session
+from .step_sizing import size_step_defaults
 from .volume_section import VolumeSection
 from .workers import warm_up_torch
 
@@ -206,7 +208,9 @@ class TowerWidget(QWidget):
     def settings(self) -> dict[str, Any]:
         """What the widget remembers: each section's config (`config.to_dict`), the last folder, the scope."""
         configs = {name: cfg for section in self._configured() for name, cfg in section.configs().items()}
-        return remembered.to_settings(configs, last_dir=self.last_dir, scope=self.segment.scope.currentText())
+        timing = self.loop.step_timing.as_dict() if self.loop.step_timing is not None else None
+        return remembered.to_settings(configs, last_dir=self.last_dir, scope=self.segment.scope.currentText(),
+                                      step_timing=timing)
 
     def apply_settings(self, values: dict[str, Any]) -> None:
         """Restore remembered settings; unknown keys and values that do not fit are ignored."""
@@ -217,6 +221,8 @@ class TowerWidget(QWidget):
         for name, cfg in remembered.configs_from(values).items():
             for section in self._configured():
                 section.show_config(name, cfg)
+        self.loop.step_timing = StepTiming.from_dict(values.get("step_timing")) or self.loop.step_timing
+        size_step_defaults(self)
 
     def save_settings(self) -> None:
         self.remembered.save(self.settings())
