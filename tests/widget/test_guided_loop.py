@@ -235,6 +235,6 @@ def test_step_counts_left_at_their_defaults_are_sized_from_the_measured_step_tim
     again.loop.step_timing = type(timing)(timing.seconds * 2, *list(timing.as_dict().values())[1:])
     from napari_tower.napari.step_sizing import size_step_defaults
 
-    size_step_defaults(again)
+    size_step_defaults(again, finetune_config(again, FinetuneConfig()))
     assert again.correct.steps.value == 33
     assert again.segment.steps.value == again.loop.step_timing.steps_in(FINETUNE_BUDGET_S)  # still untouched: resized

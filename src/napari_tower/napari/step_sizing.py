@@ -25,13 +25,11 @@ def _sized(control: Any, default: int, steps: int, budget_s: float, timing: Step
                            f"{timing.seconds:.2f} s per step measured at patch {timing.patch}, batch {timing.batch}.")
 
 
-def size_step_defaults(w: Tower) -> None:
+def size_step_defaults(w: Tower, upcoming: FinetuneConfig) -> None:
     """Set the fine-tune and retrain step counts left at their defaults from the remembered timing, when it was
-    measured at the settings the next run would use."""
-    from .training import finetune_config
-
+    measured at the settings of the `upcoming` run (`training.finetune_config` of the widget)."""
     timing = w.loop.step_timing
-    if timing is None or not timing.fits(finetune_config(w, FinetuneConfig())):
+    if timing is None or not timing.fits(upcoming):
         return
     _sized(w.segment.steps, FinetuneConfig().steps, timing.steps_in(FINETUNE_BUDGET_S), FINETUNE_BUDGET_S, timing)
     _sized(w.correct.steps, RetrainConfig().steps, timing.steps_in(RETRAIN_BUDGET_S, least=10), RETRAIN_BUDGET_S,
@@ -44,4 +42,4 @@ def remember_step_time(w: Tower, last: Progress, cfg: FinetuneConfig) -> None:
     if timing is None:
         return
     w.loop.step_timing = timing
-    size_step_defaults(w)
+    size_step_defaults(w, cfg)

@@ -23,6 +23,7 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QScrollArea, QShortcut, QTabWidget, QVBoxLayout, QWidget
 
+from ..config import FinetuneConfig
 from ..errors import TowerError
 from ..train.sizing import StepTiming
 from . import guided, model_io, segmenting, training
@@ -222,7 +223,7 @@ class TowerWidget(QWidget):
             for section in self._configured():
                 section.show_config(name, cfg)
         self.loop.step_timing = StepTiming.from_dict(values.get("step_timing")) or self.loop.step_timing
-        size_step_defaults(self)
+        size_step_defaults(self, training.finetune_config(self, FinetuneConfig()))
 
     def save_settings(self) -> None:
         self.remembered.save(self.settings())
