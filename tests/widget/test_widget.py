@@ -509,6 +509,38 @@ def test_sparse_scribbles_then_retrain(make_napari_viewer, qtbot, errors):
     assert out.data.shape == image.shape
 
 
+def test_sparse_objects_train_an_instance_model(make_napari_viewer, qtbot, errors):
+    """Some whole objects painted with their own ids plus background strokes (issue 20): ticking "each id one
+    object" trains a shape-aware instance model whose prediction holds separate objects."""
+    viewer, widget = open_widget(make_napari_viewer)
+    configure(widget, **TINY, finetune_steps=40)
+    image, truth = blobs((128, 128), n=14, seed=2)
+    viewer.add_image(image, name="nuclei")
+    painted = np.zeros_like(truth)
+    painted[::6, :][truth[::6, :] == 0] = 1  # background strokes
+    for k, obj in enumerate(np.unique(truth[truth > 0])[::2]):  # every other nucleus, each its own id
+        painted[truth == obj] = k + 2
+    layer = viewer.add_labels(painted, name="objects")
+    widget.segment.labels.set_layer(layer)
+    assert not widget.segment.sparse_objects.enabled  # only meaningful for sparse painting
+    widget.segment.sparse.value = True
+    assert widget.segment.sparse_objects.enabled
+    widget.segment.sparse_objects.value = True
+    assert widget.segment.finetune_config().target == "sparse_instance"
+    assert widget.segment.finetune_config().instance_head == "distance"  # the boundary head needs dense labels
+    widget.segment.finetune_button.click()
+    wait_idle(qtbot, widget, 120)
+    assert not errors, errors
+    model = widget.session.segmenter
+    assert model.target == "instance" and model.instance_head == "distance"
+    widget.segment.instances.value = True
+    widget.segment.predict_button.click()
+    wait_idle(qtbot, widget, 60)
+    assert not errors, errors
+    out = viewer.layers["nuclei tower labels"].data
+    assert out.shape == image.shape and out.max() >= 2  # separate objects, not one foreground class
+
+
 @pytest.mark.gui
 def test_rgb_image_layer(make_napari_viewer, qtbot, errors):
     """An RGB layer is one 3-channel plane: previews are RGB, labels have the layer's Y, X shape."""

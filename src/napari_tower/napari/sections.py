@@ -358,6 +358,13 @@ class SegmentSection(QGroupBox, Configurable):
         self.sparse = CheckBox(value=False, text="sparse scribbles",
                                tooltip="Paint 1 on background and 2, 3, ... on classes; 0 (unpainted) is ignored.\n"
                                        "Unticked: the labels are dense (0 = background) on every plane that has any.")
+        # Ticked with sparse, FinetuneConfig.target is "sparse_instance": 2, 3, ... are objects, not classes.
+        self.sparse_objects = CheckBox(value=False, text="each id one object", enabled=False,
+                                       tooltip="Sparse painting of objects: 1 on background, a new id (2, 3, ...) for "
+                                               "each object you paint whole; 0 (unpainted) is ignored.\nTrains an "
+                                               "instance model with a shape-aware head (distance unless stardist is "
+                                               "chosen).")
+        self.sparse.changed.connect(lambda on: setattr(self.sparse_objects, "enabled", bool(on)))
         self.finetune_controls = ConfigControls(FinetuneConfig, "steps", "minutes", "instance_head")
         self.steps, self.minutes = self.finetune_controls["steps"], self.finetune_controls["minutes"]
         self.finetune_button = QPushButton("Fine-tune")
@@ -369,7 +376,10 @@ class SegmentSection(QGroupBox, Configurable):
         form = QFormLayout(self)
         form.addRow("image", self.image)
         form.addRow("annotations", self.labels)
-        form.addRow(self.sparse.native)
+        sparse_row = QHBoxLayout()
+        sparse_row.addWidget(self.sparse.native)
+        sparse_row.addWidget(self.sparse_objects.native)
+        form.addRow(sparse_row)
         add_rows(form, self.finetune_controls)
         form.addRow(self.finetune_button)
         form.addRow("predict on", self.scope)
@@ -382,7 +392,10 @@ class SegmentSection(QGroupBox, Configurable):
     def finetune_config(self) -> FinetuneConfig:
         """The fine-tuning settings of this section (steps, sparse); the rest are filled in by the caller."""
         cfg = self.finetune_controls.fill(FinetuneConfig())
-        cfg.target = "sparse" if self.sparse.value else cfg.target
+        if self.sparse.value:
+            cfg.target = "sparse_instance" if self.sparse_objects.value else "sparse"
+        if cfg.target == "sparse_instance" and cfg.instance_head == "boundary":
+            cfg.instance_head = "distance"  # the boundary head learns from dense labels only
         return cfg
 
     def predict_config(self) -> PredictConfig:
@@ -394,7 +407,8 @@ class SegmentSection(QGroupBox, Configurable):
     def show_config(self, name: str, cfg: Any) -> None:
         if name == "finetune":
             self.finetune_controls.show(cfg)
-            self.sparse.value = cfg.target == "sparse"
+            self.sparse.value = cfg.target in ("sparse", "sparse_instance")
+            self.sparse_objects.value = cfg.target == "sparse_instance"
         elif name == "predict":
             self.predict_controls.show(cfg)
 

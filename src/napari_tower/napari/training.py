@@ -251,7 +251,8 @@ def finetune(w: Tower) -> None:
     planes = [p for p in range(labels.shape[0]) if labels[p].any()]
     if not planes:
         raise TowerError(f"labels layer '{labels_layer.name}' is empty: paint a few objects"
-                         + (" (1 = background, 2.. = classes)" if cfg.target == "sparse" else "")
+                         + {"sparse": " (1 = background, 2.. = classes)",
+                            "sparse_instance": " (1 = background, 2.. = one id per object)"}.get(cfg.target, "")
                          + ", then fine-tune")
     init = w.session.pretrained if w.session.pretrained is not None else resolve_init(w.train.start.value())
     check_mode_fits(init, cfg)

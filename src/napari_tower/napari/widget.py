@@ -103,7 +103,8 @@ class TowerWidget(QWidget):
         self.remembered = remembered.SharedSettings()  # other napari windows share the file
         self.apply_settings(self.remembered.load())
         self.remembered.shown(self.settings())
-        for control in [c for section in self._configured() for c in section.parameter_controls()] + [s.sparse]:
+        sparse = [s.sparse, s.sparse_objects]
+        for control in [c for section in self._configured() for c in section.parameter_controls()] + sparse:
             control.changed.connect(lambda *_: self._save_timer.start())
         s.scope.currentTextChanged.connect(lambda *_: self._save_timer.start())
         for control in (t.patch, t.patch_z, t.batch):
