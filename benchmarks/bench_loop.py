@@ -21,7 +21,8 @@ the images whose objects are brighter than their background (fluorescence), so t
 the modality the simulated user works on.
 
 The simulated user accepts nothing it did not correct: a retrain learns from the corrected regions only, not
-from the uncorrected rest of the prediction.
+from the uncorrected rest of the prediction. `--accept-rest` retrains as the widget's Retrain button does: every
+pixel of the open planes counts, the uncorrected ones with the prediction's labels.
 
     python benchmarks/bench_loop.py --data ../shared/data/dsb2018/images --labels ../shared/data/dsb2018/masks \
         --rounds 5 --seeds 3 --strategy both --out docs/benchmarks/loop/dsb2018
@@ -254,7 +255,7 @@ def run_strategy(strategy: str, seed: int, pool: list[Pair], test: list[Pair], f
         fcfg.steps = args.steps
         try:
             result = retrain(model, stack, previous, fixed, rcfg, finetune_cfg=fcfg, predict_cfg=pcfg,
-                             reviewed=reviewed)
+                             reviewed=None if args.accept_rest else reviewed)
             model, edited = result.model, result.edited
         except TowerError as exc:  # the model already matched every corrected pixel: nothing to learn
             if "no corrections" not in str(exc):
@@ -324,6 +325,8 @@ def main() -> int:
     parser.add_argument("--patch", type=int, default=64, help="training patch side (at most --region)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--edit-weight", type=float, default=5.0)
+    parser.add_argument("--accept-rest", action="store_true",
+                        help="retrain as the widget does: the uncorrected rest of the prediction counts as labels")
     parser.add_argument("--retrain-lr-scale", type=float, default=RetrainConfig().lr_scale,
                         help="a retrain's learning rate over the fine-tuning rate (RetrainConfig.lr_scale)")
     parser.add_argument("--max-test", type=int, default=30, help="held-out images scored (the first by name)")
