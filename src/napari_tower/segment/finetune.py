@@ -58,13 +58,23 @@ def select_fraction(n: int, fraction: float, seed: int) -> np.ndarray:
     return np.sort(order[: max(1, math.ceil(fraction * n))])
 
 
-def _planes(images: Sequence[Image], labels: Sequence[np.ndarray], weights: Sequence[np.ndarray | None] | None):
-    """Split everything into single planes: the unit of label fractions and validation splits."""
+def _planes(images: Sequence[Image], labels: Sequence[np.ndarray], weights: Sequence[np.ndarray | None] | None,
+            sparse: bool = False):
+    """Split everything into single planes: the unit of label fractions and validation splits.
+
+    A plane that carries no loss is left out: all weights 0, or, for sparse labels, nothing painted (so a
+    validation split cannot take the one painted plane of a stack and leave training nothing to learn).
+    """
     out = []
     for i, (im, lab) in enumerate(zip(images, labels)):
         w = weights[i] if weights is not None else None
         for p in range(im.shape[0]):
-            out.append((i, p, lab[p: p + 1], None if w is None else np.asarray(w[p: p + 1], np.float32)))
+            plane_w = None if w is None else np.asarray(w[p: p + 1], np.float32)
+            if (sparse and not np.any(lab[p: p + 1])) or (plane_w is not None and not plane_w.any()):
+                continue
+            out.append((i, p, lab[p: p + 1], plane_w))
+    if not out:
+        raise TowerError("the labels annotate no pixel: paint at least one object or background region")
     return out
 
 
@@ -188,7 +198,8 @@ def finetune(
     norms = [compute_normalisation(im.data, im.source, cfg.data.low_percentile, cfg.data.high_percentile)
              for im in images]
     # The units that label fractions and validation split: planes in 2D, volumes in 3D.
-    planes = vol.volume_units(images, targets, weights) if dims == 3 else _planes(images, targets, weights)
+    planes = (vol.volume_units(images, targets, weights) if dims == 3
+              else _planes(images, targets, weights, kind in ("sparse", "sparse_instance")))
     chosen = [planes[i] for i in select_fraction(len(planes), cfg.fraction, cfg.seed)]
     n_val = round(cfg.val_fraction * len(chosen)) if len(chosen) >= 3 else 0
     val_idx = set(np.random.default_rng(cfg.seed + 1).permutation(len(chosen))[:n_val].tolist())
