@@ -237,7 +237,7 @@ class RetrainConfig:
     # A retrain continues a trained model with a fresh optimiser: at the full rate its first steps move every
     # weight as far as a new model's would. On DSB2018 (bench_loop, 3 seeds) 0.3 halved the round-to-round
     # swings of held-out Dice (mean 3.9 to 2.0 points, worst drop 20 to 5) and ended 0.7 points higher.
-    lr_scale: float = param(0.3, "learning rate of a retrain, as a multiple of the model's fine-tuning rate; "
+    lr_scale: float = param(1.0, "learning rate of a retrain, as a multiple of the model's fine-tuning rate; "
                             "it ramps up over the first tenth of the steps", label="retrain rate", min=0.01, max=1.0,
                             step=0.05)
     seed: int = param(0, **_SEED)

@@ -77,7 +77,23 @@ class Summary:
     block: Any
     n_local: int
     present: np.ndarray  # local ids found in the core
-    seams: dict[str, tuple[np.ndarray, np.ndarray]]  # side -> (core face at the seam, the face beyond it)
+    # side -> (core face at the seam, the face beyond it); None once the faces live only in the journal
+    seams: dict[str, tuple[np.ndarray, np.ndarray] | None]
+
+    def without_faces(self) -> Summary:
+        """This summary with its seam faces dropped (they stay in the journal), so that the summaries held while
+        blocks run do not grow with the volume: a 512 x 2048 x 2048 volume has 576 blocks of ~2.6 MB of faces."""
+        return Summary(self.block, self.n_local, self.present, dict.fromkeys(self.seams))
+
+
+Faces = Callable[["Summary", str], tuple[np.ndarray, np.ndarray]]  # (summary, side) -> (core face, face beyond)
+
+
+def faces_in_memory(s: Summary, side: str) -> tuple[np.ndarray, np.ndarray]:
+    faces = s.seams[side]
+    if faces is None:
+        raise ValueError(f"the {side} faces of block {s.block} are not in memory: read them from the journal")
+    return faces
 
 
 @dataclass(frozen=True)
@@ -118,13 +134,18 @@ def extent(start: int, stop: int, length: int, halo: int, minimum: int) -> tuple
 def summary_arrays(s: Summary) -> dict[str, np.ndarray]:
     """A summary as plain arrays, for the journal."""
     out = {"n_local": np.array(s.n_local), "present": s.present}
-    for side, (core, beyond) in s.seams.items():
-        out[f"{side}_core"], out[f"{side}_beyond"] = core, beyond
+    for side in s.seams:
+        out[f"{side}_core"], out[f"{side}_beyond"] = faces_in_memory(s, side)
     return out
 
 
-def summary_from(block: Any, arrays: dict[str, np.ndarray]) -> Summary:
-    seams = {side: (arrays[f"{side}_core"], arrays[f"{side}_beyond"]) for side in SIDES if f"{side}_core" in arrays}
+def summary_from(block: Any, arrays: dict[str, np.ndarray], sides: Any = None) -> Summary:
+    """A journal entry as a Summary; with `sides` (the sides it holds faces for) the faces need not be in `arrays`."""
+    if sides is None:
+        seams: dict = {side: (arrays[f"{side}_core"], arrays[f"{side}_beyond"]) for side in SIDES
+                       if f"{side}_core" in arrays}
+    else:
+        seams = dict.fromkeys(sides)
     return Summary(block, int(arrays["n_local"]), arrays["present"].astype(np.int64), seams)
 
 
@@ -164,10 +185,11 @@ def label_dtype(predictor: Predictor, instances: bool) -> Any:
     return np.uint32 if instances else np.uint8 if predictor.classes <= 255 else np.uint16
 
 
-def seam_pairs(a: Summary, b: Summary, side_a: str, side_b: str) -> list[tuple[int, int]]:
+def seam_pairs(a: Summary, b: Summary, side_a: str, side_b: str, faces: Faces = faces_in_memory
+               ) -> list[tuple[int, int]]:
     """(id in A, id in B) pairs of objects the two blocks both see crossing their shared seam."""
-    a_core, a_beyond = a.seams[side_a]
-    b_core, b_beyond = b.seams[side_b]
+    a_core, a_beyond = faces(a, side_a)
+    b_core, b_beyond = faces(b, side_b)
     # Row/column/slice on A's side: A's own labels vs B's view of them; on B's side: A's view vs B's own.
     view_a = np.concatenate([a_core, a_beyond]).astype(np.int64)
     view_b = np.concatenate([b_beyond, b_core]).astype(np.int64)
@@ -184,8 +206,11 @@ def seam_pairs(a: Summary, b: Summary, side_a: str, side_b: str) -> list[tuple[i
     return list(zip(pairs[0][keep].tolist(), pairs[1][keep].tolist()))
 
 
-def final_ids(summaries: list[Summary], layout: Layout) -> tuple[dict[Any, np.ndarray], list[int]]:
-    """Lookup tables (local id -> final id) per block, and the object count per group (plane or volume)."""
+def final_ids(summaries: list[Summary], layout: Layout, faces: Faces = faces_in_memory
+              ) -> tuple[dict[Any, np.ndarray], list[int]]:
+    """Lookup tables (local id -> final id) per block, and the object count per group (plane or volume).
+
+    `faces(summary, side)` gives a block's seam faces (default: those the summaries hold)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -204,7 +229,7 @@ def final_ids(summaries: list[Summary], layout: Layout) -> tuple[dict[Any, np.nd
                 j = where.get(tuple(p + d for p, d in zip(layout.position(s.block), step)))
                 if j is None or mine not in s.seams or theirs not in blocks[j].seams:
                     continue
-                for ia, ib in seam_pairs(s, blocks[j], mine, theirs):
+                for ia, ib in seam_pairs(s, blocks[j], mine, theirs, faces):
                     edges.append((offsets[k] + ia, offsets[j] + ib))
         n = int(offsets[-1])
         e = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
@@ -315,22 +340,29 @@ def run_blocks(predictor: Predictor, image: Image, out: Path, layout: Layout, *,
         keep_partial = True  # from here on, finished blocks are worth a resume
         summaries: dict[Any, Summary | None] = {}
         for b in blocks:
-            stored = journal.load(name("predict", b))
+            stored = journal.load(name("predict", b), ("n_local", "present") if instances else ())
             if stored is not None:
-                summaries[b] = summary_from(b, stored) if instances else None
+                sides = [k[: -len("_core")] for k in journal.members(name("predict", b)) if k.endswith("_core")]
+                summaries[b] = summary_from(b, stored, sides) if instances else None
         resumed = len(summaries)
         todo = [b for b in blocks if b not in summaries]
         for _ in range(resumed):
             tick()
 
         def predicted(i: int, summary: Summary | None) -> None:
-            summaries[todo[i]] = summary
             journal.record(name("predict", todo[i]), {} if summary is None else summary_arrays(summary))
+            summaries[todo[i]] = None if summary is None else summary.without_faces()
+
+        def faces(s: Summary, side: str) -> tuple[np.ndarray, np.ndarray]:
+            stored = journal.load(name("predict", s.block), (f"{side}_core", f"{side}_beyond"))
+            if stored is None:
+                raise TowerError(f"the block journal in {tmp} lost an entry: delete that folder and predict again")
+            return stored[f"{side}_core"], stored[f"{side}_beyond"]
 
         run_tasks(runner, layout.predict, job_ref, [(b,) for b in todo], tick, should_stop, predicted)
         objects = None
         if instances:
-            luts, objects = final_ids([summaries[b] for b in blocks], layout)
+            luts, objects = final_ids([summaries[b] for b in blocks], layout, faces)
             relabel = [b for b in blocks if journal.load(name("relabel", b)) is None]
             for _ in range(len(blocks) - len(relabel)):
                 tick()

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -83,16 +84,25 @@ class BlockJournal:
         np.savez(buffer, **arrays)
         atomic_write_bytes(self._path(name), buffer.getvalue(), "block journal")
 
-    def load(self, name: str) -> dict[str, np.ndarray] | None:
-        """What `record` stored for task `name`, or None when it has not finished (or its entry is unreadable)."""
+    def load(self, name: str, keys: Collection[str] | None = None) -> dict[str, np.ndarray] | None:
+        """What `record` stored for task `name` (only `keys`, when given: the others are not read), or None when it
+        has not finished (or its entry is unreadable)."""
         path = self._path(name)
         if not path.exists():
             return None
         try:
             with np.load(path, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
+                return {k: data[k] for k in (data.files if keys is None else keys)}
         except (OSError, ValueError, KeyError, EOFError):
             return None
+
+    def members(self, name: str) -> list[str]:
+        """The names of the arrays stored for task `name` (none read), or [] when there is no readable entry."""
+        try:
+            with np.load(self._path(name), allow_pickle=False) as data:
+                return list(data.files)
+        except (OSError, ValueError, EOFError):
+            return []
 
     def count(self) -> int:
         try:
