@@ -26,7 +26,7 @@ EXPECTED = {
     (PretrainConfig, "data.patch_z"),
     (PretrainConfig, "model.base"), (PretrainConfig, "device"), (FinetuneConfig, "steps"), (FinetuneConfig, "minutes"), (FinetuneConfig, "instance_head"),
     (PredictConfig, "instances"), (PredictConfig, "probabilities"), (RetrainConfig, "steps"), (RetrainConfig, "minutes"),
-    (RetrainConfig, "edit_weight"), (PreviewConfig, "seed"), (PrototypeConfig, "k"), (PrototypeConfig, "ignore"),
+    (RetrainConfig, "edit_weight"), (RetrainConfig, "lr_scale"), (PreviewConfig, "seed"), (PrototypeConfig, "k"), (PrototypeConfig, "ignore"),
 }
 
 

@@ -95,8 +95,8 @@ def retrain_finetune_config(model: Model, cfg: RetrainConfig, base: FinetuneConf
     out = copy.deepcopy(base)  # finetune fills in fields of the config it gets
     out.steps, out.seed, out.device, out.edit_weight = cfg.steps, cfg.seed, cfg.device, cfg.edit_weight
     out.minutes = cfg.minutes
-    # A fresh optimiser on a trained model: ramp the rate up so its first steps do not jolt every weight.
-    out.lr, out.warmup = base.lr * cfg.lr_scale, max(base.warmup, RETRAIN_WARMUP)
+    if cfg.lr_scale != 1.0:  # a scaled-down rate ramps up, so the fresh optimiser's first steps stay small too
+        out.lr, out.warmup = base.lr * cfg.lr_scale, max(base.warmup, RETRAIN_WARMUP)
     out.fraction, out.val_fraction = 1.0, 0.0
     # A retrain fits the user's own corrections at their own scale: scaled copies (issue 21) would take
     # most of its few steps away from the pixels just corrected.
