@@ -97,14 +97,14 @@ class ClusterRunner:
 
 def run_tasks(runner: Any, fn: Callable, job_ref: Any, tasks: list[tuple], progress: Callable[[], None],
               should_stop: Callable[[], bool] | None,
-              on_result: Callable[[int, Any], None] = lambda i, value: None) -> list[Any]:
+              on_result: Callable[[int, Any], None] = lambda i, value: None) -> None:
     """Submit every task, poll for completion (so Stop is honoured within a fraction of a second).
 
-    `on_result(i, value)` runs in this thread as each task finishes (the block journal records it).
+    `on_result(i, value)` runs in this thread as each task finishes (the block journal records it); the value is
+    then dropped with its future, so what the tasks return (a block's seam faces) is not held until the end.
     """
-    futures = [runner.submit(fn, job_ref, *args) for args in tasks]
+    futures: list[Any] = [runner.submit(fn, job_ref, *args) for args in tasks]
     pending = set(range(len(futures)))
-    results: list[Any] = [None] * len(futures)
     try:
         while pending:
             if should_stop is not None and should_stop():
@@ -114,14 +114,15 @@ def run_tasks(runner: Any, fn: Callable, job_ref: Any, tasks: list[tuple], progr
                 time.sleep(_POLL_S)
                 continue
             for i in sorted(finished):
-                results[i] = futures[i].result()
+                value = futures[i].result()
+                futures[i] = None
                 pending.discard(i)
-                on_result(i, results[i])
+                on_result(i, value)
+                del value
                 progress()
     except BaseException:
         runner.cancel([futures[i] for i in pending])
         raise
-    return results
 
 
 def check_shippable(image: Image) -> None:
