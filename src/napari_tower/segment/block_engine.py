@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import shutil
 import time
@@ -158,8 +159,17 @@ def release_freed_memory() -> None:
     arenas: without this the resident size crept up block after block (144 small 3D blocks: 584 -> 727 MB; with
     it 371 -> 523 MB, `benchmarks/bench_blockwise3d.py` for the full-size figure).
     """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, loaded once; None where there is no glibc."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    return None
 
 
 def task_name(step: str, group: int, position: tuple[int, ...]) -> str:

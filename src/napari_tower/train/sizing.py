@@ -21,6 +21,11 @@ RETRAIN_BUDGET_S = 20.0  # a correct-and-retrain round the user waits for (the l
 MIN_TIMED_STEPS = 10  # fewer steps say more about start-up than about the step
 
 
+def _speed_settings(cfg: FinetuneConfig) -> tuple[int, int, int, str, str]:
+    """What decides a step's time: (patch, batch, width, "2d"/"3d", device), in `StepTiming`'s field order."""
+    return cfg.data.patch, cfg.batch, cfg.model.base, "3d" if cfg.model.spatial_dims == 3 else "2d", cfg.device
+
+
 @dataclass(frozen=True)
 class StepTiming:
     """Seconds per fine-tuning step, measured by a finished run, and the settings that decide it."""
@@ -37,13 +42,11 @@ class StepTiming:
         """The timing of a run that ended with `last` and had settings `cfg`; None when it ran too few steps."""
         if last.step < MIN_TIMED_STEPS or last.elapsed_s <= 0:
             return None
-        return cls(last.elapsed_s / last.step, cfg.data.patch, cfg.batch, cfg.model.base,
-                   "3d" if cfg.model.spatial_dims == 3 else "2d", cfg.device)
+        return cls(last.elapsed_s / last.step, *_speed_settings(cfg))
 
     def fits(self, cfg: FinetuneConfig) -> bool:
         """Whether a run with `cfg` takes about as long per step (the same patch, batch, width, mode, device)."""
-        return (self.patch, self.batch, self.base, self.dims, self.device) == (
-            cfg.data.patch, cfg.batch, cfg.model.base, "3d" if cfg.model.spatial_dims == 3 else "2d", cfg.device)
+        return (self.patch, self.batch, self.base, self.dims, self.device) == _speed_settings(cfg)
 
     def steps_in(self, budget_s: float, least: int = 20, most: int = 5000) -> int:
         """The step count that takes about `budget_s` seconds, in tens, within [least, most]."""
