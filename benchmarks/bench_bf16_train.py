@@ -36,12 +36,15 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=220)
     parser.add_argument("--max-test", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (both arms run with the same)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if not cpu_has_native_bf16():
         print("this CPU has no native bfloat16 (AVX512-BF16/AMX): cpu_bf16 is a no-op here", file=sys.stderr)
         return 2
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "runs.jsonl"  # one line per finished run, so a stopped session keeps its runs
     split = load_split(args.dataset, args.max_test)
     runs = []
     for seed in range(args.seeds):
@@ -57,6 +60,8 @@ def main() -> int:
             runs.append({"seed": seed, "bf16": bf16, "seconds": seconds, "scores": scores,
                          "mean": float(np.mean(scores))})
             print(f"seed {seed} {'bf16' if bf16 else 'fp32'}: {seconds:.1f} s, Dice {np.mean(scores):.4f}", flush=True)
+            with partial.open("a") as f:
+                f.write(json.dumps(runs[-1]) + "\n")
     by = {b: {r["seed"]: r for r in runs if r["bf16"] == b} for b in (False, True)}
     ratios = [by[True][s]["seconds"] / by[False][s]["seconds"] for s in by[False]]
     c = compare({s: r["scores"] for s, r in by[True].items()}, {s: r["scores"] for s, r in by[False].items()},
@@ -65,8 +70,8 @@ def main() -> int:
                "time_ratio_bf16_over_fp32": ratios, "median_ratio": float(np.median(ratios)),
                "dice_fp32": float(np.mean([r["mean"] for r in by[False].values()])),
                "dice_bf16": float(np.mean([r["mean"] for r in by[True].values()])), "compare": c.as_dict(),
-               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
-    args.out.mkdir(parents=True, exist_ok=True)
+               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+               "threads": args.threads}
     (args.out / "results.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
     print(json.dumps(summary, indent=1))
     return 0
