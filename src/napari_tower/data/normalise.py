@@ -85,3 +85,21 @@ def compute_normalisation(data: Any, source: str, low: float = 1.0, high: float 
         bad = int(np.argmax(hi <= lo))
         raise TowerError(f"{source} is constant (channel {bad} has a single value): it holds nothing to learn from")
     return Normalisation(lo.tolist(), hi.tolist())
+
+
+def stored_or_own(stored: Normalisation | None, own: Normalisation, span: float = 4.0) -> Normalisation:
+    """The mapping a model applies to an image: its stored one, or the image's own percentiles `own` where the
+    model stores none or the image's range is over `span` times wider or narrower than the stored one (another
+    bit depth or exposure, which the stored mapping would mis-scale) or lies outside it.
+
+    Per-image percentiles move with content (a sparse frame's background is stretched up), so the stored mapping
+    is the default wherever it fits; prediction and continued training (a retrain) use this same rule.
+    """
+    if stored is None or len(stored.low) != len(own.low):
+        return own
+    for lo_m, hi_m, lo_i, hi_i in zip(stored.low, stored.high, own.low, own.high):
+        ratio = (hi_i - lo_i) / max(hi_m - lo_m, 1e-12)
+        if not 1 / span <= ratio <= span or lo_i > hi_m or hi_i < lo_m:
+            return own
+    return stored
+

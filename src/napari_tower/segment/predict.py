@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..config import PredictConfig
-from ..data import Image, Normalisation, compute_normalisation
+from ..data import Image, Normalisation, compute_normalisation, stored_or_own
 from ..data.lazy import read_region
 from ..errors import TowerError
 from ..model_bundle import ModelBundle
@@ -105,14 +105,7 @@ class Predictor:
         """
         low, high = self.ckpt.percentiles
         own = compute_normalisation(image.data, image.source, low, high)
-        stored = self.stored_norm
-        if self.cfg.normalise != "model" or stored is None or len(stored.low) != len(own.low):
-            return own
-        for lo_m, hi_m, lo_i, hi_i in zip(stored.low, stored.high, own.low, own.high):
-            ratio = (hi_i - lo_i) / max(hi_m - lo_m, 1e-12)
-            if not 0.25 <= ratio <= 4.0 or lo_i > hi_m or hi_i < lo_m:
-                return own
-        return stored
+        return own if self.cfg.normalise != "model" else stored_or_own(self.stored_norm, own)
 
     def check_image(self, image: Image) -> None:
         if image.channels != self.in_channels:
