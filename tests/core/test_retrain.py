@@ -148,7 +148,12 @@ def test_the_widget_retrain_is_the_core_retrain(make_napari_viewer, qtbot, error
 
     cfg = RetrainConfig(steps=widget.correct.steps.value, edit_weight=widget.correct.edit_weight.value, seed=0,
                         device="cpu")
-    core = in_job_thread(lambda: retrain(model_file, stack, previous, corrected, cfg))
+    # The widget replays the annotations chosen under 4. Segment (what the model was fine-tuned on): their one
+    # annotated plane.
+    from napari_tower.data import from_array
+
+    replay = [(from_array(stack[:1], axes="ZYX"), annotations[:1])]
+    core = in_job_thread(lambda: retrain(model_file, stack, previous, corrected, cfg, replay=replay))
     assert core.planes == record.planes == [0, 1, 2]
     assert in_widget.step == core.model.step == 10
     assert in_widget.state.keys() == core.model.state.keys()
@@ -164,10 +169,13 @@ def test_the_widget_retrain_is_the_core_retrain(make_napari_viewer, qtbot, error
     write_tiff(tmp_path / "stack.tif", stack)
     write_tiff(tmp_path / "previous.tif", previous)
     write_tiff(tmp_path / "corrected.tif", corrected)
+    write_tiff(tmp_path / "annotated.tif", stack[0])
+    write_tiff(tmp_path / "annotations.tif", annotations[0])
     args = ["retrain", str(model_file), str(tmp_path / "stack.tif"), "--labels", str(tmp_path / "corrected.tif"),
             "--previous", str(tmp_path / "previous.tif"), "--out", str(tmp_path / "after.pt"),
             "--prediction", str(tmp_path / "new.tif"), "--axes", "ZYX", "--steps", str(cfg.steps),
-            "--edit-weight", str(cfg.edit_weight), "--seed", "0", "--device", "cpu", "--quiet"]
+            "--edit-weight", str(cfg.edit_weight), "--seed", "0", "--device", "cpu", "--quiet",
+            "--train-images", str(tmp_path / "annotated.tif"), "--train-labels", str(tmp_path / "annotations.tif")]
     from napari_tower.napari.workers import training_threads
 
     threads = torch.get_num_threads()
@@ -182,3 +190,39 @@ def test_the_widget_retrain_is_the_core_retrain(make_napari_viewer, qtbot, error
     import tifffile
 
     assert np.array_equal(tifffile.imread(tmp_path / "new.tif"), np.asarray(out.data))
+
+
+def test_a_correction_that_rewrites_most_pixels_does_not_outweigh_the_rest():
+    """A few strokes keep the full edit weight; erasing a flooded region caps it so that edits weigh no more than
+    the unedited pixels learnt from (at least 1)."""
+    from napari_tower.segment.retrain import cap_edit_weight
+
+    weights = np.ones((1, 10, 10), np.float32)
+    strokes = np.zeros((1, 10, 10), bool)
+    strokes[0, 0, :5] = True  # 5 edited pixels against 95 others
+    weights[strokes] = 5.0
+    assert np.array_equal(cap_edit_weight(weights, strokes, 5.0), weights)
+    flood = np.zeros((1, 10, 10), bool)
+    flood[0, :8] = True  # 80 edited against 20: 20/80 < 1, so the edits weigh 1 like the rest
+    weights = np.where(flood, 5.0, 1.0).astype(np.float32)
+    capped = cap_edit_weight(weights, flood, 5.0)
+    assert np.allclose(capped[flood], 1.0) and np.allclose(capped[~flood], 1.0)
+    half = np.zeros((1, 10, 10), bool)
+    half[0, :2] = True  # 20 against 80: 4x
+    capped = cap_edit_weight(np.where(half, 5.0, 1.0).astype(np.float32), half, 5.0)
+    assert np.allclose(capped[half], 4.0)
+
+
+def test_the_cli_retrain_needs_one_labels_file_per_training_image(tmp_path, small_model, capsys):
+    from napari_tower.cli import main
+    from napari_tower.data import write_tiff
+
+    image, truth = blobs((64, 64), seed=6)
+    write_tiff(tmp_path / "image.tif", image)
+    write_tiff(tmp_path / "labels.tif", (truth > 0).astype(np.int32))
+    model = small_model.save(tmp_path / "model.pt")
+    code = main(["retrain", str(model), str(tmp_path / "image.tif"), "--labels", str(tmp_path / "labels.tif"),
+                 "--previous", str(tmp_path / "labels.tif"), "--out", str(tmp_path / "out.pt"), "--quiet",
+                 "--train-images", str(tmp_path / "image.tif")])
+    assert code != 0 and not (tmp_path / "out.pt").exists()
+    assert "one labels file per training image" in capsys.readouterr().err

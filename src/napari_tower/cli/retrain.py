@@ -27,6 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "a correction)")
     p.add_argument("--axes", help="the image's axes when the guess is wrong, e.g. ZYX for a stack of 3 planes "
                    "(default: guessed; 3 or 4 leading planes read as channels)")
+    p.add_argument("--train-images", nargs="+", default=[], metavar="IMAGE",
+                   help="the images the model was fine-tuned on: windows of them and their --train-labels are "
+                   "replayed beside the corrections (see --replay), so the retrain keeps what they taught")
+    p.add_argument("--train-labels", nargs="+", default=[], metavar="LABELS",
+                   help="the labels the model was fine-tuned on, one per --train-images file")
     add_config_options(p, RetrainConfig)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -44,10 +49,15 @@ def run(args: argparse.Namespace) -> int:
         planes = [int(p) for p in args.planes.split(",")] if args.planes else None
     except ValueError:
         raise TowerError(f"--planes {args.planes!r} is not a comma-separated list of plane numbers, e.g. 0,2") from None
+    if len(args.train_images) != len(args.train_labels):
+        raise TowerError(f"got {len(args.train_images)} --train-images and {len(args.train_labels)} --train-labels: "
+                         "give one labels file per training image")
     image = read_image(args.image, axes=args.axes)
     previous, corrected = read_labels(args.previous), read_labels(args.labels)
+    replay = [(read_image(i), read_labels(lab)) for i, lab in zip(args.train_images, args.train_labels)]
     with StopOnSignal() as should_stop:
-        result = retrain(args.model, image, previous, corrected, cfg, planes, ProgressBar(args.quiet), should_stop)
+        result = retrain(args.model, image, previous, corrected, cfg, planes, ProgressBar(args.quiet), should_stop,
+                         replay=replay)
     if result.stopped:
         print("interrupted: nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED

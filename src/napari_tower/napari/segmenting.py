@@ -137,6 +137,26 @@ def retrain_config(w: Tower) -> RetrainConfig:
     return cfg
 
 
+def fine_tuning_annotations(w: Tower, corrected_layer: Any) -> list[tuple[Any, np.ndarray]]:
+    """The image and annotations chosen under 4. Segment (what the model was fine-tuned on), as (image, labels)
+    of their annotated planes, for a retrain to replay beside the corrections; none when they are missing,
+    empty or the very layer being corrected."""
+    from ..data import from_array
+
+    image_layer, labels_layer = w.segment.image.layer(), w.segment.labels.layer()
+    if image_layer is None or labels_layer is None or labels_layer is corrected_layer:
+        return []
+    try:
+        labels = labels_to_planes(labels_layer, image_layer)
+    except TowerError:  # annotations that do not fit the image: nothing to replay
+        return []
+    planes = [p for p in range(labels.shape[0]) if labels[p].any()]
+    if not planes:
+        return []
+    image = image_from_layer(image_layer)
+    return [(from_array(np.asarray(image.data[planes]), image.source, axes="ZCYX"), labels[planes])]
+
+
 def retrain(w: Tower) -> None:
     from ..segment.retrain import retrain as run_retrain
     from .live import live_preview_hook, save_round
@@ -174,9 +194,11 @@ def retrain(w: Tower) -> None:
     save_round(w, layer, np.asarray(layer.data).copy())  # a version the user can go back to
     live = live_preview_hook(w, image_layer, ckpt.spatial_dims)
 
+    replay = fine_tuning_annotations(w, layer)
+
     def job(callback, should_stop):
         return run_retrain(ckpt, image, previous, current, cfg, planes, callback, should_stop,
-                           finetune_cfg=tcfg, predict_cfg=pcfg, on_step=live(callback))
+                           finetune_cfg=tcfg, predict_cfg=pcfg, on_step=live(callback), replay=replay)
 
     def finished(result, stopped: bool) -> None:
         w.session.segmenter = result.model

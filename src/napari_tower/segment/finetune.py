@@ -120,8 +120,6 @@ def finetune(
         transfer = tuple(cfg.transfer.split("+"))
     if len(images) != len(labels) or not images:
         raise TowerError(f"got {len(images)} image(s) and {len(labels)} label image(s): give one label image per image")
-    for im, lab in zip(images, labels):
-        check_labels(lab, im.shape, im.source)
     channels = {im.channels for im in images}
     if len(channels) > 1:
         raise TowerError(f"images have different channel counts {sorted(channels)}: use images with the same channels")
@@ -134,6 +132,11 @@ def finetune(
     ckpt: ModelBundle | None = None
     if init is not None:
         ckpt = init if isinstance(init, ModelBundle) else ModelBundle.load(init)
+    # A segmenter learning from corrections may be shown frames with nothing in them (a user erased its false
+    # objects on an empty frame): only a new model needs objects to learn from.
+    continuing = ckpt is not None and ckpt.kind == "segmenter"
+    for im, lab in zip(images, labels):
+        check_labels(lab, im.shape, im.source, foreground=not continuing)
     kind = cfg.target if cfg.target != "auto" else infer_target_kind(list(labels))
     head_name = cfg.instance_head
     if ckpt is not None and ckpt.kind == "segmenter":

@@ -25,6 +25,7 @@ from ..train.engine import Progress, ProgressCallback, StopCheck
 from . import retrain3d as vol
 from .finetune import FinetuneResult, StepHook, finetune
 from .predict import Prediction, Predictor
+from .replay import as_replay_sets, replay_weights
 
 Model = ModelBundle  # a segmenter
 RETRAIN_WARMUP = 0.1  # share of a retrain's steps over which a scaled-down rate ramps up
@@ -81,6 +82,23 @@ def edit_weights(previous: np.ndarray, corrected: np.ndarray, edit_weight: float
     """Per-pixel loss weights: 1, and `edit_weight` where the user changed the prediction."""
     changed = np.asarray(corrected) != np.asarray(previous)
     return (1.0 + (edit_weight - 1.0) * changed).astype(np.float32)
+
+
+def cap_edit_weight(weights: np.ndarray, edited: np.ndarray, edit_weight: float) -> np.ndarray:
+    """`weights` with the edited pixels' weight lowered, where needed, so that together they weigh no more than the
+    unedited pixels learnt from. A few strokes keep `edit_weight`; a correction that rewrites most of what is
+    learnt from (erasing a flooded region) would otherwise dominate the loss, and a retrain on such a region
+    wiped the objects out everywhere (docs/benchmarks.md, dense-to-sparse transfer with corrections)."""
+    n_edited = int(edited.sum())
+    rest = int(((weights > 0) & ~edited).sum())
+    if n_edited == 0 or edit_weight <= 1.0:
+        return weights
+    capped = min(edit_weight, max(1.0, rest / n_edited))
+    if capped >= edit_weight:
+        return weights
+    out = weights.copy()
+    out[edited] *= capped / edit_weight
+    return out
 
 
 def retrain_finetune_config(model: Model, cfg: RetrainConfig, base: FinetuneConfig | None = None) -> FinetuneConfig:
@@ -141,6 +159,7 @@ def retrain(
     predict_cfg: PredictConfig | None = None,
     on_step: StepHook | None = None,
     reviewed: np.ndarray | None = None,
+    replay: Sequence[tuple[Image | np.ndarray, np.ndarray]] = (),
 ) -> RetrainResult:
     """Retrain a segmenter on the user's corrections of its prediction, then predict the corrected planes again.
 
@@ -157,6 +176,9 @@ def retrain(
     reviewed: the pixels the user has checked, e.g. the regions corrected so far (nonzero = checked), in the
         labels' shape; the rest of the prediction is then not learnt from. Default: every pixel of the planes
         counts, i.e. what the user left uncorrected is accepted as it is.
+    replay: (image, labels) pairs the model was fine-tuned on (labels (planes, Y, X), as given to `finetune`).
+        Windows of them holding `cfg.replay` times as many pixels as the corrections carry train beside the
+        corrections (`segment.replay`), so a short retrain does not undo what they taught. 2D models only.
 
     The corrected planes become dense training targets (`retrain_targets`, for the model's target kind);
     every pixel of them counts, the changed ones `cfg.edit_weight` times. Same inputs and seed, same
@@ -188,6 +210,7 @@ def retrain(
     if edited == 0:
         raise TowerError("no corrections: the corrected labels equal the prediction on the planes to retrain; fix "
                          "the prediction (paint, fill, erase), then retrain")
+    weights = cap_edit_weight(weights, (corrected[chosen] != previous[chosen]) & (weights > 0), cfg.edit_weight)
     if ckpt.spatial_dims == 3:
         targets = vol.volume_retrain_targets(corrected[chosen], image.z_size, str(ckpt.target), annotated)
         subset = vol.volume_subset(image, chosen)
@@ -196,8 +219,18 @@ def retrain(
         subset = from_array(np.asarray(image.data[chosen]), image.source, axes="ZCYX")
     tcfg = retrain_finetune_config(ckpt, cfg, finetune_cfg)
     pcfg = copy.deepcopy(predict_cfg) if predict_cfg is not None else PredictConfig(device=cfg.device)
+    images, labels, loss_weights = [subset], [targets], [weights]
+    if replay and cfg.replay > 0 and ckpt.spatial_dims == 2:
+        sets = as_replay_sets(replay)
+        sparse = str(ckpt.target) == "sparse" or tcfg.target in ("sparse", "sparse_instance")  # 0 = unannotated
+        drawn = replay_weights(sets, cfg.replay * float((weights > 0).sum()), tcfg.data.patch, sparse,
+                               np.random.default_rng([cfg.seed, 7]))
+        kept = [(s, w) for s, w in zip(sets, drawn) if w.any()]
+        images += [s.image for s, _ in kept]
+        labels += [s.labels for s, _ in kept]
+        loss_weights += [w for _, w in kept]
 
-    training = finetune([subset], [targets], tcfg, init=ckpt, weights=[weights], callback=callback,
+    training = finetune(images, labels, tcfg, init=ckpt, weights=loss_weights, callback=callback,
                         should_stop=should_stop, on_step=on_step)
     if training.last.stopped:
         return RetrainResult(training.checkpoint, None, chosen, edited, training)
@@ -209,5 +242,5 @@ def retrain(
     return RetrainResult(training.checkpoint, prediction, chosen, edited, training)
 
 
-__all__ = ["RetrainResult", "annotated_planes", "edit_weights", "retrain", "retrain_finetune_config",
+__all__ = ["RetrainResult", "annotated_planes", "cap_edit_weight", "edit_weights", "retrain", "retrain_finetune_config",
            "retrain_targets"]

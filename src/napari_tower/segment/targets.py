@@ -90,13 +90,13 @@ def n_classes(kind: str, targets: list[np.ndarray]) -> int:
     return int(max(t.max() for t in targets))
 
 
-def check_labels(labels: np.ndarray, image_shape: tuple[int, ...], source: str) -> None:
-    """Labels must cover the image plane for plane and hold some foreground."""
+def check_labels(labels: np.ndarray, image_shape: tuple[int, ...], source: str, foreground: bool = True) -> None:
+    """Labels must cover the image plane for plane and (unless `foreground` is False) hold some foreground."""
     p, _, h, w = image_shape
     if labels.shape != (p, h, w):
         raise TowerError(
             f"labels {source} have shape {labels.shape} but the image has {p} plane(s) of {h} x {w}: "
             "give labels of the same size as their image, in the same order"
         )
-    if not (labels > 0).any():
+    if foreground and not (labels > 0).any():
         raise TowerError(f"labels {source} have no foreground (all 0): annotate at least one object")
