@@ -33,7 +33,7 @@ T = TypeVar("T")
 _DEVICE = dict(help="where to compute (auto: CUDA, then MPS, then CPU)", label="device", choices=DEVICES)
 _SEED = dict(help="random seed (same seed and inputs, same result)", min=0, max=2**31 - 1)
 _LR = dict(help="learning rate", min=0, min_open=True, max=10, noun="learning rate")
-_MIXED = dict(help="mixed precision on CUDA (CPU trains in float32)", flag="")
+_MIXED = dict(help="mixed precision on CUDA (a CPU follows --cpu-bf16)", flag="")
 _CKPT_EVERY = dict(help="write a resumable checkpoint every N steps (0: only at the end)", min=0, max=MAX_STEPS)
 _VAL_EVERY = dict(help="validate every N steps (0: never)", flag="", min=0, max=MAX_STEPS)
 _MINUTES = dict(help="train for this many minutes instead of a step count (0: train for the given steps)", min=0,
