@@ -3,6 +3,7 @@
     python benchmarks/bench_density_shift.py [--sets dsb2018 usiigaci_phase sbiad634_ganglioneuroblastoma]
         [--seeds 0 1 2] [--steps 300] [--threads 2] [--sparse 4] [--init CKPT] [--out results.json]
         [--save-models DIR | --load-models DIR] [--jitter 0.2] [--zoom 1] [--device cpu] [--fp32]
+        [--correct 3 --region 256]
 
 For each labelled set in ../shared/data (or $NAPARI_TOWER_SHARED/data) the image with the highest
 foreground share is the training image and the `--sparse` images with the lowest share (same modality and
@@ -14,6 +15,15 @@ of an Otsu threshold on the same image (polarity chosen by the better Dice, whic
 predicted share again with every normalised intensity shifted by +0.05 (`shift_share`: a model that keys on
 the training image's absolute background level floods there).
 Prints a per-set, per-seed summary and writes every raw number to `--out` as JSON.
+
+`--correct K` adds what the product offers for a shift no single labelled image covers: the correct-and-retrain
+loop on one sparse frame. The simulated user takes the sparse frame the model gets most wrong (largest share of
+wrong foreground/background pixels), and in each of K rounds corrects the `--region` square of it that holds the most
+wrong pixels (what the eye goes to first) and presses Retrain (`segment.retrain.retrain` with the widget's
+defaults, learning from the regions corrected so far). That frame then leaves the test set: the other sparse
+frames are scored before the first round and after each (`rounds` in the JSON; Otsu on the same frames).
+`--replay R` retrains with windows of the labelled training image beside the corrections (R of its pixels per
+corrected pixel, `RetrainConfig.replay`).
 """
 
 from __future__ import annotations
@@ -113,13 +123,18 @@ def run_set(name: str, seed: int, args: argparse.Namespace) -> dict:
         rows.append({
             "image": stem, "role": "train" if stem == dense else "test",
             "true_share": float((truth > 0).mean()), "pred_share": float((pred > 0).mean()),
-            "dice": fg_dice(pred, truth), "otsu_dice": otsu_dice(im, truth), "shift_share": float(shifted.mean()),
+            "dice": fg_dice(pred, truth), "wrong_share": float(((pred > 0) != (truth > 0)).mean()),
+            "otsu_dice": otsu_dice(im, truth), "shift_share": float(shifted.mean()),
             # Normalised intensity of background and foreground pixels (per-image percentiles, as predicted).
             "bg_intensity": float(np.median(normed[truth == 0])), "fg_intensity": float(np.median(normed[truth > 0])),
         })
+    corrections = None
+    if args.correct:
+        corrections = correct_rounds(ckpt, name, seed, rows, args, replay=[(from_array(image, dense), mask[None])])
     tests = [r for r in rows if r["role"] == "test"]
     return {
         "set": name, "seed": seed, "train_image": dense, "train_seconds": train_s, "images": rows,
+        "corrections": corrections,
         "mean_dice": float(np.mean([r["dice"] for r in tests])),
         "mean_otsu_dice": float(np.mean([r["otsu_dice"] for r in tests])),
         "mean_share_ratio": float(np.mean([r["pred_share"] / r["true_share"] for r in tests])),
@@ -127,6 +142,62 @@ def run_set(name: str, seed: int, args: argparse.Namespace) -> dict:
         "worst_share_ratio": float(max(max(r["pred_share"] / r["true_share"],
                                            r["true_share"] / max(r["pred_share"], 1e-9)) for r in tests)),
     }
+
+
+def correct_rounds(ckpt, name: str, seed: int, rows: list[dict], args: argparse.Namespace, replay: list) -> dict:
+    """The loop on the sparse frame the model gets most wrong; the other sparse frames scored after each round.
+
+    Marks that frame's row role "corrected", so the set's summary scores the remaining frames only.
+    """
+    from bench_loop import fg_aligned_previous
+
+    from napari_tower.config import RetrainConfig
+    from napari_tower.segment.retrain import retrain
+    from napari_tower.segment.uncertainty import suggest_region
+
+    pcfg = PredictConfig(device=args.device)
+    tests = [r for r in rows if r["role"] == "test"]
+    worst = max(tests, key=lambda r: r["wrong_share"])
+    worst["role"] = "corrected"
+    scored = [r["image"] for r in rows if r["role"] == "test"]
+    im, truth = load(name, worst["image"])
+    frame = from_array(im, worst["image"])
+
+    def score(model) -> dict:
+        predictor = Predictor(model, pcfg)
+        out = {"dice": [], "share_ratio": []}
+        for stem in scored:
+            test_im, test_truth = load(name, stem)
+            pred = predictor.predict(from_array(test_im, stem)).labels[0]
+            out["dice"].append(fg_dice(pred, test_truth))
+            out["share_ratio"].append(float((pred > 0).mean() / (test_truth > 0).mean()))
+        return out
+
+    rounds = [{"round": 0, "seconds": 0.0, **score(ckpt)}]
+    reviewed = np.zeros(truth.shape, np.uint8)
+    corrected, model = [], ckpt
+    for rnd in range(1, args.correct + 1):
+        t0 = time.perf_counter()
+        predicted = Predictor(model, pcfg).predict(frame).labels[0]
+        wrong = ((predicted > 0) != (truth > 0)).astype(np.float32)
+        region = suggest_region([wrong], args.region, corrected)
+        if region is None:
+            break
+        corrected.append(region)
+        reviewed[region.slices()] = 1
+        previous = fg_aligned_previous(predicted, truth.astype(np.int32))
+        fixed = np.where(reviewed > 0, truth, previous).astype(np.int32)
+        result = retrain(model, frame, previous[None], fixed[None],
+                         RetrainConfig(seed=seed * 1000 + rnd, device=args.device, replay=args.replay),
+                         predict_cfg=pcfg, reviewed=reviewed[None], replay=replay if args.replay > 0 else ())
+        model = result.model
+        rounds.append({"round": rnd, "seconds": time.perf_counter() - t0, "region": [region.y, region.x, region.size],
+                       "wrong_in_region": int(wrong[region.slices()].sum()), "edited": int(result.edited),
+                       **score(model)})
+        print(f"  round {rnd}: Dice {np.mean(rounds[-1]['dice']):.3f}, worst share "
+              f"{max(rounds[-1]['share_ratio']):.2f}x ({rounds[-1]['seconds']:.0f} s)", flush=True)
+    return {"frame": worst["image"], "scored": scored, "region": args.region, "rounds": rounds,
+            "otsu_dice": [r["otsu_dice"] for r in rows if r["role"] == "test"]}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -166,6 +237,11 @@ def main() -> None:
     ap.add_argument("--zoom", type=float, default=None, help="FinetuneConfig.zoom (default: its default; 1: off)")
     ap.add_argument("--device", default="cpu", help="device for fine-tuning and prediction (cpu, cuda, auto)")
     ap.add_argument("--fp32", action="store_true", help="train in float32 on CUDA too (CPU always does)")
+    ap.add_argument("--correct", type=int, default=0,
+                    help="rounds of the correct-and-retrain loop on the sparse frame the model gets most wrong")
+    ap.add_argument("--replay", type=float, default=0.0,
+                    help="RetrainConfig.replay: the labelled training image's pixels replayed per corrected pixel")
+    ap.add_argument("--region", type=int, default=256, help="side of the square corrected each round")
     ap.add_argument("--out", default=None, help="JSON file for the raw results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
