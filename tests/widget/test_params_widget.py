@@ -26,7 +26,8 @@ EXPECTED = {
     (PretrainConfig, "data.patch_z"),
     (PretrainConfig, "model.base"), (PretrainConfig, "device"), (FinetuneConfig, "steps"), (FinetuneConfig, "minutes"), (FinetuneConfig, "instance_head"),
     (PredictConfig, "instances"), (PredictConfig, "probabilities"), (RetrainConfig, "steps"), (RetrainConfig, "minutes"),
-    (RetrainConfig, "edit_weight"), (RetrainConfig, "lr_scale"), (PreviewConfig, "seed"), (PrototypeConfig, "k"), (PrototypeConfig, "ignore"),
+    (RetrainConfig, "edit_weight"), (RetrainConfig, "lr_scale"),
+    (RetrainConfig, "replay"), (PreviewConfig, "seed"), (PrototypeConfig, "k"), (PrototypeConfig, "ignore"),
 }
 
 

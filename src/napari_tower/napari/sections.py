@@ -421,7 +421,7 @@ class CorrectSection(QGroupBox, Configurable):
 
         super().__init__("5. Correct and retrain")
         self.labels = LayerCombo(viewer, Labels)
-        self.controls = ConfigControls(RetrainConfig, "steps", "minutes", "edit_weight", "lr_scale")
+        self.controls = ConfigControls(RetrainConfig, "steps", "minutes", "edit_weight", "lr_scale", "replay")
         self.steps, self.minutes, self.edit_weight = (self.controls["steps"], self.controls["minutes"],
                                                       self.controls["edit_weight"])
         self.button = QPushButton("Retrain from corrections")
