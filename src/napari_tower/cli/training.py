@@ -17,7 +17,8 @@ PRECISION_CHOICES = (*(field_param(AcceleratorConfig, "amp_dtype").choices or ()
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     """--precision, --level and --quiet."""
     parser.add_argument("--precision", default=default_of(AcceleratorConfig, "amp_dtype"), choices=PRECISION_CHOICES,
-                        help="mixed precision on CUDA (float16 adds loss scaling; float32: off); a CPU follows --cpu-bf16")
+                        help="mixed precision on CUDA (float16 adds loss scaling; float32: off); "
+                        "a CPU follows --cpu-bf16")
     add_level_option(parser, "of OME-Zarr or pyramidal TIFF images")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
