@@ -221,7 +221,8 @@ class FinetuneConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     # bfloat16 training on CPUs that compute it natively: 0.59x the step time at the same Dice (5 seeds, DSB2018,
-    # benchmarks/bench_bf16_train.py, docs/benchmarks.md). A no-op on other CPUs and on GPUs.
+    # benchmarks/bench_bf16_train.py, docs/benchmarks.md). 2D only (finetune keeps 3D in float32); a no-op on other
+    # CPUs and on GPUs.
     accel: AcceleratorConfig = field(default_factory=lambda: AcceleratorConfig(cpu_bf16=True))
 
     def validate(self) -> None:
