@@ -163,11 +163,12 @@ def correct_rounds(ckpt, name: str, seed: int, rows: list[dict], args: argparse.
     im, truth = load(name, worst["image"])
     frame = from_array(im, worst["image"])
 
+    frames = {stem: load(name, stem) for stem in scored}
+
     def score(model) -> dict:
         predictor = Predictor(model, pcfg)
         out = {"dice": [], "share_ratio": []}
-        for stem in scored:
-            test_im, test_truth = load(name, stem)
+        for stem, (test_im, test_truth) in frames.items():
             pred = predictor.predict(from_array(test_im, stem)).labels[0]
             out["dice"].append(fg_dice(pred, test_truth))
             out["share_ratio"].append(float((pred > 0).mean() / (test_truth > 0).mean()))
@@ -189,7 +190,7 @@ def correct_rounds(ckpt, name: str, seed: int, rows: list[dict], args: argparse.
         fixed = np.where(reviewed > 0, truth, previous).astype(np.int32)
         result = retrain(model, frame, previous[None], fixed[None],
                          RetrainConfig(seed=seed * 1000 + rnd, device=args.device, replay=args.replay),
-                         predict_cfg=pcfg, reviewed=reviewed[None], replay=replay if args.replay > 0 else ())
+                         predict_cfg=pcfg, reviewed=reviewed[None], replay=replay)
         model = result.model
         rounds.append({"round": rnd, "seconds": time.perf_counter() - t0, "region": [region.y, region.x, region.size],
                        "wrong_in_region": int(wrong[region.slices()].sum()), "edited": int(result.edited),

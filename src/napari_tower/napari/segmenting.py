@@ -19,7 +19,7 @@ from .host import Tower
 from .layers import current_plane, image_from_layer, label_shape, labels_to_planes, reusable
 from .sections import OWNED, SCOPES
 from .session import LayerTag, PredictionRecord
-from .training import finetune_config
+from .training import copy_planes, finetune_config, painted_planes
 from .workers import progress_adapter
 
 
@@ -141,8 +141,6 @@ def fine_tuning_annotations(w: Tower, corrected_layer: Any) -> list[tuple[Any, n
     """The image and annotations chosen under 4. Segment (what the model was fine-tuned on), as (image, labels)
     of their annotated planes, for a retrain to replay beside the corrections; none when they are missing,
     empty or the very layer being corrected."""
-    from ..data import from_array
-
     image_layer, labels_layer = w.segment.image.layer(), w.segment.labels.layer()
     if image_layer is None or labels_layer is None or labels_layer is corrected_layer:
         return []
@@ -150,11 +148,10 @@ def fine_tuning_annotations(w: Tower, corrected_layer: Any) -> list[tuple[Any, n
         labels = labels_to_planes(labels_layer, image_layer)
     except TowerError:  # annotations that do not fit the image: nothing to replay
         return []
-    planes = [p for p in range(labels.shape[0]) if labels[p].any()]
+    planes = painted_planes(labels)
     if not planes:
         return []
-    image = image_from_layer(image_layer)
-    return [(from_array(np.asarray(image.data[planes]), image.source, axes="ZCYX"), labels[planes])]
+    return [(copy_planes(image_from_layer(image_layer), planes), labels[planes])]
 
 
 def retrain(w: Tower) -> None:

@@ -232,8 +232,19 @@ def finetune_config(w: Tower, base: FinetuneConfig | None = None, dims: str | No
     return cfg
 
 
-def finetune(w: Tower) -> None:
+def painted_planes(labels: np.ndarray) -> list[int]:
+    """Planes of (planes, Y, X) labels holding any annotation: the others are unannotated, not background."""
+    return [p for p in range(labels.shape[0]) if labels[p].any()]
+
+
+def copy_planes(image: Any, planes: list[int]) -> Any:
+    """`planes` of an `Image` as a new in-memory `Image` (a job keeps training on it whatever the layer does)."""
     from ..data import from_array
+
+    return from_array(np.asarray(image.data[planes]), image.source, axes="ZCYX")
+
+
+def finetune(w: Tower) -> None:
     from ..segment import finetune as run_finetune
     from .live import live_preview_hook
     from .step_sizing import remember_step_time
@@ -247,8 +258,7 @@ def finetune(w: Tower) -> None:
     image = image_from_layer(image_layer)
     labels = labels_to_planes(labels_layer, image_layer)
     cfg = finetune_config(w)
-    # Planes without any annotation are unannotated, not background: train on the others only.
-    planes = [p for p in range(labels.shape[0]) if labels[p].any()]
+    planes = painted_planes(labels)  # train on the annotated planes only
     if not planes:
         raise TowerError(f"labels layer '{labels_layer.name}' is empty: paint a few objects"
                          + {"sparse": " (1 = background, 2.. = classes)",
@@ -260,8 +270,7 @@ def finetune(w: Tower) -> None:
         # Volumes stay whole: the 3D fine-tuning reads unpainted slices as unannotated (issue 17).
         require_volumes([image])
     elif len(planes) < labels.shape[0]:
-        image = from_array(np.asarray(image.data[planes]), image.source, axes="ZCYX")
-        labels = labels[planes]
+        image, labels = copy_planes(image, planes), labels[planes]
     live = live_preview_hook(w, image_layer, cfg.model.spatial_dims)
     took = volume_defaults_note(w, cfg)
 

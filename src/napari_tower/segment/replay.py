@@ -58,9 +58,8 @@ def replay_weights(sets: Sequence[ReplaySet], pixels: float, window: int, sparse
     covered, tries = 0.0, 0
     while covered < budget and tries < 10_000:
         tries += 1
+        # A set without annotated pixels adds nothing to `cumulative`, so it is never drawn.
         k = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(sets) - 1)
-        if not len(where[k]):
-            continue
         p, y, x = np.unravel_index(where[k][int(rng.integers(len(where[k])))], annotated[k].shape)
         _, h, w = annotated[k].shape
         y0 = int(np.clip(y - window // 2, 0, max(0, h - window)))

@@ -206,11 +206,12 @@ def retrain(
     weights = edit_weights(previous[chosen], corrected[chosen], cfg.edit_weight) * annotated[:, None, None]
     if reviewed is not None:
         weights = weights * (_as_planes(reviewed, image, "reviewed")[chosen] != 0)
-    edited = int(((corrected[chosen] != previous[chosen]) & (weights > 0)).sum())
+    changed = (corrected[chosen] != previous[chosen]) & (weights > 0)
+    edited = int(changed.sum())
     if edited == 0:
         raise TowerError("no corrections: the corrected labels equal the prediction on the planes to retrain; fix "
                          "the prediction (paint, fill, erase), then retrain")
-    weights = cap_edit_weight(weights, (corrected[chosen] != previous[chosen]) & (weights > 0), cfg.edit_weight)
+    weights = cap_edit_weight(weights, changed, cfg.edit_weight)
     if ckpt.spatial_dims == 3:
         targets = vol.volume_retrain_targets(corrected[chosen], image.z_size, str(ckpt.target), annotated)
         subset = vol.volume_subset(image, chosen)
