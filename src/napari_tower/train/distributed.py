@@ -11,6 +11,7 @@ from values all ranks share, so no rank is left waiting in a collective.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -115,9 +116,19 @@ class Distributed:
             return DistributedDataParallel(module, device_ids=[self.device], static_graph=True)
         return DistributedDataParallel(module, static_graph=True)
 
+    def barrier(self) -> None:
+        """Wait for every rank (e.g. rank 0 writing the last checkpoint) before the group goes away."""
+        if self.enabled and self.owns_group:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def close(self) -> None:
         if self.owns_group:
             import torch.distributed as dist
 
+            # A run's closures hold its DDP wrapper in reference cycles; freed after the group (or at interpreter
+            # exit) its gloo reducer can abort the process ("terminate called without an active exception").
+            gc.collect()
             dist.destroy_process_group()
             self.owns_group = False

@@ -137,7 +137,9 @@ def pretrain(
     world = Distributed.from_environment()
     device = world.start(cfg.device) if world.enabled else resolve_device(cfg.device)
     try:
-        return _pretrain(images, cfg, out, callback, should_stop, resumed, init, start, history, world, device)
+        result = _pretrain(images, cfg, out, callback, should_stop, resumed, init, start, history, world, device)
+        world.barrier()
+        return result
     finally:
         world.close()
 
