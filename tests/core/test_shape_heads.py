@@ -16,7 +16,7 @@ from napari_tower.segment.instance_heads import head_for
 from napari_tower.segment.metrics import object_scores
 from napari_tower.segment.shape_heads import normalised_distance
 from napari_tower.segment.shape_training import ShapeObjective, instance_ids, tune_postprocess
-from napari_tower.segment.stardist import RAYS, ray_distances
+from napari_tower.segment.stardist import RAYS, candidate_centres, ray_distances
 
 HEADS = ("distance", "stardist")
 
@@ -37,6 +37,25 @@ def test_decode_of_encode_recovers_touching_objects(name):
     decoded = head.decode(outputs, params)
     assert params["f1"] == 1.0 and object_scores(decoded, labels)["f1"] == 1.0
     assert decoded.max() == len(np.unique(labels)) - 1
+
+
+def test_a_flooded_plane_proposes_polygons_half_a_radius_apart_not_every_pixel():
+    """A model that calls a whole plane foreground on a probability plateau: a 3 x 3 maximum made every pixel a
+    candidate (minutes of NMS on a 1024 x 1024 image); centres must be at least half the ray length apart."""
+    side, radius = 256, 12.0
+    prob = np.full((side, side), 0.9)
+    prob[::7, ::5] = 0.91  # a lattice of slightly higher pixels on the plateau: none is a real object centre
+    rays = np.full((RAYS, side, side), radius)
+    ys, xs = candidate_centres(prob, rays, 0.5)
+    spacing = int(radius / 2)
+    assert 0 < ys.size <= (side // spacing + 1) ** 2 < side * side // 20
+    gaps = np.maximum(np.abs(ys[:, None] - ys[None]), np.abs(xs[:, None] - xs[None]))
+    np.fill_diagonal(gaps, side)
+    assert gaps.min() >= spacing
+    assert np.all(np.diff(prob[ys, xs]) <= 0), "the most probable centres come first"
+    outputs = np.concatenate([np.zeros((1, side, side)), np.ones((1, side, side)), prob[None], rays])
+    labels = head_for("stardist").decode(outputs, {"seed_threshold": 0.5, "nms_threshold": 0.3, "min_size": 16})
+    assert 0 < labels.max() <= ys.size
 
 
 def test_normalised_distance_peaks_at_one_in_every_object():

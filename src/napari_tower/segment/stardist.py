@@ -98,30 +98,47 @@ class StarDistHead(InstanceHead):
         p = _params(params)
         prob = np.where(outputs[1] > 0.5, outputs[2], 0.0)
         h, w = prob.shape
-        # Candidates: local maxima of the object probability above the seed threshold (a 3 x 3 neighbourhood
-        # keeps a few per object for NMS to choose from, instead of every pixel).
-        peaks = (prob > float(p["seed_threshold"])) & (prob >= ndi.maximum_filter(prob, 3))
-        ys, xs = np.nonzero(peaks)
-        order = np.argsort(-prob[ys, xs], kind="stable")
+        ys, xs = candidate_centres(prob, outputs[3:], float(p["seed_threshold"]))
         canvas = np.zeros((h, w), np.int32)  # kept polygons, the more probable first claiming pixels
-        areas = [0]
+        areas = np.zeros(ys.size + 1, np.int64)  # rasterised area of kept polygon i (1-based)
+        kept = 0
         nms = float(p["nms_threshold"])
-        for i in order:
-            vy, vx = polygon_vertices(float(ys[i]), float(xs[i]), outputs[3:, ys[i], xs[i]])
+        for y, x in zip(ys, xs):
+            vy, vx = polygon_vertices(float(y), float(x), outputs[3:, y, x])
             rr, cc = polygon(vy, vx, shape=(h, w))
             if rr.size == 0:
                 continue
             claimed = canvas[rr, cc]
             if claimed.any():
                 ids, inter = np.unique(claimed[claimed > 0], return_counts=True)
-                union = rr.size + np.asarray(areas)[ids] - inter
+                union = rr.size + areas[ids] - inter
                 if (inter / union > nms).any():
                     continue
             free = claimed == 0
-            canvas[rr[free], cc[free]] = len(areas)
-            areas.append(int(rr.size))
+            kept += 1
+            canvas[rr[free], cc[free]] = kept
+            areas[kept] = rr.size
         labels = np.where(outputs[1] > 0.5, canvas, 0).astype(np.int32)  # polygons clipped to the foreground
         return _relabel_sequential(remove_small(labels, int(p["min_size"])))
 
 
-__all__ = ["RAYS", "StarDistHead", "polygon_vertices", "ray_distances"]
+def candidate_centres(prob: np.ndarray, rays: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the polygon centres NMS considers, the most probable first.
+
+    Maxima of the object probability above `threshold`, at least half the typical object radius apart (the
+    median of the candidates' mean ray length). A plain 3 x 3 maximum keeps every pixel of a plateau, so a
+    model that floods an image proposed a polygon every few pixels (244,000 on a 1024 x 1024 DSB2018 image,
+    over three minutes of NMS); two objects' centres lie at least a radius apart, so the spacing loses none.
+    """
+    from skimage.feature import peak_local_max
+
+    peaks = (prob > threshold) & (prob >= ndi.maximum_filter(prob, 3))
+    if not peaks.any():
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    radius = float(np.median(rays[:, peaks].mean(0)))
+    found = peak_local_max(prob, min_distance=max(1, int(radius / 2)), threshold_abs=threshold, exclude_border=False)
+    order = np.argsort(-prob[found[:, 0], found[:, 1]], kind="stable")
+    return found[order, 0], found[order, 1]
+
+
+__all__ = ["RAYS", "StarDistHead", "candidate_centres", "polygon_vertices", "ray_distances"]
