@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from napari_tower.models import UNet
-from napari_tower.proxy import GENESIS_TASKS, TOWER_TASKS, compose, structure_weights
+from napari_tower.proxy import GENESIS_TASKS, TOWER_TASKS, compose, remap, structure_weights
 from napari_tower.proxy import tasks as proxy_tasks
 
 # ----------------------------------------------------------------------------------------------
@@ -223,8 +223,8 @@ def remap_accuracy(curves: int = 200, pixels: int = 4096, seed: int = 1) -> np.n
     points = rng.random((curves, 4))
     invert = rng.random(curves) < 0.5
     x = rng.random((curves, pixels)).astype(np.float32)
-    lut = proxy_tasks._bezier_lut(torch.from_numpy(points).float(), torch.from_numpy(invert), 1000, 1025)
-    ours = proxy_tasks._lookup(torch.from_numpy(x).view(curves, 1, 1, pixels), lut).view(curves, pixels).numpy()
+    lut = remap._bezier_lut(torch.from_numpy(points).float(), torch.from_numpy(invert), 1000, 1025)
+    ours = remap._lookup(torch.from_numpy(x).view(curves, 1, 1, pixels), lut).view(curves, pixels).numpy()
     errors = []
     for i in range(curves):
         xv = np.dot([0, points[i, 0], points[i, 2], 1], poly)
@@ -238,10 +238,10 @@ def compiled_pixel_pass(x: torch.Tensor, gen: torch.Generator, model_step, repea
     """TOWER's pixel pass (curve tables and masked cells drawn once) eager and under torch.compile."""
     lut, shift = proxy_tasks._remap_and_mask_tables(x, gen, {"p": 1.0}, {}, None)
     start = time.perf_counter()
-    compiled = torch.compile(proxy_tasks._lookup, dynamic=False)
-    gap = (compiled(x, lut, shift) - proxy_tasks._lookup(x, lut, shift)).abs().max().item()
+    compiled = torch.compile(remap._lookup, dynamic=False)
+    gap = (compiled(x, lut, shift) - remap._lookup(x, lut, shift)).abs().max().item()
     print(f"pixel pass: torch.compile took {time.perf_counter() - start:.1f} s, max difference {gap:.1e}")
-    for name, fn in (("eager", proxy_tasks._lookup), ("compiled", compiled)):
+    for name, fn in (("eager", remap._lookup), ("compiled", compiled)):
         after = []
         for _ in range(repeats):
             model_step()

@@ -22,7 +22,7 @@ from napari_tower.proxy import (
     preview,
     structure_weights,
 )
-from napari_tower.proxy.tasks import _bezier_lut, _lookup
+from napari_tower.proxy.remap import _bezier_lut, _lookup
 
 
 @pytest.fixture(autouse=True, scope="module")

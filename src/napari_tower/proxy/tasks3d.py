@@ -26,8 +26,15 @@ import torch.nn.functional as F
 
 from ..config import PROXY_TASKS
 from ..errors import TowerError
-from . import tasks as t2d
+from .draws import _chance, _check_p, _noise_like, _rand
+from .masking import _masked_cells
+from .painting import INPAINT_P, INPAINT_SHARE, OUTPAINT_P, PAINT_P, _fill_noise
+from .remap import NONLINEAR_P, nonlinear_remap
+from .shuffle import SHUFFLE_P, _piece_slots, _random_partition
 from .structure import _float32
+from .structure import structure_weights as structure_weights2d
+from .tasks import check_tasks
+from .tasks import compose as compose2d
 
 # Models Genesis 3D: 10 000 shuffled windows in a 64 x 64 x 32 cube, sides up to rows // 10 and deps // 10.
 REFERENCE_VOXELS = 64 * 64 * 32
@@ -82,11 +89,11 @@ def structure_weights3d(x: torch.Tensor, cell: int = 8, per_cell: bool = False,
 
 
 @_float32
-def nonlinear_remap3d(x: torch.Tensor, gen: torch.Generator, p: float = t2d.NONLINEAR_P, *,
+def nonlinear_remap3d(x: torch.Tensor, gen: torch.Generator, p: float = NONLINEAR_P, *,
                       invert_p: float = 0.5, n_times: int = 1000, lut_size: int = 1025) -> torch.Tensor:
     """Models Genesis's non-linear intensity transform, one random Bezier curve per sample (see `nonlinear_remap`)."""
     n, c, d, h, w = _check_volumes(x)
-    out = t2d.nonlinear_remap(x.reshape(n, c, d * h, w), gen, p, invert_p=invert_p, n_times=n_times,
+    out = nonlinear_remap(x.reshape(n, c, d * h, w), gen, p, invert_p=invert_p, n_times=n_times,
                               lut_size=lut_size)
     return out.reshape(x.shape) if out.data_ptr() != x.data_ptr() else x.clone()
 
@@ -121,14 +128,14 @@ def block_mask3d(x: torch.Tensor, gen: torch.Generator, cell: int = 8, ratio: fl
         if tuple(weights.shape[2:]) != grid or grid == (d, h, w):
             wt = F.avg_pool3d(wt, (cz, cell, cell), stride=(cz, cell, cell), ceil_mode=True)
         cell_w = wt.reshape(n, ncell)
-    masked = t2d._masked_cells(gen, n, ncell, round(ratio * ncell), x.device, cell_w, float(floor))
+    masked = _masked_cells(gen, n, ncell, round(ratio * ncell), x.device, cell_w, float(floor))
     cells = torch.zeros(n, ncell, dtype=torch.bool, device=x.device).scatter_(1, masked, True)
     gd, gh, gw = grid
     mask = cells.view(n, 1, gd, 1, gh, 1, gw, 1).expand(n, 1, gd, cz, gh, cell, gw, cell)
     mask = mask.reshape(n, 1, gd * cz, gh * cell, gw * cell)[:, :, :d, :h, :w]
     if fill == "zero":
         return x.masked_fill(mask, 0.0)
-    return torch.where(mask, t2d._noise_like(x, gen), x)
+    return torch.where(mask, _noise_like(x, gen), x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,8 +151,8 @@ def _window_grid(gen: torch.Generator, m: int, shape: tuple[int, int, int], side
     """
     pieces, counts = [], []
     for length, side in zip(shape, sides):
-        slots = t2d._piece_slots(length, side)
-        _, clipped, piece = t2d._random_partition(gen, m, length, side, slots, device)
+        slots = _piece_slots(length, side)
+        _, clipped, piece = _random_partition(gen, m, length, side, slots, device)
         pieces.append(piece)
         counts.append((slots, clipped > 0))
     (kd, vd), (kh, vh), (kw, vw) = counts
@@ -164,7 +171,7 @@ def _permute_windows(values: torch.Tensor, wid: torch.Tensor, chosen: torch.Tens
     only within their window. Voxels of windows left alone get key 0, so they stay.
     """
     m, c, s = values.shape
-    u = t2d._rand(gen, (m, s), values.device, torch.float64)
+    u = _rand(gen, (m, s), values.device, torch.float64)
     u = torch.where(chosen.gather(1, wid), u, torch.zeros_like(u))
     order = torch.sort(wid.double() + u, dim=1, stable=True).indices
     place = torch.sort(wid, dim=1, stable=True).indices
@@ -173,7 +180,7 @@ def _permute_windows(values: torch.Tensor, wid: torch.Tensor, chosen: torch.Tens
 
 
 @_float32
-def local_shuffle3d(x: torch.Tensor, gen: torch.Generator, p: float = t2d.SHUFFLE_P,
+def local_shuffle3d(x: torch.Tensor, gen: torch.Generator, p: float = SHUFFLE_P,
                     n_windows: int = SHUFFLE_WINDOWS, max_side: int = SHUFFLE_SIDE,
                     max_side_z: int = SHUFFLE_SIDE_Z) -> torch.Tensor:
     """Local voxel shuffling: about `n_windows` (for 64 x 64 x 32 voxels; scaled by volume) windows of
@@ -184,11 +191,11 @@ def local_shuffle3d(x: torch.Tensor, gen: torch.Generator, p: float = t2d.SHUFFL
     sequential overlapping windows do. Every window keeps its multiset of values, in all channels.
     """
     n, c, d, h, w = _check_volumes(x)
-    t2d._check_p(p)
+    _check_p(p)
     if max_side < 1 or max_side_z < 1 or n_windows < 0:
         raise TowerError(f"max_side={max_side}, max_side_z={max_side_z}, n_windows={n_windows} are invalid: "
                          "use window sides >= 1 and a window count >= 0")
-    apply = t2d._chance(gen, n, p, x.device)
+    apply = _chance(gen, n, p, x.device)
     n_eff = 0 if n_windows == 0 else max(1, round(n_windows * d * h * w / REFERENCE_VOXELS))
     sides = (max(1, min(max_side_z, d)), max(1, min(max_side, h)), max(1, min(max_side, w)))
     chosen = torch.nonzero(apply).flatten()
@@ -200,7 +207,7 @@ def local_shuffle3d(x: torch.Tensor, gen: torch.Generator, p: float = t2d.SHUFFL
     while bool((left > 0).any()):
         wid, valid = _window_grid(gen, m, (d, h, w), sides, x.device)
         need = torch.minimum(left, valid.sum(dim=1))
-        keys = torch.where(valid, t2d._rand(gen, valid.shape, x.device), torch.full(valid.shape, 2.0, device=x.device))
+        keys = torch.where(valid, _rand(gen, valid.shape, x.device), torch.full(valid.shape, 2.0, device=x.device))
         kth = keys.sort(dim=1).values.gather(1, (need - 1).clamp_min(0)[:, None])
         pick = valid & (keys <= kth) & (need > 0)[:, None]
         values = _permute_windows(values, wid, pick, gen)
@@ -225,7 +232,7 @@ def _paint_mask3d(gen: torch.Generator, inner: torch.Tensor, outer: torch.Tensor
     """
     dev = inner.device
     n, k = inner.shape[0], 5
-    u = t2d._rand(gen, (n, k, 7), dev)
+    u = _rand(gen, (n, k, 7), dev)
     coins = u[..., 6] < 0.95
     first = outer | (inner & coins[:, 0])
     alive = torch.cat([first[:, None], coins[:, 1:]], dim=1).cumprod(dim=1).bool()  # (N, K)
@@ -249,21 +256,21 @@ def _paint_mask3d(gen: torch.Generator, inner: torch.Tensor, outer: torch.Tensor
 
 
 @_float32
-def inpaint3d(x: torch.Tensor, gen: torch.Generator, p: float = t2d.INPAINT_P) -> torch.Tensor:
+def inpaint3d(x: torch.Tensor, gen: torch.Generator, p: float = INPAINT_P) -> torch.Tensor:
     """3D in-painting: up to 5 boxes of a sixth to a third of each side filled with uniform noise (probability `p`)."""
     n, c, d, h, w = _check_volumes(x)
-    t2d._check_p(p)
-    chosen = t2d._chance(gen, n, p, x.device)
-    return t2d._fill_noise(x, _paint_mask3d(gen, chosen, torch.zeros_like(chosen), (d, h, w)), gen)
+    _check_p(p)
+    chosen = _chance(gen, n, p, x.device)
+    return _fill_noise(x, _paint_mask3d(gen, chosen, torch.zeros_like(chosen), (d, h, w)), gen)
 
 
 @_float32
-def outpaint3d(x: torch.Tensor, gen: torch.Generator, p: float = t2d.OUTPAINT_P) -> torch.Tensor:
+def outpaint3d(x: torch.Tensor, gen: torch.Generator, p: float = OUTPAINT_P) -> torch.Tensor:
     """3D out-painting: uniform noise everywhere except 1..5 kept boxes (probability `p`)."""
     n, c, d, h, w = _check_volumes(x)
-    t2d._check_p(p)
-    chosen = t2d._chance(gen, n, p, x.device)
-    return t2d._fill_noise(x, _paint_mask3d(gen, torch.zeros_like(chosen), chosen, (d, h, w)), gen)
+    _check_p(p)
+    chosen = _chance(gen, n, p, x.device)
+    return _fill_noise(x, _paint_mask3d(gen, torch.zeros_like(chosen), chosen, (d, h, w)), gen)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,31 +287,31 @@ def compose3d(x: torch.Tensor, tasks: Iterable[str] | str, gen: torch.Generator,
     `cell_z` besides the 2D options.
     """
     n, c, d, h, w = _check_volumes(x)
-    names = set(t2d.check_tasks(tasks))
+    names = set(check_tasks(tasks))
     opts = {k: dict(v) for k, v in (options or {}).items()}
     unknown = set(opts) - set(PROXY_TASKS)
     if unknown:
         raise TowerError(f"options for unknown proxy task(s) {sorted(unknown)}: choose from {', '.join(PROXY_TASKS)}")
     out = x
     if "nonlinear" in names:
-        out = nonlinear_remap3d(out, gen, **{"p": 1.0 if force else t2d.NONLINEAR_P, **opts.get("nonlinear", {})})
+        out = nonlinear_remap3d(out, gen, **{"p": 1.0 if force else NONLINEAR_P, **opts.get("nonlinear", {})})
     if "shuffle" in names:
-        out = local_shuffle3d(out, gen, **{"p": 1.0 if force else t2d.SHUFFLE_P, **opts.get("shuffle", {})})
+        out = local_shuffle3d(out, gen, **{"p": 1.0 if force else SHUFFLE_P, **opts.get("shuffle", {})})
     if "masking" in names:
         out = block_mask3d(out, gen, weights=weights, **opts.get("masking", {}))
     paint_in, paint_out = "inpaint" in names, "outpaint" in names
     if paint_in or paint_out:
         dev = x.device
         if paint_in and paint_out:
-            painted = t2d._chance(gen, n, 1.0 if force else t2d.PAINT_P, dev)
-            share = t2d._rand(gen, (n,), dev) < t2d.INPAINT_SHARE
+            painted = _chance(gen, n, 1.0 if force else PAINT_P, dev)
+            share = _rand(gen, (n,), dev) < INPAINT_SHARE
             inner, outer = painted & share, painted & ~share
         else:
-            default = t2d.INPAINT_P if paint_in else t2d.OUTPAINT_P
+            default = INPAINT_P if paint_in else OUTPAINT_P
             p = 1.0 if force else float(opts.get("inpaint" if paint_in else "outpaint", {}).get("p", default))
-            chosen = t2d._chance(gen, n, p, dev)
+            chosen = _chance(gen, n, p, dev)
             inner, outer = (chosen, torch.zeros_like(chosen)) if paint_in else (torch.zeros_like(chosen), chosen)
-        out = t2d._fill_noise(out, _paint_mask3d(gen, inner, outer, (d, h, w)), gen)
+        out = _fill_noise(out, _paint_mask3d(gen, inner, outer, (d, h, w)), gen)
     return out.clamp(0.0, 1.0)
 
 
@@ -314,7 +321,7 @@ def compose(x: torch.Tensor, tasks: Iterable[str] | str, gen: torch.Generator,
     """`tasks.compose` for (N, C, Y, X) batches, `compose3d` for (N, C, Z, Y, X) volumes."""
     if isinstance(x, torch.Tensor) and x.ndim == 5:
         return compose3d(x, tasks, gen, weights, force=force, options=options)
-    return t2d.compose(x, tasks, gen, weights, force=force, options=options)
+    return compose2d(x, tasks, gen, weights, force=force, options=options)
 
 
 def structure_weights(x: torch.Tensor, cell: int = 8, per_cell: bool = False,
@@ -322,4 +329,4 @@ def structure_weights(x: torch.Tensor, cell: int = 8, per_cell: bool = False,
     """`tasks.structure_weights` for (N, C, Y, X) batches (`cell_z` unused), `structure_weights3d` for volumes."""
     if isinstance(x, torch.Tensor) and x.ndim == 5:
         return structure_weights3d(x, cell, per_cell, cell_z)
-    return t2d.structure_weights(x, cell, per_cell)
+    return structure_weights2d(x, cell, per_cell)
