@@ -52,7 +52,7 @@ def transfer():
     preds = {}
     for shift in (0.0, 0.05, -0.05):  # norm(x) + shift, before clipping to [0, 1]
         shifted = Normalisation((norm.low - shift * span).tolist(), (norm.high - shift * span).tolist())
-        preds[shift] = predictor.probabilities(img.data[0], shifted).argmax(0) > 0
+        preds[shift] = predictor.labels_from(predictor.probabilities(img.data[0], shifted)) > 0
     above = sparse > threshold_otsu(sparse)
     otsu = max(_dice(above, truth), _dice(~above, truth))  # either polarity, whichever suits Otsu better
     return preds, truth, otsu

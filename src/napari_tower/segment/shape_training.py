@@ -21,6 +21,7 @@ import torch
 from ..data import Image, Normalisation
 from ..data.annotated import AnnotatedPixels
 from ..data.lazy import read_region
+from ..data.sampling import jitter_intensity
 from .metrics import overlaps
 from .shape_heads import DEFAULT_POSTPROCESS, InstanceHead
 
@@ -44,11 +45,14 @@ class ShapeObjective:
     """Patches of (image, head targets, weights) from labelled planes, and the head's loss on them."""
 
     def __init__(self, head: InstanceHead, planes: Sequence[tuple[Image, Normalisation, np.ndarray, np.ndarray]],
-                 patch: int, augment: bool = True) -> None:
-        """`planes`: (single-plane image, its normalisation, instance ids, per-pixel weights) each."""
+                 patch: int, augment: bool = True, intensity: float = 0.0) -> None:
+        """`planes`: (single-plane image, its normalisation, instance ids, per-pixel weights) each;
+        `intensity`: the random contrast and brightness change of each patch (`jitter_intensity`), as the
+        class heads get it, so a model does not key on the labelled image's absolute background level."""
         self.head = head
         self.patch = patch
         self.augment = augment
+        self.intensity = intensity
         self.images = [(im, norm) for im, norm, _, _ in planes]
         self.targets = [head.encode(ids) for _, _, ids, _ in planes]
         self.weights = [np.asarray(w, np.float32) for _, _, _, w in planes]
@@ -76,6 +80,8 @@ class ShapeObjective:
                 if flip:
                     img, ww = img[..., ::-1], ww[..., ::-1]
                 tt = self.head.augment(tt, rot, flip)
+                if self.intensity > 0:
+                    img = jitter_intensity(img, self.intensity, rng)
             images[i], targets[i], weights[i] = img, tt, ww
         return {"image": images, "targets": targets, "weights": weights}
 
