@@ -130,6 +130,23 @@ def test_sparse_instance_training_predicts_objects(tmp_path):
                                 data=DataConfig(patch=64), model=ModelConfig(base=8, depth=2)))
 
 
+def test_shape_patches_get_the_intensity_jitter_the_class_heads_get():
+    """Without it a distance model keyed on the labelled image's background level: a -0.05 shift of a sparse
+    Usiigaci frame took its predicted share from 0.11 to 0.98 (tests/core/test_density_shift.py)."""
+    from napari_tower.data import compute_normalisation
+
+    image, labels = synthetic_nuclei((96, 96), 10, seed=4)
+    im = from_array(image)
+    plane = [(im, compute_normalisation(im.data, "x", 1, 99.8), labels, np.ones(labels.shape, np.float32))]
+    head = head_for("distance")
+    for seed in range(6):  # one patch per draw: the jitter's numbers come after its location and turn
+        plain = ShapeObjective(head, plane, 32).sample(1, np.random.default_rng(seed))
+        jittered = ShapeObjective(head, plane, 32, intensity=0.4).sample(1, np.random.default_rng(seed))
+        np.testing.assert_array_equal(plain["targets"], jittered["targets"])  # the same patch
+        assert np.abs(plain["image"] - jittered["image"]).max() > 0.01
+        assert jittered["image"].min() >= 0 and jittered["image"].max() <= 1
+
+
 @pytest.mark.parametrize("name", HEADS)
 def test_finetune_tunes_and_stores_postprocessing(tmp_path, name):
     pairs = [synthetic_nuclei((128, 128), 14, seed=s) for s in range(2)]

@@ -218,7 +218,8 @@ def finetune(
     if dims == 3:
         sampler = vol.volume_sampler(images, norms, train_planes, patch, patch_z, cfg)
     elif head is not None:
-        sampler = shape_objective(head, images, norms, train_planes, patch, kind == "sparse_instance")
+        sampler = shape_objective(head, images, norms, train_planes, patch, kind == "sparse_instance",
+                                  intensity=cfg.intensity_jitter)
     else:
         # Scaled copies of the labelled planes (issue 21): objects of other sizes than the painted ones.
         copies = zoomed_sources(images, norms, labels, train_planes, kind, cfg.zoom, patch, cfg.seed)
@@ -309,7 +310,7 @@ def finetune(
 
 
 def shape_objective(head: InstanceHead, images: Sequence[Image], norms: list, items: list, patch: int, sparse: bool,
-                    augment: bool = True) -> ShapeObjective:
+                    augment: bool = True, intensity: float = 0.0) -> ShapeObjective:
     """A `ShapeObjective` over labelled planes `items` ((image index, plane, labels, weights) each)."""
 
     planes = []
@@ -317,7 +318,7 @@ def shape_objective(head: InstanceHead, images: Sequence[Image], norms: list, it
         ids, annotated = instance_ids(lab[0], sparse)
         weight = annotated.astype(np.float32) * (1.0 if w is None else np.asarray(w[0], np.float32))
         planes.append((images[i].select_planes([p]), norms[i], ids, weight))
-    return ShapeObjective(head, planes, patch, augment)
+    return ShapeObjective(head, planes, patch, augment, intensity)
 
 
 def tune_on_labelled(model: ModelBundle, head: InstanceHead, images: Sequence[Image], items: list, sparse: bool,
