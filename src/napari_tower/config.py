@@ -23,7 +23,7 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 TARGETS = ("auto", "binary", "semantic", "instance", "sparse", "sparse_instance")
 # How instance labels are learnt (segment/shape_heads.py): "distance" regresses each object's normalised distance to
 # its edge (seeded watershed), "stardist" radial distances (polygons + NMS), "boundary" a 2-px inner boundary class.
-INSTANCE_HEADS = ("distance", "stardist", "boundary")
+INSTANCE_HEADS = ("auto", "distance", "stardist", "boundary")
 TRANSFERS = ("auto", "encoder", "encoder+decoder")
 MAX_STEPS = 10_000_000
 
@@ -188,9 +188,10 @@ class FinetuneConfig:
                         choices=TARGETS)
     # Only for instance labels; a model being retrained keeps its own head. Post-processing (seed threshold, NMS
     # threshold, minimum size) is tuned on the labelled images after training and stored in the model.
-    instance_head: str = param("boundary", "how instances are learnt: distance (to each object's edge, then "
-                               "watershed), stardist (radial distances, then NMS) or boundary (boundary class, then "
-                               "watershed)", label="instance head", choices=INSTANCE_HEADS)
+    instance_head: str = param("auto", "how instances are learnt: distance (to each object's edge, then watershed), "
+                               "stardist (radial distances, then NMS) or boundary (boundary class, then watershed); "
+                               "auto: distance for 2D models, boundary for 3D ones (the only head 3D trains)",
+                               label="instance head", choices=INSTANCE_HEADS)
     transfer: str = param("auto", "which pretrained parts initialise the segmenter (auto: what the method "
                           "transfers)", choices=TRANSFERS)
     pretrained_lr_scale: float = param(1.0, "learning-rate multiplier for the layers loaded from a pretraining "

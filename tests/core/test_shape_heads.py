@@ -12,7 +12,7 @@ from napari_tower.errors import TowerError
 from napari_tower.model_bundle import ModelBundle
 from napari_tower.samples import synthetic_nuclei
 from napari_tower.segment import Predictor, finetune
-from napari_tower.segment.instance_heads import head_for
+from napari_tower.segment.instance_heads import head_for, resolve_head
 from napari_tower.segment.metrics import object_scores
 from napari_tower.segment.shape_heads import normalised_distance
 from napari_tower.segment.shape_training import ShapeObjective, instance_ids, tune_postprocess
@@ -147,6 +147,16 @@ def test_shape_patches_get_the_intensity_jitter_the_class_heads_get():
         assert jittered["image"].min() >= 0 and jittered["image"].max() <= 1
 
 
+def test_auto_head_is_distance_in_2d_and_boundary_in_3d(tmp_path):
+    assert FinetuneConfig().instance_head == "auto"
+    assert resolve_head("auto", 2) == "distance" and resolve_head("auto", 3) == "boundary"
+    assert resolve_head("stardist", 2) == "stardist"
+    image, labels = synthetic_nuclei((64, 64), 6, seed=5)
+    cfg = FinetuneConfig(steps=2, batch=2, device="cpu", target="instance", val_fraction=0.0,
+                         data=DataConfig(patch=32), model=ModelConfig(base=4, depth=2))
+    assert finetune([from_array(image)], [labels[None]], cfg).checkpoint.instance_head == "distance"
+
+
 @pytest.mark.parametrize("name", HEADS)
 def test_finetune_tunes_and_stores_postprocessing(tmp_path, name):
     pairs = [synthetic_nuclei((128, 128), 14, seed=s) for s in range(2)]
@@ -177,7 +187,7 @@ def test_tuning_picks_the_threshold_that_splits_touching_objects():
 
 
 def test_boundary_models_keep_the_watershed(tiny_instance_model_file):
-    bundle = ModelBundle.load(tiny_instance_model_file)  # the default head, as every model before issue 20
+    bundle = ModelBundle.load(tiny_instance_model_file)  # the boundary head, as every model before issue 20
     assert bundle.instance_head is None and bundle.postprocess is None
     assert Predictor(bundle, PredictConfig(device="cpu")).head is None
 

@@ -394,8 +394,8 @@ class SegmentSection(QGroupBox, Configurable):
         cfg = self.finetune_controls.fill(FinetuneConfig())
         if self.sparse.value:
             cfg.target = "sparse_instance" if self.sparse_objects.value else "sparse"
-        if cfg.target == "sparse_instance" and cfg.instance_head == "boundary":
-            cfg.instance_head = "distance"  # the boundary head learns from dense labels only
+        if cfg.target == "sparse_instance" and cfg.instance_head in ("boundary", "auto"):
+            cfg.instance_head = "distance"  # the boundary head learns from dense labels only (and 3D from neither)
         return cfg
 
     def predict_config(self) -> PredictConfig:

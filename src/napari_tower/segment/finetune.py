@@ -31,7 +31,7 @@ from ..train.engine import (
 )
 from ..train.pretrain import load_unet_weights, model_normalisation
 from . import finetune3d as vol
-from .instance_heads import head_for
+from .instance_heads import head_for, resolve_head
 from .losses import segmentation_loss
 from .model import Segmenter
 from .shape_heads import InstanceHead
@@ -158,6 +158,7 @@ def finetune(
         cfg.model.base, cfg.model.depth = ckpt.base, ckpt.depth
     cfg.validate()
     dims = cfg.model.spatial_dims
+    head_name = resolve_head(head_name, dims)
     if ckpt is not None:
         vol.check_dims(ckpt, dims, str(init) if not isinstance(init, ModelBundle) else "the model")
     if dims == 3:

@@ -8,6 +8,14 @@ from .shape_heads import BOUNDARY, DistanceHead, InstanceHead
 from .stardist import StarDistHead
 
 
+def resolve_head(name: str, spatial_dims: int) -> str:
+    """The head "auto" stands for: distance in 2D, where it beat boundary + watershed on tissue nuclei and
+    touching cells (docs/benchmarks.md, issue 20); boundary in 3D, the only head volumes train."""
+    if name != "auto":
+        return name
+    return BOUNDARY if spatial_dims == 3 else "distance"
+
+
 def head_for(name: str | None) -> InstanceHead | None:
     """The shape-aware head called `name`; None for the boundary head (or a model without one)."""
     if name in (None, BOUNDARY):
@@ -19,4 +27,4 @@ def head_for(name: str | None) -> InstanceHead | None:
     raise TowerError(f"unknown instance head '{name}': choose one of {', '.join(INSTANCE_HEADS)}")
 
 
-__all__ = ["INSTANCE_HEADS", "head_for"]
+__all__ = ["INSTANCE_HEADS", "head_for", "resolve_head"]
