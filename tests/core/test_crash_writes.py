@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -314,9 +315,16 @@ def test_blockwise_prediction_survives_many_sigkills(tmp_path, tiny_instance_mod
 
     reference = _reference(tiny_instance_model_file, zarr_image, tmp_path / "reference.zarr")
     rng = np.random.default_rng(5)
+    # Random moments from interpreter start-up to the end of an uninterrupted run, timed here: fixed seconds
+    # (1-8 s) let a fast machine finish before the first kill. A resumed run has fewer blocks left, so a late
+    # moment may come after it finished: up to 20 kills, then a run to the end.
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-c", _PREDICT, str(tiny_instance_model_file), str(zarr_image),
+                    str(tmp_path / "timed.zarr")], check=True, capture_output=True, env=_env())
+    whole = time.monotonic() - start
+    shutil.rmtree(tmp_path / "timed.zarr")
     out = tmp_path / "out.zarr"
-    # Random moments from interpreter start-up to the end, 20 kills, then a run to the end.
     kills, reports = _blockwise_kills(tiny_instance_model_file, zarr_image, out,
-                                      lambda run: float(rng.uniform(1.0, 8.0)) if run < 20 else 1e9)
-    assert kills == 20
+                                      lambda run: float(rng.uniform(0.05, 0.9) * whole) if run < 20 else 1e9)
+    assert kills >= 5, f"{kills} kills in a {whole:.1f} s prediction"
     np.testing.assert_array_equal(zarr.open_array(str(out / "labels"), mode="r")[:], reference)
