@@ -30,18 +30,23 @@ def _masked_cells(gen: torch.Generator, n: int, ncell: int, k: int, device: torc
     return torch.topk(keys, k, dim=1, sorted=False).indices  # the set is all that matters: no sort
 
 
-def _draw_mask(x: torch.Tensor, gen: torch.Generator, cell: int, ratio: float, fill: str,
-               weights: torch.Tensor | None, floor: float) -> tuple[torch.Tensor, int, int]:
-    """Checks `block_mask`'s arguments and draws its cells: (N, k) masked cell indices, grid height and width."""
-    n, c, h, w = _check_batch(x)
-    if cell < 1:
-        raise TowerError(f"cell={cell} is invalid: use a positive cell size in pixels")
+def check_mask_options(ratio: float, fill: str, floor: float) -> None:
+    """Block masking's options, checked alike for planes and volumes."""
     if not 0.0 <= ratio <= 1.0:
         raise TowerError(f"ratio={ratio} is invalid: use the masked share of cells, in [0, 1]")
     if fill not in ("zero", "noise"):
         raise TowerError(f"fill='{fill}' is invalid: use 'zero' or 'noise'")
     if not 0.0 <= floor <= 1.0:
         raise TowerError(f"floor={floor} is invalid: use a value in [0, 1]")
+
+
+def _draw_mask(x: torch.Tensor, gen: torch.Generator, cell: int, ratio: float, fill: str,
+               weights: torch.Tensor | None, floor: float) -> tuple[torch.Tensor, int, int]:
+    """Checks `block_mask`'s arguments and draws its cells: (N, k) masked cell indices, grid height and width."""
+    n, c, h, w = _check_batch(x)
+    if cell < 1:
+        raise TowerError(f"cell={cell} is invalid: use a positive cell size in pixels")
+    check_mask_options(ratio, fill, floor)
     dev = x.device
     gh, gw = math.ceil(h / cell), math.ceil(w / cell)
     cell_w = None

@@ -14,6 +14,30 @@ INPAINT_P = PAINT_P * INPAINT_SHARE
 OUTPAINT_P = PAINT_P * (1.0 - INPAINT_SHARE)
 
 
+def boxes_alive(inner: torch.Tensor, outer: torch.Tensor, u_coin: torch.Tensor) -> torch.Tensor:
+    """(N, K) bool: which of a sample's K boxes exist. The first always for out-painting (the kept window), for
+    in-painting while a 0.95 coin holds; each further box while the coins keep holding (Models Genesis)."""
+    coins = u_coin < 0.95
+    first = outer | (inner & coins[:, 0])
+    return torch.cat([first[:, None], coins[:, 1:]], dim=1).cumprod(dim=1).bool()
+
+
+def box_axis(size: int, outer: torch.Tensor, u_side: torch.Tensor, u_pos: torch.Tensor) -> torch.Tensor:
+    """(N, size, K) bool: which positions along one axis of length `size` each box covers. In-painting boxes
+    span a sixth to a third of the axis, out-painting windows the axis minus 3/7..4/7 of it, with Genesis's
+    3-pixel margin (less where the axis is short); `u_side`, `u_pos` ((N, K) uniforms) pick side and start."""
+    lo_in, hi_in = max(1, size // 6), max(1, size // 3)
+    lo_out, hi_out = max(1, size - 4 * size // 7), max(1, size - 3 * size // 7)
+    lo = torch.where(outer, lo_out, lo_in)[:, None]
+    hi = torch.where(outer, hi_out, hi_in)[:, None]
+    margin = torch.where(outer, min(3, max(0, (size - hi_out) // 2)), min(3, max(0, (size - hi_in) // 2)))[:, None]
+    side = torch.minimum(lo + (u_side * (hi - lo + 1)).long(), hi)
+    room = (size - side - 2 * margin).clamp_min(0)
+    start = margin + torch.minimum((u_pos * (room + 1)).long(), room)
+    coords = torch.arange(size, device=outer.device)[None, :, None]
+    return (coords >= start[:, None, :]) & (coords < (start + side)[:, None, :])
+
+
 def _paint_mask(gen: torch.Generator, inner: torch.Tensor, outer: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(N, 1, H, W) bool: the pixels to fill with noise, in-painting `inner` samples and
     out-painting `outer` ones ((N,) bool each, exclusive), as in Models Genesis:
@@ -29,24 +53,9 @@ def _paint_mask(gen: torch.Generator, inner: torch.Tensor, outer: torch.Tensor, 
     dev = inner.device
     n, k = inner.shape[0], 5
     u = _rand(gen, (n, k, 5), dev)
-    coins = u[..., 4] < 0.95
-    first = outer | (inner & coins[:, 0])
-    alive = torch.cat([first[:, None], coins[:, 1:]], dim=1).cumprod(dim=1).bool()  # (N, K)
-
-    def axis(size: int, lo_in: int, hi_in: int, lo_out: int, hi_out: int, u_side, u_pos):
-        lo = torch.where(outer, lo_out, lo_in)[:, None]
-        hi = torch.where(outer, hi_out, hi_in)[:, None]
-        margin = torch.where(outer, min(3, max(0, (size - hi_out) // 2)), min(3, max(0, (size - hi_in) // 2)))[:, None]
-        side = torch.minimum(lo + (u_side * (hi - lo + 1)).long(), hi)
-        room = (size - side - 2 * margin).clamp_min(0)
-        start = margin + torch.minimum((u_pos * (room + 1)).long(), room)
-        coords = torch.arange(size, device=dev)[None, :, None]
-        return (coords >= start[:, None, :]) & (coords < (start + side)[:, None, :])  # (N, size, K)
-
-    in_rows = axis(h, max(1, h // 6), max(1, h // 3), max(1, h - 4 * h // 7), max(1, h - 3 * h // 7),
-                   u[..., 0], u[..., 1]) & alive[:, None, :]
-    in_cols = axis(w, max(1, w // 6), max(1, w // 3), max(1, w - 4 * w // 7), max(1, w - 3 * w // 7),
-                   u[..., 2], u[..., 3])
+    alive = boxes_alive(inner, outer, u[..., 4])
+    in_rows = box_axis(h, outer, u[..., 0], u[..., 1]) & alive[:, None, :]
+    in_cols = box_axis(w, outer, u[..., 2], u[..., 3])
     covered = torch.bmm(in_rows.float(), in_cols.transpose(1, 2).float()) > 0.5  # (N, H, W)
     return ((covered ^ outer[:, None, None]) & (inner | outer)[:, None, None])[:, None]
 

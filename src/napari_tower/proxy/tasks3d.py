@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from ..config import PROXY_TASKS
 from ..errors import TowerError
 from .draws import _chance, _check_p, _noise_like, _rand
-from .masking import _masked_cells
-from .painting import INPAINT_P, INPAINT_SHARE, OUTPAINT_P, PAINT_P, _fill_noise
+from .masking import _masked_cells, check_mask_options
+from .painting import INPAINT_P, INPAINT_SHARE, OUTPAINT_P, PAINT_P, _fill_noise, box_axis, boxes_alive
 from .remap import NONLINEAR_P, nonlinear_remap
 from .shuffle import SHUFFLE_P, _piece_slots, _random_partition
 from .structure import _float32
@@ -109,12 +109,7 @@ def block_mask3d(x: torch.Tensor, gen: torch.Generator, cell: int = 8, ratio: fl
     """
     n, c, d, h, w = _check_volumes(x)
     cz = _cell_z(cell, cell_z)
-    if not 0.0 <= ratio <= 1.0:
-        raise TowerError(f"ratio={ratio} is invalid: use the masked share of cells, in [0, 1]")
-    if fill not in ("zero", "noise"):
-        raise TowerError(f"fill='{fill}' is invalid: use 'zero' or 'noise'")
-    if not 0.0 <= floor <= 1.0:
-        raise TowerError(f"floor={floor} is invalid: use a value in [0, 1]")
+    check_mask_options(ratio, fill, floor)
     grid = (math.ceil(d / cz), math.ceil(h / cell), math.ceil(w / cell))
     ncell = grid[0] * grid[1] * grid[2]
     cell_w = None
@@ -233,23 +228,8 @@ def _paint_mask3d(gen: torch.Generator, inner: torch.Tensor, outer: torch.Tensor
     dev = inner.device
     n, k = inner.shape[0], 5
     u = _rand(gen, (n, k, 7), dev)
-    coins = u[..., 6] < 0.95
-    first = outer | (inner & coins[:, 0])
-    alive = torch.cat([first[:, None], coins[:, 1:]], dim=1).cumprod(dim=1).bool()  # (N, K)
-
-    def axis(size: int, u_side: torch.Tensor, u_pos: torch.Tensor) -> torch.Tensor:
-        lo_in, hi_in = max(1, size // 6), max(1, size // 3)
-        lo_out, hi_out = max(1, size - 4 * size // 7), max(1, size - 3 * size // 7)
-        lo = torch.where(outer, lo_out, lo_in)[:, None]
-        hi = torch.where(outer, hi_out, hi_in)[:, None]
-        margin = torch.where(outer, min(3, max(0, (size - hi_out) // 2)), min(3, max(0, (size - hi_in) // 2)))[:, None]
-        side = torch.minimum(lo + (u_side * (hi - lo + 1)).long(), hi)
-        room = (size - side - 2 * margin).clamp_min(0)
-        start = margin + torch.minimum((u_pos * (room + 1)).long(), room)
-        coords = torch.arange(size, device=dev)[None, :, None]
-        return ((coords >= start[:, None, :]) & (coords < (start + side)[:, None, :])).float()  # (N, size, K)
-
-    along = [axis(size, u[..., 2 * i], u[..., 2 * i + 1]) for i, size in enumerate(shape)]
+    alive = boxes_alive(inner, outer, u[..., 6])
+    along = [box_axis(size, outer, u[..., 2 * i], u[..., 2 * i + 1]).float() for i, size in enumerate(shape)]
     along[0] = along[0] * alive[:, None, :].float()
     covered = torch.einsum("nzk,nyk,nxk->nzyx", *along) > 0.5
     return ((covered ^ outer[:, None, None, None]) & (inner | outer)[:, None, None, None])[:, None]
