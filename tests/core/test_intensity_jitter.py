@@ -6,7 +6,7 @@ import numpy as np
 
 from napari_tower.config import FinetuneConfig
 from napari_tower.data import Normalisation, PatchSampler, Source, from_array
-from napari_tower.data.sampling import jitter_intensity
+from napari_tower.data.patch_augment import jitter_intensity
 
 
 def test_jitter_stays_in_range_and_changes_level_and_contrast():

@@ -21,6 +21,7 @@ from .annotated import AnnotatedPixels
 from .io import Image
 from .lazy import read_region
 from .normalise import Normalisation
+from .patch_augment import augment_patch
 
 # Bounds on the structure prior's index for huge data (see PatchSampler._index_planes).
 _MAX_GRID_CELLS = 2**18
@@ -173,12 +174,7 @@ class PatchSampler:
             lab = np.asarray(s.labels[pi, y: y + p, x: x + p]) if has_labels else None
             wts = np.asarray(s.weights[pi, y: y + p, x: x + p]) if has_labels and s.weights is not None else None
             if self.augment:
-                k, flip = int(rng.integers(4)), bool(rng.integers(2))
-                img = _aug(img, k, flip)
-                lab = _aug(lab, k, flip) if lab is not None else None
-                wts = _aug(wts, k, flip) if wts is not None else None
-                if self.intensity > 0:
-                    img = jitter_intensity(img, self.intensity, rng)
+                img, (lab, wts), _ = augment_patch(img, [lab, wts], rng, self.intensity)
             images[i] = img
             if labels is not None:
                 labels[i] = lab
@@ -191,19 +187,3 @@ class PatchSampler:
         return out
 
 
-def _aug(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    a = np.rot90(a, k, axes=(-2, -1))
-    return a[..., ::-1] if flip else a
-
-
-def jitter_intensity(img: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """A random contrast (gamma and gain) and brightness (offset) change of a [0, 1] patch, clipped to [0, 1].
-
-    `strength` s: gamma and gain log-uniform in [1 / (1 + s), 1 + s], offset uniform in [-s / 2, s / 2].
-    Fine-tuning on one image otherwise lets the model key on that image's absolute background level.
-    """
-    lo, hi = -np.log1p(strength), np.log1p(strength)
-    gamma, gain = np.exp(rng.uniform(lo, hi, 2))
-    offset = rng.uniform(-strength / 2, strength / 2)
-    out = np.power(np.clip(img, 0.0, 1.0), gamma, dtype=np.float32) * np.float32(gain) + np.float32(offset)
-    return np.clip(out, 0.0, 1.0, out=out)

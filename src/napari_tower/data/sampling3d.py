@@ -17,7 +17,8 @@ from scipy import ndimage
 
 from ..errors import TowerError
 from .lazy import read_region
-from .sampling import _MAX_GRID_CELLS, Source, jitter_intensity
+from .patch_augment import augment_patch
+from .sampling import _MAX_GRID_CELLS, Source
 
 # Bound on the volumes scored for the prior (uniform draws still use all volumes).
 _MAX_SCORED_VOLUMES = 16
@@ -158,12 +159,7 @@ class VolumeSampler:
             lab = np.asarray(s.labels[planes, y: y + p, x: x + p]) if has_labels else None
             wts = np.asarray(s.weights[planes, y: y + p, x: x + p]) if has_labels and s.weights is not None else None
             if self.augment:
-                k, flip, flip_z = int(rng.integers(4)), bool(rng.integers(2)), bool(rng.integers(2))
-                img = augment_volume(img, k, flip, flip_z)
-                lab = augment_volume(lab, k, flip, flip_z) if lab is not None else None
-                wts = augment_volume(wts, k, flip, flip_z) if wts is not None else None
-                if self.intensity > 0:
-                    img = jitter_intensity(img, self.intensity, rng)
+                img, (lab, wts), _ = augment_patch(img, [lab, wts], rng, self.intensity, volume=True)
             images[i] = img
             if labels is not None:
                 labels[i] = lab
@@ -176,9 +172,3 @@ class VolumeSampler:
         return out
 
 
-def augment_volume(a: np.ndarray, k: int, flip: bool, flip_z: bool) -> np.ndarray:
-    """(…, Z, Y, X) rotated by k x 90 degrees in (y, x), flipped in x and/or along z (anisotropy-safe)."""
-    a = np.rot90(a, k, axes=(-2, -1))
-    if flip:
-        a = a[..., ::-1]
-    return a[..., ::-1, :, :] if flip_z else a

@@ -21,7 +21,7 @@ import torch
 from ..data import Image, Normalisation
 from ..data.annotated import AnnotatedPixels
 from ..data.lazy import read_region
-from ..data.sampling import jitter_intensity
+from ..data.patch_augment import augment_patch
 from .metrics import overlaps
 from .shape_heads import DEFAULT_POSTPROCESS, InstanceHead
 
@@ -74,14 +74,8 @@ class ShapeObjective:
             img = norm.apply(read_region(im.data, (0, slice(None), slice(y, y + p), slice(x, x + p))))
             tt, ww = t[:, y: y + p, x: x + p], w[y: y + p, x: x + p]
             if self.augment:
-                rot, flip = int(rng.integers(4)), bool(rng.integers(2))
-                img = np.rot90(img, rot, axes=(-2, -1))
-                ww = np.rot90(ww, rot)
-                if flip:
-                    img, ww = img[..., ::-1], ww[..., ::-1]
-                tt = self.head.augment(tt, rot, flip)
-                if self.intensity > 0:
-                    img = jitter_intensity(img, self.intensity, rng)
+                img, (ww,), turn = augment_patch(img, [ww], rng, self.intensity)
+                tt = self.head.augment(tt, turn.k, turn.flip)
             images[i], targets[i], weights[i] = img, tt, ww
         return {"image": images, "targets": targets, "weights": weights}
 

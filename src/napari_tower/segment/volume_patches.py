@@ -17,8 +17,7 @@ import numpy as np
 
 from ..data.lazy import read_region
 from ..data.normalise import Normalisation
-from ..data.sampling import jitter_intensity
-from ..data.sampling3d import augment_volume
+from ..data.patch_augment import augment_patch
 from ..errors import TowerError
 
 # Annotated pixels remembered per labelled slice (a seeded subset for dense slices): bounds the index.
@@ -109,11 +108,7 @@ class VolumePatchSampler:
                 lab = np.pad(lab, ((0, pz - (ze - zs)), (0, 0), (0, 0)))
                 wts = None if wts is None else np.pad(wts, ((0, pz - (ze - zs)), (0, 0), (0, 0)))
             if self.augment:
-                k, flip, flip_z = int(rng.integers(4)), bool(rng.integers(2)), bool(rng.integers(2))
-                img, lab = augment_volume(img, k, flip, flip_z), augment_volume(lab, k, flip, flip_z)
-                wts = None if wts is None else augment_volume(wts, k, flip, flip_z)
-                if self.intensity > 0:
-                    img = jitter_intensity(img, self.intensity, rng)
+                img, (lab, wts), _ = augment_patch(img, [lab, wts], rng, self.intensity, volume=True)
             images[i], labels[i] = img, lab
             if wts is not None:
                 weights[i] = wts
