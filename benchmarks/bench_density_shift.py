@@ -119,7 +119,8 @@ def run_set(name: str, seed: int, args: argparse.Namespace) -> dict:
         used = predictor.normalisation_for(img)
         span = np.subtract(used.high, used.low)  # the same mapping, plus 0.05 before clipping
         up = Normalisation((used.low - 0.05 * span).tolist(), (used.high - 0.05 * span).tolist())
-        shifted = predictor.probabilities(img.data[0], up).argmax(0) > 0
+        # Foreground by the model's own rule (a distance head's third map is not a class).
+        shifted = predictor.labels_from(predictor.probabilities(img.data[0], up)) > 0
         rows.append({
             "image": stem, "role": "train" if stem == dense else "test",
             "true_share": float((truth > 0).mean()), "pred_share": float((pred > 0).mean()),
