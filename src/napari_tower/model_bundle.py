@@ -42,7 +42,7 @@ KINDS = ("pretrained", "segmenter")
 _FORMAT_KEYS = ("format", "version")
 _FIELD_KEYS = ("kind", "config", "state", "normalisation", "history", "step", "method", "transfers", "optimizer",
                "world_size", "target", "classes", "init_method", "best_val_dice", "source", "instance_head",
-               "postprocess")
+               "postprocess", "levels")
 
 
 @dataclass
@@ -75,6 +75,9 @@ class ModelBundle:
     # post-processing parameters tuned on the labelled images (seed_threshold, nms_threshold, min_size, f1)
     instance_head: str | None = None
     postprocess: dict[str, Any] | None = None
+    # [lowest, highest] median intensity of the labelled images as the model saw them (`data.median_level`):
+    # where their backgrounds sat, so prediction can flag an image unlike them (`Predictor.unfamiliar`)
+    levels: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept on save
 
     def __post_init__(self) -> None:
@@ -149,6 +152,7 @@ class ModelBundle:
             "optimizer": self.optimizer, "world_size": self.world_size, "target": self.target,
             "classes": self.classes, "init_method": self.init_method, "best_val_dice": self.best_val_dice,
             "source": self.source, "instance_head": self.instance_head, "postprocess": self.postprocess,
+            "levels": self.levels,
         }
         return {"format": FORMAT, "version": VERSION, **self.extra,
                 **{k: v for k, v in values.items() if v is not None}}
@@ -185,6 +189,7 @@ class ModelBundle:
                 init_method=_optional(data, "init_method", str),
                 best_val_dice=_optional(data, "best_val_dice", float), source=_optional(data, "source", str),
                 instance_head=_optional(data, "instance_head", str), postprocess=_optional(data, "postprocess", dict),
+                levels=_optional(data, "levels", lambda v: [float(x) for x in v]),
                 extra={k: v for k, v in data.items() if k not in _FIELD_KEYS + _FORMAT_KEYS},
             )
         except (KeyError, TypeError, ValueError) as exc:

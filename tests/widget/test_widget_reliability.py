@@ -379,3 +379,16 @@ def test_autosave_can_be_discarded(make_napari_viewer, qtbot, errors):
     viewer2.close()
     _, widget3 = open_widget(make_napari_viewer)
     assert widget3.autosave.bar.isHidden() and widget3.autosave.offer is None
+
+
+def test_predicting_an_image_unlike_the_labelled_ones_warns(kit, make_napari_viewer, qtbot, errors, warnings_shown):
+    viewer, widget = open_widget(make_napari_viewer)
+    widget.load_model(kit.segmenter)  # learnt from fluorescence-like nuclei: bright on dark
+    image = blobs((96, 96), seed=7)[0]
+    layer = viewer.add_image((int(image.max()) + int(image.min()) - image.astype(np.int32)).astype(np.uint16),
+                             name="bright-field")
+    widget.segment.image.set_layer(layer)
+    widget.segment.predict_button.click()
+    wait_idle(qtbot, widget)
+    assert not errors and "bright-field tower labels" in viewer.layers  # predicted, with a warning beside it
+    assert any("looks unlike the images the model learnt from" in w for w in warnings_shown)

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     for path in expand_inputs(args.images):
         image = read_image(path, level=args.level)
         say(check_model_fits(ckpt.config, image, args), args.quiet)
+        unfamiliar = predictor.unfamiliar(image, predictor.normalisation_for(image))
+        say(f"warning: {unfamiliar}" if unfamiliar else "", args.quiet)
         if args.zarr or args.scheduler or path.suffix.lower() == ".zarr" or _pixels(image) > ZARR_OUTPUT_PIXELS:
             _predict_zarr(predictor, image, out / (path.stem + ".zarr"), cfg, args)
             continue

@@ -103,3 +103,12 @@ def stored_or_own(stored: Normalisation | None, own: Normalisation, span: float 
             return own
     return stored
 
+
+
+def median_level(data: Any, norm: Normalisation) -> float:
+    """The median intensity of a (P, C, Y, X) image after `norm`, over the percentile sample and all channels.
+
+    Most pixels of a microscopy image are background, so this is where its background sits in the model's input
+    range: near 0 for fluorescence, near 1 for bright-field with dark objects, in between for phase contrast.
+    """
+    return float(np.median(norm.apply(_subsample(data), channel_axis=1)))

@@ -67,6 +67,8 @@ def predict(w: Tower) -> None:
         if layer is not None:
             w.show_info(f"Predicted {len(planes)} plane(s) into '{layer.name}'. Correct it with the paint "
                         "and erase tools, then Retrain from corrections.")
+        for warning in prediction.warnings if layer is not None else ():
+            w.show_warning(warning)
 
     w.start_job("predict", job, finished)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..config import FinetuneConfig, loop_steps, to_dict
-from ..data import Image, PatchSampler, Source, compute_normalisation
+from ..data import Image, PatchSampler, Source, compute_normalisation, median_level
 from ..errors import TowerError
 from ..model_bundle import ModelBundle
 from ..train.engine import (
@@ -280,6 +280,9 @@ def finetune(
         return 1.0 - dice  # the loop minimises
 
     norm = model_normalisation(norms)
+    # Where the labelled images' backgrounds sat as the model saw them; a retrain widens the model's range.
+    levels = [median_level(im.data, n) for im, n in zip(images, norms)]
+    levels += list(ckpt.levels or []) if continuing else []
     saved: ModelBundle | None = None
 
     def save(step: int, final: bool) -> None:
@@ -292,7 +295,7 @@ def finetune(
             postprocess=dict(ckpt.postprocess) if head is not None and ckpt is not None and ckpt.postprocess else None,
             init_method=init_method, config=to_dict(cfg),
             normalisation=norm, state=state, step=step, history=loop.history,
-            best_val_dice=best_dice if best_dice >= 0 else None,
+            best_val_dice=best_dice if best_dice >= 0 else None, levels=[round(min(levels), 4), round(max(levels), 4)],
         )
         if out is not None:
             saved.save(out)

@@ -4,14 +4,14 @@ normalised as in training."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import PredictConfig
-from ..data import Image, Normalisation, compute_normalisation, stored_or_own
+from ..data import Image, Normalisation, compute_normalisation, median_level, stored_or_own
 from ..data.lazy import read_region
 from ..errors import TowerError
 from ..model_bundle import ModelBundle
@@ -22,13 +22,20 @@ from .model import Segmenter, inference_segmenter
 from .retry import predict_tiled_within_memory
 from .tiling3d import predict_tiled_3d, tiling_3d
 
+# How far (in the model's [0, 1] input range) an image's median may sit outside the labelled images' before
+# prediction warns. Intensity jitter trains for shifts of about 0.1-0.2. Measured over the shared sets' test
+# images (benchmarks/unfamiliar_levels.py): bright-field images with dark nuclei sit 0.81-0.99 outside a
+# fluorescence model's range, every other image at most 0.47; 0.6 is between the two.
+UNFAMILIAR_GAP = 0.6
+
 
 @dataclass
 class Prediction:
-    """Per-plane class probabilities (P, K, Y, X) and labels (P, Y, X)."""
+    """Per-plane class probabilities (P, K, Y, X) and labels (P, Y, X), and what the user should know about them."""
 
     probabilities: Any
     labels: Any
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -106,6 +113,23 @@ class Predictor:
         low, high = self.ckpt.percentiles
         own = compute_normalisation(image.data, image.source, low, high)
         return own if self.cfg.normalise != "model" else stored_or_own(self.stored_norm, own)
+
+    def unfamiliar(self, image: Image, norm: Normalisation) -> str | None:
+        """A warning when `image`, scaled by `norm`, looks unlike every labelled image the model learnt from:
+        its median intensity (where its background sits) lies over `UNFAMILIAR_GAP` outside theirs. That is
+        inverted contrast or another modality (bright-field with dark nuclei against fluorescence), where a
+        model floods or finds nothing; None when it looks familiar or the model stores no levels."""
+        if not self.ckpt.levels:
+            return None
+        low, high = self.ckpt.levels
+        level = median_level(image.data, norm)
+        if low - UNFAMILIAR_GAP <= level <= high + UNFAMILIAR_GAP:
+            return None
+        side = "brighter" if level > high else "darker"
+        return (f"{image.source} looks unlike the images the model learnt from: its background is much {side} "
+                f"(median {level:.2f} of the model's input range, the labelled images' {low:.2f}-{high:.2f}), as "
+                "with inverted contrast or another modality. Check the result; if it is wrong, label or correct "
+                "part of this image and fine-tune or retrain with it.")
 
     def check_image(self, image: Image) -> None:
         if image.channels != self.in_channels:
@@ -189,8 +213,11 @@ class Predictor:
         """
         self.check_image(image)
         norm = self.normalisation_for(image)
+        warning = self.unfamiliar(image, norm)
         if self.spatial_dims == 3:
-            return self._predict_volumes(image, norm, planes, progress, should_stop)
+            result = self._predict_volumes(image, norm, planes, progress, should_stop)
+            result.warnings += [warning] if warning else []
+            return result
         p, _, h, w = image.shape
         planes = list(range(p)) if planes is None else planes
         # Every pixel is written by the tiling, so no zero-fill; planes are predicted in place (no copy).
@@ -203,7 +230,7 @@ class Predictor:
             labels[k] = self.labels_from(probs[k])
             if progress is not None:
                 progress(k + 1, len(planes))
-        return Prediction(probs, labels)
+        return Prediction(probs, labels, [warning] if warning else [])
 
     def _predict_volumes(self, image: Image, norm: Normalisation, planes: list[int] | None,
                          progress: Callable[[int, int], None] | None,
