@@ -190,7 +190,8 @@ class FinetuneConfig:
     # threshold, minimum size) is tuned on the labelled images after training and stored in the model.
     instance_head: str = param("auto", "how instances are learnt: distance (to each object's edge, then watershed), "
                                "stardist (radial distances, then NMS) or boundary (boundary class, then watershed); "
-                               "auto: distance for 2D models, boundary for 3D ones (the only head 3D trains)",
+                               "auto: boundary (distance finds objects better after one fine-tune, but a retrain can "
+                               "flood it)",
                                label="instance head", choices=INSTANCE_HEADS)
     transfer: str = param("auto", "which pretrained parts initialise the segmenter (auto: what the method "
                           "transfers)", choices=TRANSFERS)

@@ -1,0 +1,100 @@
+"""One correction round on a saved density-shift model, with retrain variations (issue 20: why a distance
+model floods after a retrain).
+
+Loads `{models}/{set}-seed{seed}.pt` (saved by `bench_density_shift.py --save-models`), predicts the set's 4
+sparsest frames, takes the one it gets most wrong as the corrected frame (its whole truth, reviewed), and runs
+the product's retrain (`segment.retrain.retrain`, replaying the labelled training image) once per variant:
+
+- default: the widget's retrain (50 steps, edits weighing 5, replay 1);
+- noreplay, edit1: without replay; edits weighing 1;
+- lr0.3: a third of the rate (with the retrain's warm-up);
+- stepsN: N steps instead of 50;
+- bnonly: lr_scale 0.01 and one step, whose rate is 0 under the warm-up: only batch-norm statistics move.
+
+Prints each frame's foreground Dice and predicted/true share before and after, and the retrain's losses.
+
+    NAPARI_TOWER_SHARED=/work/shared python benchmarks/retrain_jolt.py --models models --set dsb2018 --seed 0 \\
+        --variants default noreplay edit1 lr0.3 steps1 steps10 bnonly
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_density_shift import fg_dice, load, select
+from bench_loop import fg_aligned_previous
+
+from napari_tower.config import PredictConfig, RetrainConfig
+from napari_tower.data import from_array
+from napari_tower.segment import Predictor
+from napari_tower.segment.retrain import retrain
+
+
+def variant_config(name: str, seed: int) -> RetrainConfig:
+    kw: dict = {"seed": seed * 1000 + 1, "device": "cpu", "replay": 1.0}
+    if name == "noreplay":
+        kw["replay"] = 0.0
+    elif name == "edit1":
+        kw["edit_weight"] = 1.0
+    elif name == "lr0.3":
+        kw["lr_scale"] = 0.3
+    elif name.startswith("steps"):
+        kw["steps"] = int(name[5:])
+    elif name == "bnonly":
+        kw["lr_scale"], kw["steps"] = 0.01, 1
+    elif name != "default":
+        raise SystemExit(f"unknown variant {name}")
+    return RetrainConfig(**kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, required=True)
+    parser.add_argument("--set", default="dsb2018")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", nargs="+", default=["default"])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    ckpt = torch.load(args.models / f"{args.set}-seed{args.seed}.pt", weights_only=False)
+    dense, sparse = select(args.set, 4)
+    image, mask = load(args.set, dense)
+    pcfg = PredictConfig(device="cpu")
+    frames = {s: load(args.set, s) for s in sparse}
+
+    def score(model) -> dict:
+        predictor = Predictor(model, pcfg)
+        out = {}
+        for stem, (im, truth) in frames.items():
+            pred = predictor.predict(from_array(im, stem)).labels[0]
+            out[stem] = (round(fg_dice(pred, truth), 3), round(float((pred > 0).mean() / (truth > 0).mean()), 2))
+        return out
+
+    before = score(ckpt)
+    worst = max(sparse, key=lambda s: 1 - before[s][0])
+    others = [s for s in sparse if s != worst]
+    print(f"before: {before}; corrected frame {worst}", flush=True)
+    im, truth = frames[worst]
+    frame = from_array(im, worst)
+    previous = fg_aligned_previous(Predictor(ckpt, pcfg).predict(frame).labels[0], truth.astype(np.int32))
+    for name in args.variants:
+        result = retrain(ckpt, frame, previous[None], truth.astype(np.int32)[None], variant_config(name, args.seed),
+                         predict_cfg=pcfg, reviewed=np.ones((1, *truth.shape), np.uint8),
+                         replay=[(from_array(image, dense), mask[None])])
+        after = score(result.model)
+        losses = [round(x, 3) for x in result.model.history.get("loss", [])]
+        print(f"{name}: others' Dice {np.mean([before[s][0] for s in others]):.3f} -> "
+              f"{np.mean([after[s][0] for s in others]):.3f}; corrected frame {before[worst]} -> {after[worst]}; "
+              f"every frame {after}; losses {losses[:3]} .. {losses[-3:]}",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
