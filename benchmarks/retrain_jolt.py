@@ -9,7 +9,9 @@ the product's retrain (`segment.retrain.retrain`, replaying the labelled trainin
 - noreplay, edit1: without replay; edits weighing 1;
 - lr0.3: a third of the rate (with the retrain's warm-up);
 - stepsN: N steps instead of 50;
-- bnonly: lr_scale 0.01 and one step, whose rate is 0 under the warm-up: only batch-norm statistics move.
+- bnonly: lr_scale 0.01 and one step, whose rate is 0 under the warm-up: only batch-norm statistics move;
+- continue: no correction at all: 50 more steps on the labelled training image alone, with the retrain's
+  settings (`retrain_finetune_config`): is it the corrected frame, or continuing training itself?
 
 Prints each frame's foreground Dice and predicted/true share before and after, and the retrain's losses.
 
@@ -84,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     frame = from_array(im, worst)
     previous = fg_aligned_previous(Predictor(ckpt, pcfg).predict(frame).labels[0], truth.astype(np.int32))
     for name in args.variants:
+        if name == "continue":
+            from napari_tower.segment import finetune
+            from napari_tower.segment.retrain import retrain_finetune_config
+
+            cfg = retrain_finetune_config(ckpt, variant_config("default", args.seed))
+            model = finetune([from_array(image, dense)], [mask[None]], cfg, init=ckpt).checkpoint
+            after = score(model)
+            print(f"continue: others' Dice {np.mean([before[s][0] for s in others]):.3f} -> "
+                  f"{np.mean([after[s][0] for s in others]):.3f}; every frame {after}", flush=True)
+            continue
         result = retrain(ckpt, frame, previous[None], truth.astype(np.int32)[None], variant_config(name, args.seed),
                          predict_cfg=pcfg, reviewed=np.ones((1, *truth.shape), np.uint8),
                          replay=[(from_array(image, dense), mask[None])])
