@@ -10,6 +10,8 @@ the product's retrain (`segment.retrain.retrain`, replaying the labelled trainin
 - lr0.3: a third of the rate (with the retrain's warm-up);
 - stepsN: N steps instead of 50;
 - bnonly: lr_scale 0.01 and one step, whose rate is 0 under the warm-up: only batch-norm statistics move;
+- distW: the default retrain with the shape head's distance term weighing W instead of 2 (dist0: foreground
+  cross-entropy + soft Dice only), to tell whether the distance regression drives the flood;
 - continue: no correction at all: 50 more steps on the labelled training image alone, with the retrain's
   settings (`retrain_finetune_config`): is it the corrected frame, or continuing training itself?
 
@@ -51,7 +53,7 @@ def variant_config(name: str, seed: int) -> RetrainConfig:
         kw["steps"] = int(name[5:])
     elif name == "bnonly":
         kw["lr_scale"], kw["steps"] = 0.01, 1
-    elif name != "default":
+    elif name != "default" and not name.startswith("dist"):
         raise SystemExit(f"unknown variant {name}")
     return RetrainConfig(**kw)
 
@@ -96,9 +98,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"continue: others' Dice {np.mean([before[s][0] for s in others]):.3f} -> "
                   f"{np.mean([after[s][0] for s in others]):.3f}; every frame {after}", flush=True)
             continue
+        if name.startswith("dist"):
+            import torch.nn.functional as F
+
+            from napari_tower.segment import shape_heads
+            from napari_tower.segment.losses import segmentation_loss
+
+            def reweighted_loss(self, logits, targets, weights, w=float(name[4:])):  # InstanceHead.loss's signature
+                logits = logits.float()
+                fg = targets[:, 0]
+                classes = torch.where(weights > 0, fg.long() + 1, torch.zeros_like(fg, dtype=torch.long))
+                dist = F.binary_cross_entropy_with_logits(logits[:, 2], targets[:, 1], reduction="none")
+                return (segmentation_loss(logits[:, :2], classes, weights)
+                        + w * (dist * weights).sum() / weights.sum().clamp(min=1.0))
+
+            original, shape_heads.InstanceHead.loss = shape_heads.InstanceHead.loss, reweighted_loss
         result = retrain(ckpt, frame, previous[None], truth.astype(np.int32)[None], variant_config(name, args.seed),
                          predict_cfg=pcfg, reviewed=np.ones((1, *truth.shape), np.uint8),
                          replay=[(from_array(image, dense), mask[None])])
+        if name.startswith("dist"):
+            shape_heads.InstanceHead.loss = original
         after = score(result.model)
         losses = [round(x, 3) for x in result.model.history.get("loss", [])]
         print(f"{name}: others' Dice {np.mean([before[s][0] for s in others]):.3f} -> "
