@@ -11,7 +11,8 @@ the product's retrain (`segment.retrain.retrain`, replaying the labelled trainin
 - stepsN: N steps instead of 50;
 - bnonly: lr_scale 0.01 and one step, whose rate is 0 under the warm-up: only batch-norm statistics move;
 - distW: the default retrain with the shape head's distance term weighing W instead of 2 (dist0: foreground
-  cross-entropy + soft Dice only), to tell whether the distance regression drives the flood;
+  cross-entropy + soft Dice only), to tell whether the distance regression drives the flood; distfg: the
+  distance term at its weight 2 but over object pixels only (background's target, 0, left to the foreground map);
 - continue: no correction at all: 50 more steps on the labelled training image alone, with the retrain's
   settings (`retrain_finetune_config`): is it the corrected frame, or continuing training itself?
 
@@ -104,13 +105,16 @@ def main(argv: list[str] | None = None) -> int:
             from napari_tower.segment import shape_heads
             from napari_tower.segment.losses import segmentation_loss
 
-            def reweighted_loss(self, logits, targets, weights, w=float(name[4:])):  # InstanceHead.loss's signature
+            weight = 2.0 if name == "distfg" else float(name[4:])
+
+            def reweighted_loss(self, logits, targets, weights, w=weight, inside=name == "distfg"):  # as .loss
                 logits = logits.float()
                 fg = targets[:, 0]
                 classes = torch.where(weights > 0, fg.long() + 1, torch.zeros_like(fg, dtype=torch.long))
                 dist = F.binary_cross_entropy_with_logits(logits[:, 2], targets[:, 1], reduction="none")
+                dw = weights * fg if inside else weights
                 return (segmentation_loss(logits[:, :2], classes, weights)
-                        + w * (dist * weights).sum() / weights.sum().clamp(min=1.0))
+                        + w * (dist * dw).sum() / dw.sum().clamp(min=1.0))
 
             original, shape_heads.InstanceHead.loss = shape_heads.InstanceHead.loss, reweighted_loss
         result = retrain(ckpt, frame, previous[None], truth.astype(np.int32)[None], variant_config(name, args.seed),
