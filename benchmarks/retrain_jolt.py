@@ -18,6 +18,10 @@ the product's retrain (`segment.retrain.retrain`, replaying the labelled trainin
 
 Prints each frame's foreground Dice and predicted/true share before and after, and the retrain's losses.
 
+`--capped PX` tests a distance target that is not normalised per object: each pixel's distance to its object's
+edge in pixels, divided by PX and capped at 1, for fine-tuning and retrain alike. The model is then fine-tuned
+afresh on the set's densest image (distance head, `bench_density_shift.py`'s settings) instead of loaded.
+
     NAPARI_TOWER_SHARED=/work/shared python benchmarks/retrain_jolt.py --models models --set dsb2018 --seed 0 \\
         --variants default noreplay edit1 lr0.3 steps1 steps10 bnonly
 """
@@ -65,11 +69,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", default="dsb2018")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", nargs="+", default=["default"])
+    parser.add_argument("--capped", type=float, default=None, help="distance target in pixels / PX, capped at 1")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    ckpt = torch.load(args.models / f"{args.set}-seed{args.seed}.pt", weights_only=False)
+    torch.set_num_threads(args.threads)
     dense, sparse = select(args.set, 4)
     image, mask = load(args.set, dense)
+    if args.capped:
+        from scipy import ndimage as ndi
+
+        from napari_tower.config import FinetuneConfig
+        from napari_tower.segment import finetune, shape_heads
+
+        def capped_distance(labels: np.ndarray, px: float = args.capped) -> np.ndarray:
+            lab = np.asarray(labels)
+            out = np.zeros(lab.shape, np.float32)
+            for index, box in enumerate(ndi.find_objects(lab), start=1):
+                if box is not None:
+                    obj = lab[box] == index
+                    dist = ndi.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
+                    out[box][obj] = np.minimum(dist[obj] / px, 1.0)
+            return out
+
+        shape_heads.normalised_distance = capped_distance
+        cfg = FinetuneConfig(seed=args.seed, device="cpu", instance_head="distance")
+        ckpt = finetune([from_array(image, dense)], [mask[None]], cfg).checkpoint
+    else:
+        ckpt = torch.load(args.models / f"{args.set}-seed{args.seed}.pt", weights_only=False)
     pcfg = PredictConfig(device="cpu")
     frames = {s: load(args.set, s) for s in sparse}
 
