@@ -25,7 +25,7 @@ from bench_instances import DATASETS, labelled_subset, load_split
 
 def main(argv: list[str] | None = None) -> int:
     from napari_tower.data import compute_normalisation, median_level, stored_or_own
-    from napari_tower.segment.predict import UNFAMILIAR_GAP
+    from napari_tower.segment.predict import UNFAMILIAR_GAP, level_gap
     from napari_tower.train.pretrain import model_normalisation
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 test_levels = [median_level(as_image(im), stored_or_own(stored, compute_normalisation(as_image(im),
                                                                                                         "test")))
                                for im, _ in test]
-                gaps = [max(v - high, low - v, 0.0) for v in test_levels]
+                gaps = [level_gap(v, low, high) for v in test_levels]
                 flagged = [k for k, g in enumerate(gaps) if g > UNFAMILIAR_GAP]
                 row = {"dataset": name, "labelled": budget, "seed": seed, "train_levels": [round(v, 3) for v in levels],
                        "tests": len(test), "dark_object_tests": int(sum(dark)), "flagged": flagged,

@@ -55,12 +55,14 @@ def run(args: argparse.Namespace) -> int:
     for path in expand_inputs(args.images):
         image = read_image(path, level=args.level)
         say(check_model_fits(ckpt.config, image, args), args.quiet)
-        unfamiliar = predictor.unfamiliar(image, predictor.normalisation_for(image))
-        say(f"warning: {unfamiliar}" if unfamiliar else "", args.quiet)
         if args.zarr or args.scheduler or path.suffix.lower() == ".zarr" or _pixels(image) > ZARR_OUTPUT_PIXELS:
+            unfamiliar = predictor.unfamiliar(image, predictor.normalisation_for(image))  # predict() checks the rest
+            say(f"warning: {unfamiliar}" if unfamiliar else "", args.quiet)
             _predict_zarr(predictor, image, out / (path.stem + ".zarr"), cfg, args)
             continue
         result = predictor.predict(image)
+        for warning in result.warnings:
+            say(f"warning: {warning}", args.quiet)
         labels = result.labels[0] if image.shape[0] == 1 else result.labels
         target = out / (path.stem + ".tif")
         write_tiff(target, labels.astype(np.uint16 if labels.max() < 65536 else np.uint32))

@@ -104,7 +104,6 @@ def stored_or_own(stored: Normalisation | None, own: Normalisation, span: float 
     return stored
 
 
-
 def median_level(data: Any, norm: Normalisation) -> float:
     """The median intensity of a (P, C, Y, X) image after `norm`, over the percentile sample and all channels.
 

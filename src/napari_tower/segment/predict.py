@@ -29,6 +29,11 @@ from .tiling3d import predict_tiled_3d, tiling_3d
 UNFAMILIAR_GAP = 0.6
 
 
+def level_gap(level: float, low: float, high: float) -> float:
+    """How far a median level lies outside the labelled images' range [low, high] (0 inside it)."""
+    return max(level - high, low - level, 0.0)
+
+
 @dataclass
 class Prediction:
     """Per-plane class probabilities (P, K, Y, X) and labels (P, Y, X), and what the user should know about them."""
@@ -123,7 +128,7 @@ class Predictor:
             return None
         low, high = self.ckpt.levels
         level = median_level(image.data, norm)
-        if low - UNFAMILIAR_GAP <= level <= high + UNFAMILIAR_GAP:
+        if level_gap(level, low, high) <= UNFAMILIAR_GAP:
             return None
         side = "brighter" if level > high else "darker"
         return (f"{image.source} looks unlike the images the model learnt from: its background is much {side} "
