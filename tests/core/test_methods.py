@@ -40,7 +40,7 @@ def test_nt_xent_prefers_matching_pairs():
 def test_loss_decreases(method):
     torch.manual_seed(0)
     history = pretrain(_images(), _cfg(method, 40)).checkpoint.history
-    # PCRL's contrastive term grows while its queue fills with real keys instead of random ones,
+    # PCRL's contrastive term grows while its queue fills (more negatives every step),
     # so its restoration term is the one that must fall.
     loss = np.asarray(history["gen" if method == "pcrl" else "loss"])
     assert np.isfinite(loss).all()
@@ -71,3 +71,29 @@ def test_steps_zero_resume_and_init(tmp_path):
     np.testing.assert_allclose(resumed.checkpoint.history["loss"], full, rtol=1e-4, atol=1e-5)
     warm = pretrain(images, _cfg("genesis", 1), init=tmp_path / "part.pt")
     assert warm.checkpoint.step == 1
+
+
+def test_pcrl_negatives_are_real_keys_only():
+    """PCRL's queue starts empty, not with random vectors a short run never replaces: until it holds keys the
+    batch's own keys are the negatives, and rows not yet written never enter the loss."""
+    method = build_method(_cfg("pcrl", 1))
+    method.train()
+    x = torch.rand(4, 1, 64, 64)
+    first = method.step(x, torch.Generator().manual_seed(0))
+    assert torch.isfinite(first["con"]) and first["con"] > 0
+    assert int(method.queue_ptr) == 4
+    written = method.queue[:4].clone()
+    assert torch.allclose(written.norm(dim=1), torch.ones(4))
+    again = method.step(x, torch.Generator().manual_seed(1))
+    method.queue_ptr.fill_(4)
+    method.queue[4:] = torch.nn.functional.normalize(torch.randn_like(method.queue[4:]), dim=1)
+    method.queue[:4] = written
+    with torch.no_grad():
+        scrambled = method.step(x, torch.Generator().manual_seed(1))["con"]
+    method.queue[4:] = 0
+    method.queue[:4] = written
+    method.queue_ptr.fill_(4)
+    with torch.no_grad():
+        zeroed = method.step(x, torch.Generator().manual_seed(1))["con"]
+    assert torch.isclose(scrambled, zeroed)  # the unwritten rows do not count
+    assert torch.isfinite(again["con"])

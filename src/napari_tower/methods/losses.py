@@ -70,10 +70,10 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def info_nce_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
-    """MoCo InfoNCE: q against its key k (positive) and a queue of past keys (negatives)."""
+    """MoCo InfoNCE: q against its own key k (positive), the batch's other keys and a queue of past keys
+    (negatives). The queue may be empty (a run's first step): the batch's keys are negatives enough."""
     q = F.normalize(q.float(), dim=1)
     k = F.normalize(k.float(), dim=1).detach()
-    pos = (q * k).sum(dim=1, keepdim=True)
-    neg = q @ queue.t()
-    logits = torch.cat([pos, neg], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+    keys = torch.cat([k, queue.to(k.dtype)], dim=0)
+    logits = q @ keys.t() / temperature
+    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))

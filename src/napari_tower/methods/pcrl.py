@@ -1,10 +1,10 @@
 """PCRL-style (Zhou et al. 2021, "Preservational contrastive representation learning").
 
-A momentum encoder (0.999) with a queue of keys supplies InfoNCE negatives,
-and the decoder restores three contexts: the transformed view, a mixup of two
-images, and a hybrid decoded from mixed encoder features. Encoder and decoder
-transfer. Simplified from the paper: one shared decoder, no hierarchical
-feature-level mixing beyond the bottleneck level.
+A momentum encoder (0.999) with a queue of keys supplies InfoNCE negatives, beside the batch's other keys; the
+queue holds only real keys (it starts empty, not with random vectors that a short run would never replace).
+The decoder restores three contexts: the transformed view, a mixup of two images, and a hybrid decoded from
+mixed encoder features. Encoder and decoder transfer. Simplified from the paper: one shared decoder, no
+hierarchical feature-level mixing beyond the bottleneck level.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class PCRL(Method):
         queue_gen = torch.Generator().manual_seed(cfg.seed)
         queue = F.normalize(torch.randn(QUEUE, cfg.model.projection_dim, generator=queue_gen), dim=1)
         self.register_buffer("queue", queue)
+        # Keys enqueued so far (older checkpoints stored this modulo QUEUE; they then use part of a full queue).
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     def step(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -41,7 +42,8 @@ class PCRL(Method):
         restored = self.restore(self.unet.decoder(q_feats))
         with torch.no_grad():
             k = self.key_project(self.key_encoder(k_view)[-1])
-        con = info_nce_queue(self.project(q_feats[-1]), k, self.queue.clone(), TEMPERATURE)
+        filled = min(int(self.queue_ptr), QUEUE)
+        con = info_nce_queue(self.project(q_feats[-1]), k, self.queue[:filled].clone(), TEMPERATURE)
 
         lam = torch.rand(x.shape[0], generator=gen).to(x.device).view(-1, *([1] * (x.ndim - 1)))  # 2D or 3D
         perm = torch.roll(torch.arange(x.shape[0], device=x.device), 1)
@@ -61,10 +63,10 @@ class PCRL(Method):
         if not self.training:
             return
         n = keys.shape[0]
-        ptr = int(self.queue_ptr)
-        idx = (torch.arange(n, device=keys.device) + ptr) % QUEUE
+        total = int(self.queue_ptr)
+        idx = (torch.arange(n, device=keys.device) + total) % QUEUE
         self.queue[idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.fill_((ptr + n) % QUEUE)
+        self.queue_ptr.fill_(total + n)
 
     @torch.no_grad()
     def validation_loss(self, x: torch.Tensor, gen: torch.Generator) -> float:
