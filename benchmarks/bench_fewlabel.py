@@ -7,7 +7,10 @@ benchmarks/corpus.py) and seed, every arm gets the same wall-time budget for eve
 - generalist: fine-tune from the built-in generalist checkpoint for the whole budget (no adaptation);
 - default: the product's default pipeline: generalist -> TOWER adaptation on the data set's images
   (`--adapt-share` of the budget) -> fine-tuning for the rest;
-- tower: TOWER pretrained from scratch on the data set's images for half the budget, then fine-tuned.
+- tower: TOWER pretrained from scratch on the data set's images for half the budget, then fine-tuned;
+- simclr, byol, genesis, pcrl: the baselines, run as tower is (from scratch, half the budget, the same pool),
+  each at its own CPU rate (`--method-rates`) and batch (`--pretrain-batch`, e.g. SimCLR at the largest batch
+  the machine holds); the summary compares them with tower as well as with scratch.
 
 Adaptation and TOWER pretraining see the images a user would have open: the training pool and the test images,
 without their labels. Scores: foreground Dice per test image (ISBI: membrane Dice, the boundary-aware metric,
@@ -48,7 +51,9 @@ from napari_tower.segment.metrics import dice
 from napari_tower.stats import compare
 from napari_tower.train import pretrain
 
-ARMS = ("scratch", "generalist", "default", "tower", "generalist_lr", "default_lr")
+BASELINES = ("simclr", "byol", "genesis", "pcrl")
+ARMS = ("scratch", "generalist", "default", "tower", *BASELINES, "generalist_lr", "default_lr")
+PRETRAINED_FROM_SCRATCH = ("tower", *BASELINES)  # pretrained on the pool for half the budget, no generalist
 
 
 def labelled_draw(n_train: int, k: int, seed: int) -> list[int]:
@@ -138,10 +143,14 @@ class Budget:
     seconds: float
     rates: tuple[float, float] | None = None  # (fine-tune, TOWER) steps/s of the CPU the verdict is for
     device: str = "cpu"
+    method_rates: dict[str, float] | None = None  # other methods' pretraining steps/s on that CPU
 
-    def pretrain(self, share: float) -> dict:
+    def pretrain(self, share: float, method: str = "tower") -> dict:
         s = self.seconds * share
-        return {"steps": max(1, round(s * self.rates[1]))} if self.rates else {"steps": 1, "minutes": s / 60}
+        if not self.rates:
+            return {"steps": 1, "minutes": s / 60}
+        rate = (self.method_rates or {}).get(method, self.rates[1])
+        return {"steps": max(1, round(s * rate))}
 
     def finetune(self, left_s: float) -> dict:
         return {"steps": max(1, round(left_s * self.rates[0]))} if self.rates else {"steps": 1, "minutes": left_s / 60}
@@ -160,12 +169,15 @@ def run_arm(arm: str, split: Split, labelled: list[int], seed: int, budget: Budg
     pre_history: dict = {}
     pre_s = 0.0
     share = 0.0
-    if arm in ("default", "default_lr", "tower"):
-        share = opts.adapt_share if arm != "tower" else 0.5
-        pcfg = PretrainConfig(method="tower", **budget.pretrain(share), batch=16, seed=seed, device=budget.device,
+    if arm in ("default", "default_lr") or arm in PRETRAINED_FROM_SCRATCH:
+        from_scratch = arm in PRETRAINED_FROM_SCRATCH
+        method = arm if from_scratch else "tower"
+        share = 0.5 if from_scratch else opts.adapt_share
+        pcfg = PretrainConfig(method=method, **budget.pretrain(share, method),
+                              batch=int(dict(opts.pretrain_batch).get(method, 16)), seed=seed, device=budget.device,
                               val_every=0, checkpoint_every=0, data=DataConfig(patch=opts.patch),
                               model=ModelConfig(base=model.base, depth=model.depth), mixed_precision=False)
-        result = pretrain(unlabelled, pcfg, init=generalist if arm != "tower" else None)
+        result = pretrain(unlabelled, pcfg, init=None if from_scratch else generalist)
         init, pre_history = result.checkpoint, result.checkpoint.history
         pre_s = time.perf_counter() - t0
     elif arm in ("generalist", "generalist_lr"):
@@ -204,14 +216,16 @@ def _job(job: tuple) -> dict:
     return run
 
 
-def calibrate(seconds: float = 30.0) -> tuple[float, float]:
-    """This CPU's fine-tuning (batch 8) and TOWER (batch 16) steps per second on 128-px patches, 2 threads."""
+def calibrate(seconds: float = 30.0, methods: tuple[str, ...] = ("tower",),
+              batches: dict[str, int] | None = None) -> dict[str, float]:
+    """This CPU's fine-tuning (batch 8, key "finetune") and each method's pretraining (batch 16 unless `batches`
+    says otherwise) steps per second on 128-px patches, 2 threads."""
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     image = rng.random((256, 256), dtype=np.float32)
     labels = (image > 0.5).astype(np.int32)[None]
-    rates = []
-    for phase in ("finetune", "pretrain"):
+    rates = {}
+    for phase in ("finetune", *methods):
         times = []
         for steps in (5, 5 + int(seconds)):
             t = time.perf_counter()
@@ -219,11 +233,19 @@ def calibrate(seconds: float = 30.0) -> tuple[float, float]:
                 finetune(_images([image]), [labels], FinetuneConfig(steps=steps, batch=8, device="cpu", val_every=0,
                                                                       checkpoint_every=0))
             else:
-                pretrain(_images([image]), PretrainConfig(method="tower", steps=steps, batch=16, device="cpu",
-                                                          val_every=0, checkpoint_every=0))
+                pretrain(_images([image]), PretrainConfig(method=phase, steps=steps, device="cpu", val_every=0,
+                                                          batch=(batches or {}).get(phase, 16), checkpoint_every=0))
             times.append(time.perf_counter() - t)
-        rates.append(int(seconds) / (times[1] - times[0]))
-    return rates[0], rates[1]
+        rates[phase] = int(seconds) / (times[1] - times[0])
+    return rates
+
+
+def _method_value(text: str) -> tuple[str, str]:
+    method, sep, value = text.partition("=")
+    if not sep or method not in PRETRAINED_FROM_SCRATCH:
+        raise argparse.ArgumentTypeError(f"'{text}': give METHOD=VALUE with METHOD one of {PRETRAINED_FROM_SCRATCH}")
+    float(value)
+    return method, value
 
 
 def main() -> int:
@@ -244,7 +266,12 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rates", nargs=2, type=float, metavar=("FT", "PT"),
                         help="CPU steps/s (fine-tune, TOWER): spend the budget as those steps, on any device")
-    parser.add_argument("--calibrate", action="store_true", help="print this CPU's rates for --rates and exit")
+    parser.add_argument("--method-rates", nargs="+", default=[], type=_method_value, metavar="METHOD=RATE",
+                        help="CPU pretraining steps/s of the baselines (from --calibrate; default: TOWER's rate)")
+    parser.add_argument("--pretrain-batch", nargs="+", default=[], type=_method_value, metavar="METHOD=BATCH",
+                        help="pretraining batch per method (default 16), e.g. simclr=64")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="print this CPU's rates for --rates (and --method-rates of the arms' baselines) and exit")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
     parser.add_argument("--deadline", type=float, default=0.0, help="stop starting runs after this many seconds")
@@ -252,8 +279,12 @@ def main() -> int:
     args = parser.parse_args()
     started = time.perf_counter()
     if args.calibrate:
-        ft, pt = calibrate()
-        print(f"--rates {ft:.3f} {pt:.3f}   ({platform.processor() or platform.machine()}, torch {torch.__version__})")
+        batches = {m: int(b) for m, b in args.pretrain_batch}
+        rates = calibrate(methods=("tower", *[a for a in args.arms if a in BASELINES]), batches=batches)
+        others = " ".join(f"{m}={r:.3f}" for m, r in rates.items() if m in BASELINES)
+        print(f"--rates {rates['finetune']:.3f} {rates['tower']:.3f}"
+              + (f" --method-rates {others}" if others else "")
+              + f"   ({platform.processor() or platform.machine()}, torch {torch.__version__})")
         return 0
     if args.out is None:
         parser.error("--out is required")
@@ -268,7 +299,8 @@ def main() -> int:
     if results.exists():  # resume: skip what is done
         runs = json.loads(results.read_text())["runs"]
     done = {(r["dataset"], r["n_labelled"], r["arm"], r["seed"]) for r in runs}
-    budget = Budget(args.budget, tuple(args.rates) if args.rates else None, args.device)
+    budget = Budget(args.budget, tuple(args.rates) if args.rates else None, args.device,
+                    {m: float(r) for m, r in args.method_rates})
     # Seed-major, the main arms before the ablation arms: a run cut short by --deadline leaves whole seeds.
     jobs = [(name, k, seed, arm, budget, args, generalist) for ablation in (False, True)
             for seed in range(args.seeds) for name in args.datasets for k in args.labelled
@@ -276,6 +308,7 @@ def main() -> int:
     meta = {"budget_s": args.budget, "rates": args.rates, "device": args.device, "adapt_share": args.adapt_share,
             "patch": args.patch, "unlabelled_extra": args.unlabelled_extra, "max_test": args.max_test,
             "pretrained_lr_scale": args.pretrained_lr_scale, "warmup": args.warmup, "generalist": generalist,
+            "method_rates": dict(args.method_rates), "pretrain_batch": dict(args.pretrain_batch),
             "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
 
     def record(run: dict) -> None:
@@ -305,7 +338,7 @@ def main() -> int:
 def write_summary(runs: list[dict], out: Path) -> None:
     """Mean Dice per arm and seed-level comparisons of each arm against scratch, per data set and label budget."""
     lines = ["| data set | labelled images | arm | Dice (mean ± sd over seeds) | Δ vs scratch (points) | 95% CI | "
-             "paired t p | verdict |", "|---|---|---|---|---|---|---|---|"]
+             "paired t p | verdict | TOWER - arm (points), p |", "|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["dataset"], r["n_labelled"]) for r in runs})
     summary = []
     for name, k in keys:
@@ -324,7 +357,13 @@ def write_summary(runs: list[dict], out: Path) -> None:
                 row["vs_scratch"] = c.as_dict()
                 cells = [f"{c.mean_diff * 100:+.2f}", f"[{c.ci_low * 100:+.2f}, {c.ci_high * 100:+.2f}]",
                          f"{c.paired_t_p:.3g}", c.verdict.split(" (")[0]]
+            tower = by_arm.get("tower", {})
+            if arm in BASELINES and set(seeds) & set(tower):  # TOWER's claim is over these, at equal work
+                t = compare(tower, seeds, names=("tower", arm))
+                row["tower_vs"] = t.as_dict()
+                cells.append(f"{t.mean_diff * 100:+.2f}, {t.paired_t_p:.3g}")
             summary.append(row)
+            cells += [""] * (5 - len(cells))
             lines.append(f"| {name} | {k} | {arm} | {row['mean']:.4f} ± {row['sd']:.4f} | " + " | ".join(cells) + " |")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "results.md").write_text("\n".join(lines) + "\n")
