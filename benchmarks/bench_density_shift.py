@@ -95,6 +95,8 @@ def run_set(name: str, seed: int, args: argparse.Namespace) -> dict:
         cfg.steps = args.steps
     if args.zoom is not None and hasattr(cfg, "zoom"):  # absent before the scaled copies of issue 21
         cfg.zoom = args.zoom
+    if args.head is not None:
+        cfg.instance_head = args.head
     if args.jitter is not None and hasattr(cfg, "intensity_jitter"):  # absent before issue 21's augmentation
         cfg.intensity_jitter = args.jitter
     cfg.mixed_precision = not args.fp32
@@ -237,6 +239,7 @@ def main() -> None:
     ap.add_argument("--load-models", default=None, help="folder of checkpoints saved by --save-models: predict only")
     ap.add_argument("--jitter", type=float, default=None, help="FinetuneConfig.intensity_jitter (default: its default)")
     ap.add_argument("--zoom", type=float, default=None, help="FinetuneConfig.zoom (default: its default; 1: off)")
+    ap.add_argument("--head", default=None, help="FinetuneConfig.instance_head (default: its default)")
     ap.add_argument("--device", default="cpu", help="device for fine-tuning and prediction (cpu, cuda, auto)")
     ap.add_argument("--fp32", action="store_true", help="train in float32 on CUDA too (CPU always does)")
     ap.add_argument("--correct", type=int, default=0,

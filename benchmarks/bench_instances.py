@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ARMS = ("boundary", "distance", "stardist")
+ARMS = ("boundary", "distance", "capped", "stardist")
 DATASETS = ("dsb2018", "usiigaci_phase", "sbiad634_ganglioneuroblastoma", "dsb2018_stage1_test")
 
 

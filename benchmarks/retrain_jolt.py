@@ -19,8 +19,9 @@ the product's retrain (`segment.retrain.retrain`, replaying the labelled trainin
 Prints each frame's foreground Dice and predicted/true share before and after, and the retrain's losses.
 
 `--capped PX` tests a distance target that is not normalised per object: each pixel's distance to its object's
-edge in pixels, divided by PX and capped at 1, for fine-tuning and retrain alike. The model is then fine-tuned
-afresh on the set's densest image (distance head, `bench_density_shift.py`'s settings) instead of loaded.
+edge in pixels, divided by PX and capped at 1, for fine-tuning and retrain alike: the `capped` instance head with
+its cap set to PX (the package's is `shape_heads.CAP_PX`). The model is then fine-tuned afresh on the set's densest
+image (`bench_density_shift.py`'s settings) instead of loaded.
 
     NAPARI_TOWER_SHARED=/work/shared python benchmarks/retrain_jolt.py --models models --set dsb2018 --seed 0 \\
         --variants default noreplay edit1 lr0.3 steps1 steps10 bnonly
@@ -76,23 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     dense, sparse = select(args.set, 4)
     image, mask = load(args.set, dense)
     if args.capped:
-        from scipy import ndimage as ndi
-
         from napari_tower.config import FinetuneConfig
-        from napari_tower.segment import finetune, shape_heads
+        from napari_tower.segment import finetune
+        from napari_tower.segment.shape_heads import CappedDistanceHead
 
-        def capped_distance(labels: np.ndarray, px: float = args.capped) -> np.ndarray:
-            lab = np.asarray(labels)
-            out = np.zeros(lab.shape, np.float32)
-            for index, box in enumerate(ndi.find_objects(lab), start=1):
-                if box is not None:
-                    obj = lab[box] == index
-                    dist = ndi.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
-                    out[box][obj] = np.minimum(dist[obj] / px, 1.0)
-            return out
-
-        shape_heads.normalised_distance = capped_distance
-        cfg = FinetuneConfig(seed=args.seed, device="cpu", instance_head="distance")
+        CappedDistanceHead.cap_px = args.capped
+        cfg = FinetuneConfig(seed=args.seed, device="cpu", instance_head="capped")
         ckpt = finetune([from_array(image, dense)], [mask[None]], cfg).checkpoint
     else:
         ckpt = torch.load(args.models / f"{args.set}-seed{args.seed}.pt", weights_only=False)

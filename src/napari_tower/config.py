@@ -23,7 +23,7 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 TARGETS = ("auto", "binary", "semantic", "instance", "sparse", "sparse_instance")
 # How instance labels are learnt (segment/shape_heads.py): "distance" regresses each object's normalised distance to
 # its edge (seeded watershed), "stardist" radial distances (polygons + NMS), "boundary" a 2-px inner boundary class.
-INSTANCE_HEADS = ("auto", "distance", "stardist", "boundary")
+INSTANCE_HEADS = ("auto", "capped", "distance", "stardist", "boundary")
 TRANSFERS = ("auto", "encoder", "encoder+decoder")
 MAX_STEPS = 10_000_000
 
@@ -188,10 +188,10 @@ class FinetuneConfig:
                         choices=TARGETS)
     # Only for instance labels; a model being retrained keeps its own head. Post-processing (seed threshold, NMS
     # threshold, minimum size) is tuned on the labelled images after training and stored in the model.
-    instance_head: str = param("auto", "how instances are learnt: distance (to each object's edge, then watershed), "
-                               "stardist (radial distances, then NMS) or boundary (boundary class, then watershed); "
-                               "auto: boundary (distance finds objects better after one fine-tune, but a retrain can "
-                               "flood it)",
+    instance_head: str = param("auto", "how instances are learnt: capped (distance to each object's edge in pixels, "
+                               "capped at 6 px, then watershed), distance (the same normalised to 1 at each object's "
+                               "centre), stardist (radial distances, then NMS) or boundary (boundary class, then "
+                               "watershed); auto: capped for planes, boundary for volumes",
                                label="instance head", choices=INSTANCE_HEADS)
     transfer: str = param("auto", "which pretrained parts initialise the segmenter (auto: what the method "
                           "transfers)", choices=TRANSFERS)

@@ -105,6 +105,30 @@ def test_exported_model_validates_and_reproduces_our_prediction(model_file, tmp_
         np.testing.assert_allclose(theirs, _our_probabilities(ckpt, other, "image"), atol=2e-4)
 
 
+def test_the_default_capped_head_exports_its_maps_and_post_processing(tmp_path):
+    """A model with the default 2D instance head (capped distance): the package validates, its outputs are that
+    head's activated maps as napari-tower computes them, and its README says how they become objects."""
+    from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig
+    from napari_tower.segment import finetune
+
+    image, labels = synthetic_nuclei((128, 128), 20, seed=1)
+    cfg = FinetuneConfig(steps=4, batch=2, device="cpu", data=DataConfig(patch=64), model=ModelConfig(base=8, depth=2))
+    finetune([from_array(image, "nuclei")], [labels[None]], cfg, tmp_path / "capped.pt")
+    ckpt = ModelBundle.load(tmp_path / "capped.pt")
+    assert ckpt.instance_head == "capped"
+    test_image, _ = synthetic_nuclei((160, 160), 20, seed=7)
+    out = export_bioimageio(tmp_path / "capped.pt", tmp_path / "capped.zip",
+                            BioimageioExportConfig(name="capped nuclei", authors=["A. Tester"]), test_image)
+    report = check_bioimageio_package(out)
+    assert report.passed, report.errors
+    test_input, test_output = _read_npy(out, "test_input.npy"), _read_npy(out, "test_output.npy")
+    assert test_output.shape == (1, 3, 160, 160)
+    np.testing.assert_allclose(test_output[0], _our_probabilities(ckpt, test_input[0, 0], "image"), atol=1e-6)
+    with zipfile.ZipFile(out) as zf:
+        readme = zf.read("README.md").decode()
+    assert "capped at 1" in readme and "watershed" in readme and "seed threshold" in readme
+
+
 def test_fixed_normalisation_is_reproduced_exactly(model_file, tmp_path):
     from bioimageio.core import load_model_description, predict
 

@@ -14,11 +14,11 @@ from napari_tower.samples import synthetic_nuclei
 from napari_tower.segment import Predictor, finetune
 from napari_tower.segment.instance_heads import head_for, resolve_head
 from napari_tower.segment.metrics import object_scores
-from napari_tower.segment.shape_heads import normalised_distance
+from napari_tower.segment.shape_heads import CAP_PX, edge_distance, normalised_distance
 from napari_tower.segment.shape_training import ShapeObjective, instance_ids, tune_postprocess
 from napari_tower.segment.stardist import RAYS, candidate_centres, ray_distances
 
-HEADS = ("distance", "stardist")
+HEADS = ("distance", "capped", "stardist")
 
 
 def _perfect_outputs(head, labels: np.ndarray) -> np.ndarray:
@@ -67,6 +67,20 @@ def test_normalised_distance_peaks_at_one_in_every_object():
         assert dist[labels == k].max() == pytest.approx(1.0)
     assert dist[labels == 0].max() == 0
     assert dist[10, 14] < 0.3 and dist[10, 15] < 0.3  # low on both sides of the shared edge
+
+
+def test_capped_distance_is_the_same_near_the_edge_of_small_and_big_objects():
+    """The capped target does not depend on object size: 3 px in is 3 / CAP_PX in a small and a big object
+    alike, and only objects wider than twice the cap reach 1."""
+    labels = np.zeros((80, 80), np.int32)
+    labels[5:15, 5:15] = 1  # 10 x 10: its centre is 5 px in, below the cap
+    labels[20:70, 20:70] = 2  # 50 x 50
+    dist = edge_distance(labels, CAP_PX)
+    assert dist[7, 10] == pytest.approx(dist[22, 45]) == pytest.approx(3 / CAP_PX)
+    assert dist[labels == 1].max() == pytest.approx(5 / CAP_PX)
+    assert dist[labels == 2].max() == 1.0 and (dist[labels == 2] == 1.0).sum() > 30 * 30
+    normalised = normalised_distance(labels)
+    assert normalised[7, 10] > 2 * normalised[22, 45]  # per object, the small one is "deeper" at 3 px in
 
 
 @pytest.mark.parametrize("k", range(4))
@@ -147,15 +161,16 @@ def test_shape_patches_get_the_intensity_jitter_the_class_heads_get():
         assert jittered["image"].min() >= 0 and jittered["image"].max() <= 1
 
 
-def test_auto_head_is_boundary(tmp_path):
-    """Until a distance model retrains safely (resolve_head's docstring), auto is the boundary head."""
+def test_auto_head_is_capped_for_planes_and_boundary_for_volumes(tmp_path):
+    """auto is the capped distance head in 2D (it finds objects better and retrains safely; resolve_head's
+    docstring) and the boundary head in 3D, the only head volumes train."""
     assert FinetuneConfig().instance_head == "auto"
-    assert resolve_head("auto", 2) == "boundary" and resolve_head("auto", 3) == "boundary"
-    assert resolve_head("stardist", 2) == "stardist"
+    assert resolve_head("auto", 2) == "capped" and resolve_head("auto", 3) == "boundary"
+    assert resolve_head("stardist", 2) == "stardist" and resolve_head("boundary", 2) == "boundary"
     image, labels = synthetic_nuclei((64, 64), 6, seed=5)
     cfg = FinetuneConfig(steps=2, batch=2, device="cpu", target="instance", val_fraction=0.0,
                          data=DataConfig(patch=32), model=ModelConfig(base=4, depth=2))
-    assert finetune([from_array(image)], [labels[None]], cfg).checkpoint.instance_head is None  # boundary
+    assert finetune([from_array(image)], [labels[None]], cfg).checkpoint.instance_head == "capped"
 
 
 @pytest.mark.parametrize("name", HEADS)

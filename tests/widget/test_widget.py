@@ -527,12 +527,12 @@ def test_sparse_objects_train_an_instance_model(make_napari_viewer, qtbot, error
     assert widget.segment.sparse_objects.enabled
     widget.segment.sparse_objects.value = True
     assert widget.segment.finetune_config().target == "sparse_instance"
-    assert widget.segment.finetune_config().instance_head == "distance"  # the boundary head needs dense labels
+    assert widget.segment.finetune_config().instance_head == "capped"  # the boundary head needs dense labels
     widget.segment.finetune_button.click()
     wait_idle(qtbot, widget, 120)
     assert not errors, errors
     model = widget.session.segmenter
-    assert model.target == "instance" and model.instance_head == "distance"
+    assert model.target == "instance" and model.instance_head == "capped"
     widget.segment.instances.value = True
     widget.segment.predict_button.click()
     wait_idle(qtbot, widget, 60)

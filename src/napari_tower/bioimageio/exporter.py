@@ -102,7 +102,7 @@ class CheckReport:
 
 
 def _channel_names(target: str, classes: int, head: str | None = None) -> list[str]:
-    if head == "distance":
+    if head in ("distance", "capped"):
         return ["background", "foreground", "distance"]
     if head == "stardist":
         return ["background", "foreground", "distance"] + [f"ray{k}" for k in range(classes - 3)]
@@ -145,8 +145,13 @@ def _cover(plane: np.ndarray, labels: np.ndarray, path: Path) -> None:
 
 def _output_text(bundle: ModelBundle) -> str:
     if bundle.instance_head:
+        from ..segment.shape_heads import CAP_PX
+
+        distance = (f"each pixel's distance to its object's edge in pixels divided by {CAP_PX:g}, capped at 1"
+                    if bundle.instance_head == "capped" else "each object's distance to its edge normalised to 1 at "
+                    "its centre")
         return (f"the `{bundle.instance_head}` instance head's maps: softmax background/foreground "
-                "probabilities, each object's distance to its edge normalised to 1 at its centre (sigmoid)"
+                f"probabilities, {distance} (sigmoid)"
                 + (", and the distances to the object's edge along 32 rays in pixels (ray k at angle "
                    "2 pi k / 32, pointing along (y, x) = (sin, cos))" if bundle.instance_head == "stardist" else ""))
     return "softmax class probabilities"
@@ -158,7 +163,7 @@ def _postprocess_text(bundle: ModelBundle) -> str:
     tuned = (f"Tuned on the labelled training images after fine-tuning (training F1@0.5 {p.get('f1', 'n/a')}): "
              f"seed threshold {p.get('seed_threshold')}, minimum object size {p.get('min_size')} px"
              + (f", NMS IoU threshold {p.get('nms_threshold')}" if bundle.instance_head == "stardist" else "") + ".")
-    if bundle.instance_head == "distance":
+    if bundle.instance_head in ("distance", "capped"):
         return ("Post-processing (napari-tower `segment/shape_heads.py`): foreground = foreground probability > 0.5; "
                 "seeds = connected regions where the distance exceeds the seed threshold; a watershed on minus "
                 "the distance grows the seeds over the foreground; holes are filled and objects smaller than the "

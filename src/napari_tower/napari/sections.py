@@ -362,8 +362,8 @@ class SegmentSection(QGroupBox, Configurable):
         self.sparse_objects = CheckBox(value=False, text="each id one object", enabled=False,
                                        tooltip="Sparse painting of objects: 1 on background, a new id (2, 3, ...) for "
                                                "each object you paint whole; 0 (unpainted) is ignored.\nTrains an "
-                                               "instance model with a shape-aware head (distance unless stardist is "
-                                               "chosen).")
+                                               "instance model with a shape-aware head (capped distance unless "
+                                               "another shape head is chosen).")
         self.sparse.changed.connect(lambda on: setattr(self.sparse_objects, "enabled", bool(on)))
         self.finetune_controls = ConfigControls(FinetuneConfig, "steps", "minutes", "instance_head")
         self.steps, self.minutes = self.finetune_controls["steps"], self.finetune_controls["minutes"]
@@ -395,7 +395,7 @@ class SegmentSection(QGroupBox, Configurable):
         if self.sparse.value:
             cfg.target = "sparse_instance" if self.sparse_objects.value else "sparse"
         if cfg.target == "sparse_instance" and cfg.instance_head in ("boundary", "auto"):
-            cfg.instance_head = "distance"  # the boundary head learns from dense labels only (and 3D from neither)
+            cfg.instance_head = "capped"  # the boundary head learns from dense labels only (and 3D from neither)
         return cfg
 
     def predict_config(self) -> PredictConfig:

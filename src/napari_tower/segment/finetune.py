@@ -166,8 +166,8 @@ def finetune(
         vol.check_head(kind, head_name if kind in ("instance", "sparse_instance") else None)
     head = head_for(head_name) if kind in ("instance", "sparse_instance") else None
     if kind == "sparse_instance" and head is None:
-        raise TowerError("sparse instance labels need a shape-aware instance head: choose --instance-head distance "
-                         "or stardist (the boundary head learns from dense labels only)")
+        raise TowerError("sparse instance labels need a shape-aware instance head: choose --instance-head capped, "
+                         "distance or stardist (the boundary head learns from dense labels only)")
     # Shape heads compute their targets from the instance ids themselves (shape_training.ShapeObjective).
     if dims == 3:
         targets = [vol.volume_targets(np.asarray(lab), im.z_size, kind) for im, lab in zip(images, labels)]

@@ -7,6 +7,10 @@ The heads here regress a shape quantity from instance labels (each object its ow
 - "distance": foreground + each object's distance to its own boundary, normalised to 1 at its centre.
   Seeds are the connected regions above a seed threshold; a watershed on the distance grows them back
   over the foreground.
+- "capped": foreground + each pixel's distance to its object's edge in pixels, divided by `CAP_PX` and capped
+  at 1 (not normalised per object), decoded as "distance" is. A 64-px nucleus then asks for the values its
+  first pixels in from the edge would have in a big one, so learning small objects does not move "deep inside"
+  towards edges: that normalisation made a retrain on small nuclei flood a distance model (docs/benchmarks.md).
 - "stardist": foreground + the same normalised distance as an object probability + the distances from
   every object pixel to its object's edge along `RAYS` directions (star-convex polygons, Schmidt et al.
   2018). Candidate centres above the seed threshold become polygons; overlapping polygons are removed by
@@ -37,9 +41,13 @@ BOUNDARY = "boundary"
 DEFAULT_POSTPROCESS = {"seed_threshold": 0.5, "nms_threshold": 0.4, "min_size": 16}
 
 
-def normalised_distance(labels: np.ndarray) -> np.ndarray:
+CAP_PX = 6.0  # the capped head's distance reaches 1 this many pixels in from an object's edge
+
+
+def edge_distance(labels: np.ndarray, cap_px: float | None = None) -> np.ndarray:
     """Each object's Euclidean distance to its own edge (other objects and background count as outside),
-    divided by the object's largest distance: 1 at the centre of every object, whatever its size."""
+    divided by the object's largest distance (cap_px None: 1 at the centre of every object, whatever its
+    size) or by `cap_px` and capped at 1."""
     lab = np.asarray(labels)
     out = np.zeros(lab.shape, np.float32)
     for index, box in enumerate(ndi.find_objects(lab), start=1):
@@ -49,10 +57,15 @@ def normalised_distance(labels: np.ndarray) -> np.ndarray:
         obj = lab[padded] == index
         # Pad with outside so an object touching the image edge still ends there.
         dist = ndi.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
-        peak = dist.max()
-        if peak > 0:
-            out[padded][obj] = (dist[obj] / peak).astype(np.float32)
+        scale = dist.max() if cap_px is None else cap_px
+        if scale > 0:
+            out[padded][obj] = np.minimum(dist[obj] / scale, 1.0).astype(np.float32)
     return out
+
+
+def normalised_distance(labels: np.ndarray) -> np.ndarray:
+    """`edge_distance` normalised per object: 1 at the centre of every object."""
+    return edge_distance(labels)
 
 
 class InstanceHead:
@@ -61,6 +74,7 @@ class InstanceHead:
     name = ""
     channels = 3  # background, foreground, normalised distance (+ head-specific maps)
     tuned = ("seed_threshold", "min_size")  # post-processing parameters `tune_postprocess` chooses
+    cap_px: float | None = None  # None: the distance is normalised per object; else capped (see `edge_distance`)
 
     # --------------------------------------------------------------- network outputs
 
@@ -76,12 +90,12 @@ class InstanceHead:
 
     def encode(self, labels: np.ndarray) -> np.ndarray:
         """Training targets (T, Y, X) float32 of one instance label plane (0 = background, 1.. = objects):
-        foreground, normalised distance, and the head's own maps."""
+        foreground, distance to the edge, and the head's own maps."""
         lab = np.asarray(labels)
         if not np.issubdtype(lab.dtype, np.integer):
             raise TowerError(f"instance labels have data type {lab.dtype}; give an integer label image")
         lab = np.where(lab > 0, lab, 0).astype(np.int64)
-        return np.concatenate([(lab > 0)[None].astype(np.float32), normalised_distance(lab)[None],
+        return np.concatenate([(lab > 0)[None].astype(np.float32), edge_distance(lab, self.cap_px)[None],
                                self._encode_extra(lab)])
 
     def _encode_extra(self, labels: np.ndarray) -> np.ndarray:
@@ -148,4 +162,17 @@ class DistanceHead(InstanceHead):
         return _relabel_sequential(remove_small(labels, int(p["min_size"])))
 
 
-__all__ = ["BOUNDARY", "DEFAULT_POSTPROCESS", "DistanceHead", "InstanceHead", "normalised_distance"]
+class CappedDistanceHead(DistanceHead):
+    """The distance head with the distance in pixels capped at `CAP_PX`, the same for objects of every size."""
+
+    name = "capped"
+    cap_px = CAP_PX
+
+    def grid(self) -> list[dict[str, Any]]:
+        # A big object's plateau is 1 wherever it is CAP_PX in, so necks between touching big objects need the
+        # higher thresholds; the normalised head never needs them.
+        return [{"seed_threshold": t} for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)]
+
+
+__all__ = ["BOUNDARY", "CAP_PX", "DEFAULT_POSTPROCESS", "CappedDistanceHead", "DistanceHead", "InstanceHead",
+           "edge_distance", "normalised_distance"]
