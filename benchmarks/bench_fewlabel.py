@@ -219,7 +219,7 @@ def _job(job: tuple) -> dict:
 def calibrate(seconds: float = 30.0, methods: tuple[str, ...] = ("tower",),
               batches: dict[str, int] | None = None) -> dict[str, float]:
     """This CPU's fine-tuning (batch 8, key "finetune") and each method's pretraining (batch 16 unless `batches`
-    says otherwise) steps per second on 128-px patches, 2 threads."""
+    says otherwise) steps per second on 128-px patches, 2 threads, in float32 as the arms train."""
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     image = rng.random((256, 256), dtype=np.float32)
@@ -231,10 +231,11 @@ def calibrate(seconds: float = 30.0, methods: tuple[str, ...] = ("tower",),
             t = time.perf_counter()
             if phase == "finetune":
                 finetune(_images([image]), [labels], FinetuneConfig(steps=steps, batch=8, device="cpu", val_every=0,
-                                                                      checkpoint_every=0))
+                                                                      checkpoint_every=0, mixed_precision=False))
             else:
                 pretrain(_images([image]), PretrainConfig(method=phase, steps=steps, device="cpu", val_every=0,
-                                                          batch=(batches or {}).get(phase, 16), checkpoint_every=0))
+                                                          batch=(batches or {}).get(phase, 16), checkpoint_every=0,
+                                                          mixed_precision=False))
             times.append(time.perf_counter() - t)
         rates[phase] = int(seconds) / (times[1] - times[0])
     return rates
