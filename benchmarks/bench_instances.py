@@ -37,7 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ARMS = ("boundary", "distance", "capped", "stardist")
+ARMS = ("boundary", "distance", "capped", "stardist", "capped4", "capped10")
+# capped4 / capped10: the capped head with its cap at 4 or 10 px instead of CAP_PX (a sensitivity check)
 DATASETS = ("dsb2018", "usiigaci_phase", "sbiad634_ganglioneuroblastoma", "dsb2018_stage1_test")
 
 
@@ -100,15 +101,20 @@ def run_cell(dataset: str, budget: str, seed: int, arm: str, steps: int, patch: 
     from napari_tower.data import from_array
     from napari_tower.segment import Predictor, finetune
     from napari_tower.segment.metrics import average_precision, dice, object_scores
+    from napari_tower.segment.shape_heads import CAP_PX, CappedDistanceHead
 
     if threads:
         torch.set_num_threads(threads)
+    head = arm
+    CappedDistanceHead.cap_px = CAP_PX  # a worker process runs many cells: reset what a previous one set
+    if arm.startswith("capped") and arm != "capped":
+        head, CappedDistanceHead.cap_px = "capped", float(arm[len("capped"):])
     train, test = load_split(dataset, max_test)
     chosen = labelled_subset(len(train), budget, seed)
     # Images smaller than the patch would shrink it for every arm alike; finetune picks min(patch, image side).
     images = [from_array(train[i][0][None], f"train{i}", axes="ZYX") for i in chosen]
     labels = [train[i][1][None] for i in chosen]
-    cfg = FinetuneConfig(steps=steps, batch=batch, seed=seed, device=device, target="instance", instance_head=arm,
+    cfg = FinetuneConfig(steps=steps, batch=batch, seed=seed, device=device, target="instance", instance_head=head,
                          val_fraction=0.0, val_every=0, checkpoint_every=0, data=DataConfig(patch=patch))
     t0 = time.perf_counter()
     result = finetune(images, labels, cfg, init=init)
