@@ -21,8 +21,9 @@ PROXY_TASKS = ("nonlinear", "masking", "shuffle", "inpaint", "outpaint")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
 TARGETS = ("auto", "binary", "semantic", "instance", "sparse", "sparse_instance")
-# How instance labels are learnt (segment/shape_heads.py): "distance" regresses each object's normalised distance to
-# its edge (seeded watershed), "stardist" radial distances (polygons + NMS), "boundary" a 2-px inner boundary class.
+# How instance labels are learnt (segment/shape_heads.py): "capped" regresses each pixel's distance to its object's
+# edge capped at 6 px, "distance" the same normalised per object (both a seeded watershed), "stardist" radial
+# distances (polygons + NMS), "boundary" a 2-px inner boundary class.
 INSTANCE_HEADS = ("auto", "capped", "distance", "stardist", "boundary")
 TRANSFERS = ("auto", "encoder", "encoder+decoder")
 MAX_STEPS = 10_000_000

@@ -32,7 +32,9 @@ from .. import __version__
 from ..atomic import atomic_copy
 from ..errors import TowerError
 from ..model_bundle import ModelBundle, check_writable
+from ..segment.instance_heads import head_for
 from ..segment.model import Segmenter
+from ..segment.shape_heads import DistanceHead
 from .reader import INSTALL_HINT, METADATA_KEY, require_bioimageio
 
 WEIGHT_FORMATS = ("pytorch_state_dict", "torchscript")
@@ -51,14 +53,12 @@ class ProbabilitySegmenter(Segmenter):
     This is the architecture the packaged state dict loads into (its keys are the
     `Segmenter`'s), and what the TorchScript weights were traced from. With a shape-aware
     instance head (`instance_head`), the outputs are that head's activated maps instead
-    (background, foreground, normalised distance, and for "stardist" the ray lengths in pixels).
+    (background, foreground, distance to the edge, and for "stardist" the ray lengths in pixels).
     """
 
     def __init__(self, in_channels: int, classes: int, base: int = 16, depth: int = 4,
                  instance_head: str = "") -> None:
         super().__init__(in_channels, classes, base, depth)
-        from ..segment.instance_heads import head_for
-
         self.shape_head = head_for(instance_head or None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ class CheckReport:
 
 
 def _channel_names(target: str, classes: int, head: str | None = None) -> list[str]:
-    if head in ("distance", "capped"):
+    if isinstance(head_for(head or None), DistanceHead):  # distance and capped
         return ["background", "foreground", "distance"]
     if head == "stardist":
         return ["background", "foreground", "distance"] + [f"ray{k}" for k in range(classes - 3)]
@@ -145,11 +145,9 @@ def _cover(plane: np.ndarray, labels: np.ndarray, path: Path) -> None:
 
 def _output_text(bundle: ModelBundle) -> str:
     if bundle.instance_head:
-        from ..segment.shape_heads import CAP_PX
-
-        distance = (f"each pixel's distance to its object's edge in pixels divided by {CAP_PX:g}, capped at 1"
-                    if bundle.instance_head == "capped" else "each object's distance to its edge normalised to 1 at "
-                    "its centre")
+        cap = head_for(bundle.instance_head).cap_px
+        distance = (f"each pixel's distance to its object's edge in pixels divided by {cap:g}, capped at 1" if cap
+                    else "each object's distance to its edge normalised to 1 at its centre")
         return (f"the `{bundle.instance_head}` instance head's maps: softmax background/foreground "
                 f"probabilities, {distance} (sigmoid)"
                 + (", and the distances to the object's edge along 32 rays in pixels (ray k at angle "
@@ -163,7 +161,7 @@ def _postprocess_text(bundle: ModelBundle) -> str:
     tuned = (f"Tuned on the labelled training images after fine-tuning (training F1@0.5 {p.get('f1', 'n/a')}): "
              f"seed threshold {p.get('seed_threshold')}, minimum object size {p.get('min_size')} px"
              + (f", NMS IoU threshold {p.get('nms_threshold')}" if bundle.instance_head == "stardist" else "") + ".")
-    if bundle.instance_head in ("distance", "capped"):
+    if isinstance(head_for(bundle.instance_head or None), DistanceHead):  # distance and capped
         return ("Post-processing (napari-tower `segment/shape_heads.py`): foreground = foreground probability > 0.5; "
                 "seeds = connected regions where the distance exceeds the seed threshold; a watershed on minus "
                 "the distance grows the seeds over the foreground; holes are filled and objects smaller than the "

@@ -29,9 +29,8 @@ class PCRL(Method):
         super().__init__(cfg)
         self.key_encoder = momentum_copy(self.unet.encoder)
         self.key_project = momentum_copy(self.project)
-        queue_gen = torch.Generator().manual_seed(cfg.seed)
-        queue = F.normalize(torch.randn(QUEUE, cfg.model.projection_dim, generator=queue_gen), dim=1)
-        self.register_buffer("queue", queue)
+        # Only the first `queue_ptr` rows are ever read, so the unwritten rest can stay zero.
+        self.register_buffer("queue", torch.zeros(QUEUE, cfg.model.projection_dim))
         # Keys enqueued so far (older checkpoints stored this modulo QUEUE; they then use part of a full queue).
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
@@ -43,7 +42,7 @@ class PCRL(Method):
         with torch.no_grad():
             k = self.key_project(self.key_encoder(k_view)[-1])
         filled = min(int(self.queue_ptr), QUEUE)
-        con = info_nce_queue(self.project(q_feats[-1]), k, self.queue[:filled].clone(), TEMPERATURE)
+        con = info_nce_queue(self.project(q_feats[-1]), k, self.queue[:filled], TEMPERATURE)
 
         lam = torch.rand(x.shape[0], generator=gen).to(x.device).view(-1, *([1] * (x.ndim - 1)))  # 2D or 3D
         perm = torch.roll(torch.arange(x.shape[0], device=x.device), 1)

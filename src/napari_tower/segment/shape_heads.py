@@ -171,7 +171,7 @@ class CappedDistanceHead(DistanceHead):
     def grid(self) -> list[dict[str, Any]]:
         # A big object's plateau is 1 wherever it is CAP_PX in, so necks between touching big objects need the
         # higher thresholds; the normalised head never needs them.
-        return [{"seed_threshold": t} for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)]
+        return super().grid() + [{"seed_threshold": t} for t in (0.8, 0.9)]
 
 
 __all__ = ["BOUNDARY", "CAP_PX", "DEFAULT_POSTPROCESS", "CappedDistanceHead", "DistanceHead", "InstanceHead",
