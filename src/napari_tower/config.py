@@ -281,6 +281,12 @@ class PredictConfig:
     instances: bool = param(False, "instance labels (watershed) instead of classes", label="instances")
     probabilities: bool = param(False, "also write the class probabilities", label="probability image")
     min_size: int = param(16, "smallest object kept, in pixels", min=0, max=1_000_000)
+    # The shape heads' decoding threshold is tuned on the labelled images; one or two of them cannot show every
+    # crowding a user's other images hold, so the user may move it, as Cellpose's and StarDist's thresholds are.
+    seed_threshold: float = param(0.0, "shape heads (capped, distance, stardist): threshold of the seeds that "
+                                  "split touching objects; 0 keeps the one tuned on the labelled images, higher "
+                                  "splits more, lower merges more", min=0.0, max=1.0, step=0.05,
+                                  label="split threshold")
     # "model": the intensity mapping stored with the model (the training images' percentiles), so every image is
     # scaled as the model saw its training data; "image": each image's own 1st/99.8th percentiles, which move with
     # its content (issue 21: sparse phase frames had their background lifted from 0.28 to 0.38-0.42, and 95-99% of

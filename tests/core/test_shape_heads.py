@@ -202,6 +202,26 @@ def test_tuning_picks_the_threshold_that_splits_touching_objects():
     assert best["seed_threshold"] < 0.5 and best["f1"] >= 0.95
 
 
+def test_a_seed_threshold_set_at_prediction_overrides_the_tuned_one():
+    """The user's lever where their images crowd more (or less) than the labelled ones: the tuned threshold is
+    kept at 0, and a set one changes how touching objects split (decoded from the same maps)."""
+    pairs = [synthetic_nuclei((128, 128), 24, seed=s) for s in range(2)]
+    cfg = FinetuneConfig(steps=30, batch=4, device="cpu", instance_head="capped", val_fraction=0.0,
+                         data=DataConfig(patch=64), model=ModelConfig(base=8, depth=2))
+    bundle = finetune([from_array(im) for im, _ in pairs], [lab[None] for _, lab in pairs], cfg).checkpoint
+    tuned = Predictor(bundle, PredictConfig(device="cpu", instances=True))
+    assert tuned.postprocess()["seed_threshold"] == bundle.postprocess["seed_threshold"]
+    counts = {}
+    for t in (0.1, 0.95):
+        predictor = Predictor(bundle, PredictConfig(device="cpu", instances=True, seed_threshold=t))
+        assert predictor.postprocess()["seed_threshold"] == t
+        out = predictor.predict(from_array(pairs[0][0]))
+        np.testing.assert_array_equal(out.labels[0], head_for("capped").decode(out.probabilities[0],
+                                                                             predictor.postprocess()))
+        counts[t] = int(out.labels[0].max())
+    assert counts[0.95] != counts[0.1]  # the threshold reaches the decoding
+
+
 def test_boundary_models_keep_the_watershed(tiny_instance_model_file):
     bundle = ModelBundle.load(tiny_instance_model_file)  # the boundary head, as every model before issue 20
     assert bundle.instance_head is None and bundle.postprocess is None

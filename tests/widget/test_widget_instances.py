@@ -35,3 +35,14 @@ def test_instances_option_gives_the_shape_heads_objects(make_napari_viewer, qtbo
     want = Predictor(bundle, PredictConfig(device="cpu", instances=True)).predict(from_array(image)).labels[0]
     assert bundle.instance_head == "distance" and want.max() > 1
     assert np.array_equal(got.reshape(want.shape), want)  # the distance head's watershed, with its tuned params
+
+    # The split threshold (0: the tuned one) moves the seeds of the same model's maps.
+    assert widget.segment.predict_config().seed_threshold == 0.0 and widget.segment.split_threshold.enabled
+    widget.segment.split_threshold.value = 0.9
+    widget.segment.predict_button.click()
+    wait_idle(qtbot, widget, 120)
+    assert not errors, errors
+    got = np.asarray(viewer.layers["nuclei tower labels"].data)
+    split = Predictor(bundle, PredictConfig(device="cpu", instances=True, seed_threshold=0.9))
+    assert split.postprocess()["seed_threshold"] == 0.9 != bundle.postprocess["seed_threshold"]
+    assert np.array_equal(got.reshape(want.shape), split.predict(from_array(image)).labels[0])

@@ -370,8 +370,11 @@ class SegmentSection(QGroupBox, Configurable):
         self.finetune_button = QPushButton("Fine-tune")
         self.scope = QComboBox()
         self.scope.addItems(SCOPES)
-        self.predict_controls = ConfigControls(PredictConfig, "instances", "probabilities")
+        self.predict_controls = ConfigControls(PredictConfig, "instances", "probabilities", "seed_threshold")
         self.instances, self.probabilities = self.predict_controls["instances"], self.predict_controls["probabilities"]
+        self.split_threshold = self.predict_controls["seed_threshold"]
+        self.split_threshold.enabled = bool(self.instances.value)  # it only acts on instances
+        self.instances.changed.connect(lambda on: setattr(self.split_threshold, "enabled", bool(on)))
         self.predict_button = QPushButton("Predict")
         form = QFormLayout(self)
         form.addRow("image", self.image)
@@ -387,6 +390,7 @@ class SegmentSection(QGroupBox, Configurable):
         options.addWidget(self.instances.native)
         options.addWidget(self.probabilities.native)
         form.addRow(options)
+        form.addRow("split threshold", self.split_threshold.native)
         form.addRow(self.predict_button)
 
     def finetune_config(self) -> FinetuneConfig:

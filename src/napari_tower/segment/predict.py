@@ -203,10 +203,12 @@ class Predictor:
 
     def postprocess(self) -> dict:
         """The shape head's post-processing as tuned on the labelled images; a minimum size set in the
-        config (anything but its default) overrides the tuned one."""
+        config (anything but its default) and a seed threshold above 0 override the tuned ones."""
         params = dict(self.ckpt.postprocess or {})
         if self.cfg.min_size != PredictConfig().min_size or "min_size" not in params:
             params["min_size"] = int(self.cfg.min_size)
+        if self.cfg.seed_threshold > 0:
+            params["seed_threshold"] = float(self.cfg.seed_threshold)
         return params
 
     def predict(self, image: Image, planes: list[int] | None = None,
