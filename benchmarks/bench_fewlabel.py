@@ -11,6 +11,8 @@ benchmarks/corpus.py) and seed, every arm gets the same wall-time budget for eve
 - simclr, byol, genesis, pcrl: the baselines, run as tower is (from scratch, half the budget, the same pool),
   each at its own CPU rate (`--method-rates`) and batch (`--pretrain-batch`, e.g. SimCLR at the largest batch
   the machine holds); the summary compares them with tower as well as with scratch.
+- tower:KEY=VALUE[,KEY=VALUE]: a proxy-task ablation, run as tower with those PretrainConfig options (for
+  example tower:mask_ratio=0.5, tower:mask_cell=16, tower:remap_p=0.5, tower:view_shift=16); read against tower.
 
 Adaptation and TOWER pretraining see the images a user would have open: the training pool and the test images,
 without their labels. Scores: foreground Dice per test image (ISBI: membrane Dice, the boundary-aware metric,
@@ -54,6 +56,37 @@ from napari_tower.train import pretrain
 BASELINES = ("simclr", "byol", "genesis", "pcrl")
 ARMS = ("scratch", "generalist", "default", "tower", *BASELINES, "generalist_lr", "default_lr")
 PRETRAINED_FROM_SCRATCH = ("tower", *BASELINES)  # pretrained on the pool for half the budget, no generalist
+
+
+def tower_variant(arm: str) -> dict | None:
+    """The PretrainConfig options of a proxy-task ablation arm "tower:KEY=VALUE[,KEY=VALUE]" (None for any
+    other arm), cast to the fields' types; such an arm runs exactly as tower does, with those options."""
+    base, sep, options = arm.partition(":")
+    if base != "tower" or not sep:
+        return None
+    fields = PretrainConfig.__dataclass_fields__
+    out: dict = {}
+    for item in options.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or key not in fields or key in ("method", "steps", "minutes", "batch", "seed", "device"):
+            raise argparse.ArgumentTypeError(f"arm '{arm}': give tower:KEY=VALUE with KEY a PretrainConfig option "
+                                             "such as mask_ratio, mask_cell, remap_p, view_shift")
+        default = getattr(PretrainConfig(), key)
+        if isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, (int, float)):
+            out[key] = type(default)(float(value))
+        elif isinstance(default, tuple):
+            out[key] = tuple(value.split("+"))  # tower:tasks=nonlinear+masking
+        else:
+            out[key] = value
+    return out
+
+
+def _arm(text: str) -> str:
+    if text not in ARMS and tower_variant(text) is None:
+        raise argparse.ArgumentTypeError(f"unknown arm '{text}': choose from {', '.join(ARMS)} or tower:KEY=VALUE")
+    return text
 
 
 def labelled_draw(n_train: int, k: int, seed: int) -> list[int]:
@@ -169,14 +202,16 @@ def run_arm(arm: str, split: Split, labelled: list[int], seed: int, budget: Budg
     pre_history: dict = {}
     pre_s = 0.0
     share = 0.0
-    if arm in ("default", "default_lr") or arm in PRETRAINED_FROM_SCRATCH:
-        from_scratch = arm in PRETRAINED_FROM_SCRATCH
-        method = arm if from_scratch else "tower"
+    variant = tower_variant(arm) or {}
+    if arm in ("default", "default_lr") or arm in PRETRAINED_FROM_SCRATCH or variant:
+        from_scratch = arm in PRETRAINED_FROM_SCRATCH or bool(variant)
+        method = "tower" if variant or not from_scratch else arm
         share = 0.5 if from_scratch else opts.adapt_share
         pcfg = PretrainConfig(method=method, **budget.pretrain(share, method),
                               batch=int(dict(opts.pretrain_batch).get(method, 16)), seed=seed, device=budget.device,
                               val_every=0, checkpoint_every=0, data=DataConfig(patch=opts.patch),
-                              model=ModelConfig(base=model.base, depth=model.depth), mixed_precision=False)
+                              model=ModelConfig(base=model.base, depth=model.depth), mixed_precision=False,
+                              **variant)
         result = pretrain(unlabelled, pcfg, init=None if from_scratch else generalist)
         init, pre_history = result.checkpoint, result.checkpoint.history
         pre_s = time.perf_counter() - t0
@@ -256,7 +291,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per arm, everything after install")
     parser.add_argument("--adapt-share", type=float, default=0.3, help="share of the budget the default adapts for")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS[:4]), choices=ARMS)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS[:4]), type=_arm, metavar="ARM",
+                        help=f"{', '.join(ARMS)}, or a proxy-task ablation of tower such as tower:mask_ratio=0.5 "
+                             "(tower's steps and rate, those PretrainConfig options)")
     parser.add_argument("--generalist", help="generalist checkpoint (default: the one shipped in the package)")
     parser.add_argument("--max-test", type=int, default=20)
     parser.add_argument("--unlabelled-extra", type=int, default=8,
@@ -344,7 +381,8 @@ def write_summary(runs: list[dict], out: Path) -> None:
     summary = []
     for name, k in keys:
         group = [r for r in runs if r["dataset"] == name and r["n_labelled"] == k]
-        by_arm = {arm: {r["seed"]: r["scores"] for r in group if r["arm"] == arm} for arm in ARMS}
+        variants = sorted({r["arm"] for r in group} - set(ARMS))
+        by_arm = {arm: {r["seed"]: r["scores"] for r in group if r["arm"] == arm} for arm in (*ARMS, *variants)}
         by_arm = {a: v for a, v in by_arm.items() if v or a == "scratch"}
         for arm, seeds in by_arm.items():
             if not seeds:
@@ -359,7 +397,8 @@ def write_summary(runs: list[dict], out: Path) -> None:
                 cells = [f"{c.mean_diff * 100:+.2f}", f"[{c.ci_low * 100:+.2f}, {c.ci_high * 100:+.2f}]",
                          f"{c.paired_t_p:.3g}", c.verdict.split(" (")[0]]
             tower = by_arm.get("tower", {})
-            if arm in BASELINES and set(seeds) & set(tower):  # TOWER's claim is over these, at equal work
+            # TOWER's claim is over the baselines, at equal work; an ablation arm is read against tower too
+            if (arm in BASELINES or arm in variants) and set(seeds) & set(tower):
                 t = compare(tower, seeds, names=("tower", arm))
                 row["tower_vs"] = t.as_dict()
                 cells.append(f"{t.mean_diff * 100:+.2f}, {t.paired_t_p:.3g}")
