@@ -93,7 +93,7 @@ def _worker_init() -> None:
 
 
 def run_cell(dataset: str, budget: str, seed: int, arm: str, steps: int, patch: int, batch: int, device: str,
-             max_test: int, init: str | None, threads: int) -> dict:
+             max_test: int, init: str | None, threads: int, grid: bool = False) -> dict:
     """Fine-tune one arm on the labelled subset and score it on the test images."""
     import torch
 
@@ -120,16 +120,49 @@ def run_cell(dataset: str, budget: str, seed: int, arm: str, steps: int, patch: 
     result = finetune(images, labels, cfg, init=init)
     train_s = time.perf_counter() - t0
     predictor = Predictor(result.checkpoint, PredictConfig(device=device, instances=True))
-    f1, ap, dsc = [], [], []
+    f1, ap, dsc, test_maps = [], [], [], []
     t1 = time.perf_counter()
     for k, (image, truth) in enumerate(test):
-        pred = predictor.predict(from_array(image[None], f"test{k}", axes="ZYX")).labels[0]
+        prediction = predictor.predict(from_array(image[None], f"test{k}", axes="ZYX"))
+        pred = prediction.labels[0]
         f1.append(object_scores(pred, truth)["f1"])
         ap.append(average_precision(pred, truth))
         dsc.append(dice(pred > 0, truth > 0))
-    return {"dataset": dataset, "budget": budget, "seed": seed, "arm": arm, "labelled": chosen, "f1": f1, "ap": ap,
-            "dice": dsc, "postprocess": result.checkpoint.postprocess, "steps": result.last.step,
-            "train_s": train_s, "predict_s": time.perf_counter() - t1}
+        if predictor.head is not None and grid:
+            test_maps.append(prediction.probabilities[0])
+    predict_s = time.perf_counter() - t1
+    run = {"dataset": dataset, "budget": budget, "seed": seed, "arm": arm, "labelled": chosen, "f1": f1, "ap": ap,
+           "dice": dsc, "postprocess": result.checkpoint.postprocess, "steps": result.last.step,
+           "train_s": train_s, "predict_s": predict_s}
+    if predictor.head is not None and grid:
+        train_maps = [predictor.predict(im).probabilities[0] for im in images]
+        run["grid"] = grid_scores(predictor.head, train_maps, [lab[0] for lab in labels], test_maps,
+                                  [truth for _, truth in test])
+    return run
+
+
+def grid_scores(head, train_maps: list, train_truths: list, test_maps: list, test_truths: list) -> list[dict]:
+    """Every post-processing grid point of a shape head: its pooled F1 on the labelled images (what tuning
+    sees) and its F1 per test image, so tuning rules can be compared afterwards without retraining
+    (`analyse_tuning.py`). Test images are decoded here only for that record, never to choose parameters."""
+    from skimage.segmentation import relabel_sequential
+
+    from napari_tower.segment.instances import remove_small
+    from napari_tower.segment.metrics import object_scores
+    from napari_tower.segment.shape_training import score_postprocess_grid
+
+    train = score_postprocess_grid(head, train_maps, train_truths)
+    test: dict[tuple, list[float]] = {}
+    for candidate in head.grid():
+        for maps, truth in zip(test_maps, test_truths):
+            labels = head.decode(maps, {**candidate, "min_size": 0})
+            for params, _ in train:
+                if all(params[k] == v for k, v in candidate.items()):
+                    key = tuple(sorted(params.items()))
+                    kept = relabel_sequential(remove_small(labels.copy(), int(params["min_size"])))[0]
+                    test.setdefault(key, []).append(object_scores(kept, truth)["f1"])
+    return [{"params": params, "train_f1": f1, "test_f1": test[tuple(sorted(params.items()))]}
+            for params, f1 in train]
 
 
 def _key(dataset: str, budget: str, seed: int, arm: str) -> str:
@@ -194,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-test", type=int, default=50, help="test images per data set (the first ones)")
     parser.add_argument("--init", help="pretrained checkpoint to start from (default: the built-in generalist; "
                         "'none': random initialisation)")
+    parser.add_argument("--grid", action="store_true",
+                        help="shape heads: also record every post-processing grid point's training and test F1 "
+                             "(analyse_tuning.py; doubles a CPU run's time)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     init = args.init
@@ -226,13 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     common = (args.steps, args.patch, args.batch, args.device, args.max_test, init)
     if args.workers <= 1:
         for cell in todo:
-            record(run_cell(*cell, *common, args.threads))
+            record(run_cell(*cell, *common, args.threads, args.grid))
     else:
         import multiprocessing
 
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init) as pool:
-            futures = [pool.submit(run_cell, *cell, *common, 1) for cell in todo]
+            futures = [pool.submit(run_cell, *cell, *common, 1, args.grid) for cell in todo]
             for future in as_completed(futures):
                 record(future.result())
     write_summary(runs, args.out)

@@ -15,7 +15,13 @@ from napari_tower.segment import Predictor, finetune
 from napari_tower.segment.instance_heads import head_for, resolve_head
 from napari_tower.segment.metrics import object_scores
 from napari_tower.segment.shape_heads import CAP_PX, edge_distance, normalised_distance
-from napari_tower.segment.shape_training import ShapeObjective, instance_ids, tune_postprocess
+from napari_tower.segment.shape_training import (
+    ShapeObjective,
+    choose_postprocess,
+    instance_ids,
+    score_postprocess_grid,
+    tune_postprocess,
+)
 from napari_tower.segment.stardist import RAYS, candidate_centres, ray_distances
 
 HEADS = ("distance", "capped", "stardist")
@@ -200,6 +206,31 @@ def test_tuning_picks_the_threshold_that_splits_touching_objects():
     outputs[2] = outputs[2] * 0.5  # a model whose distances peak at 0.5: a 0.5 threshold would find no seeds
     best = tune_postprocess(head, [outputs], [labels])
     assert best["seed_threshold"] < 0.5 and best["f1"] >= 0.95
+
+
+def test_tied_thresholds_go_to_the_middle_of_the_tied_range():
+    """One labelled image often ties several seed thresholds; the lowest (0.2, the first grid point) merges
+    touching nuclei on other images, so ties go to the middle of the tied range."""
+    from skimage.draw import disk
+
+    labels = np.zeros((128, 128), np.int32)
+    for k, (y, x) in enumerate([(30, 30), (30, 90), (90, 30), (90, 90)], start=1):
+        labels[disk((y, x), 15)] = k  # apart and round: every seed threshold finds each object once
+    head = head_for("capped")
+    outputs = _perfect_outputs(head, labels)
+    scores = score_postprocess_grid(head, [outputs], [labels])
+    best = max(f1 for _, f1 in scores)
+    tied = sorted({p["seed_threshold"] for p, f1 in scores if f1 == best})
+    assert len(tied) >= 3  # perfect maps: a plateau of thresholds, the case the rule is for
+    middle = choose_postprocess(scores)
+    assert middle["seed_threshold"] not in (tied[0], tied[-1])
+    assert abs(middle["seed_threshold"] - (tied[0] + tied[-1]) / 2) <= 0.05 + 1e-9
+    assert choose_postprocess(scores, ties="first")["seed_threshold"] == tied[0]
+    assert middle["f1"] == round(best, 4) == tune_postprocess(head, [outputs], [labels])["f1"]
+    # a single best point wins whatever the rule
+    lone = [({"seed_threshold": 0.2, "nms_threshold": 0.4, "min_size": 0}, 0.9),
+            ({"seed_threshold": 0.5, "nms_threshold": 0.4, "min_size": 16}, 0.8)]
+    assert choose_postprocess(lone)["seed_threshold"] == 0.2
 
 
 def test_a_seed_threshold_set_at_prediction_overrides_the_tuned_one():

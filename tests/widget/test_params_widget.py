@@ -25,7 +25,8 @@ EXPECTED = {
     (PretrainConfig, "method"), (PretrainConfig, "steps"), (PretrainConfig, "data.patch"), (PretrainConfig, "batch"),
     (PretrainConfig, "data.patch_z"),
     (PretrainConfig, "model.base"), (PretrainConfig, "device"), (FinetuneConfig, "steps"), (FinetuneConfig, "minutes"), (FinetuneConfig, "instance_head"),
-    (PredictConfig, "instances"), (PredictConfig, "probabilities"), (RetrainConfig, "steps"), (RetrainConfig, "minutes"),
+    (PredictConfig, "instances"), (PredictConfig, "probabilities"), (PredictConfig, "seed_threshold"),
+    (RetrainConfig, "steps"), (RetrainConfig, "minutes"),
     (RetrainConfig, "edit_weight"), (RetrainConfig, "lr_scale"),
     (RetrainConfig, "replay"), (PreviewConfig, "seed"), (PrototypeConfig, "k"), (PrototypeConfig, "ignore"),
 }

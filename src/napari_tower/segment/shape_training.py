@@ -104,13 +104,12 @@ def _matches(pred: np.ndarray, truth: np.ndarray, annotated: np.ndarray | None) 
     return tp, ov.n_pred - tp, ov.n_true - tp
 
 
-def tune_postprocess(head: InstanceHead, outputs: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-                     annotated: Sequence[np.ndarray | None] | None = None) -> dict[str, Any]:
-    """The post-processing parameters with the best pooled F1 at IoU 0.5 of `outputs` (activated head outputs
-    of labelled planes) against their instance labels `truths`; ties go to the earlier (default-near) grid
-    point. Returns the parameters with "f1" (the training F1 they reached) for the record."""
+def score_postprocess_grid(head: InstanceHead, outputs: Sequence[np.ndarray], truths: Sequence[np.ndarray],
+                           annotated: Sequence[np.ndarray | None] | None = None) -> list[tuple[dict[str, Any], float]]:
+    """Pooled F1 at IoU 0.5 of `outputs` (activated head outputs of labelled planes) against their instance
+    labels `truths` at every point of the head's grid and every minimum size, as (parameters, F1) pairs."""
     annotated = annotated if annotated is not None else [None] * len(outputs)
-    best: tuple[float, dict[str, Any]] = (-1.0, dict(DEFAULT_POSTPROCESS))
+    scores: list[tuple[dict[str, Any], float]] = []
     for candidate in head.grid():
         decoded = [head.decode(out, {**DEFAULT_POSTPROCESS, **candidate, "min_size": 0}) for out in outputs]
         for min_size in MIN_SIZES:
@@ -121,10 +120,38 @@ def tune_postprocess(head: InstanceHead, outputs: Sequence[np.ndarray], truths: 
                 small[0] = False
                 counts = _matches(np.where(small[labels], 0, labels), truth, ann)
                 tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
-            f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-            if f1 > best[0] + 1e-9:
-                best = (f1, {**DEFAULT_POSTPROCESS, **candidate, "min_size": min_size})
-    return {**best[1], "f1": round(best[0], 4)}
+            scores.append(({**DEFAULT_POSTPROCESS, **candidate, "min_size": min_size},
+                           2 * tp / max(2 * tp + fp + fn, 1)))
+    return scores
+
+
+def choose_postprocess(scores: Sequence[tuple[dict[str, Any], float]], ties: str = "middle") -> dict[str, Any]:
+    """The parameters of the best F1 in `scores` (from `score_postprocess_grid`), with "f1" for the record.
+
+    On one or two labelled images several grid points often tie. `ties="middle"` then takes, parameter by
+    parameter, the tied value nearest the middle of the tied range (nearest the default when two are), which
+    leaves a margin on both sides for images unlike the labelled ones; `"first"` takes the earliest grid point
+    (the rule before session 13, which chose the lowest seed threshold, 0.2, where touching nuclei share a seed).
+    """
+    best = max(f1 for _, f1 in scores)
+    tied = [params for params, f1 in scores if f1 >= best - 1e-9]
+    if ties == "middle":
+        for key in ("seed_threshold", "nms_threshold", "min_size"):
+            values = sorted({float(p[key]) for p in tied})
+            mid = (values[0] + values[-1]) / 2
+            pick = min(values, key=lambda v: (round(abs(v - mid), 9), abs(v - float(DEFAULT_POSTPROCESS[key]))))
+            tied = [p for p in tied if float(p[key]) == pick]
+    elif ties != "first":
+        raise ValueError(f"ties must be 'middle' or 'first', not {ties!r}")
+    return {**tied[0], "f1": round(best, 4)}
+
+
+def tune_postprocess(head: InstanceHead, outputs: Sequence[np.ndarray], truths: Sequence[np.ndarray],
+                     annotated: Sequence[np.ndarray | None] | None = None) -> dict[str, Any]:
+    """The post-processing parameters with the best pooled F1 at IoU 0.5 of `outputs` (activated head outputs
+    of labelled planes) against their instance labels `truths`, ties broken towards the middle of the tied
+    range (`choose_postprocess`). Returns the parameters with "f1" (the training F1 they reached)."""
+    return choose_postprocess(score_postprocess_grid(head, outputs, truths, annotated))
 
 
 def tuning_planes(n_planes: Sequence[int], limit: int = TUNE_MAX_PIXELS) -> list[int]:
@@ -137,4 +164,5 @@ def tuning_planes(n_planes: Sequence[int], limit: int = TUNE_MAX_PIXELS) -> list
     return sorted(set(np.linspace(0, sizes.size - 1, keep).round().astype(int).tolist()))
 
 
-__all__ = ["ShapeObjective", "instance_ids", "tune_postprocess", "tuning_planes"]
+__all__ = ["ShapeObjective", "choose_postprocess", "instance_ids", "score_postprocess_grid", "tune_postprocess",
+           "tuning_planes"]
