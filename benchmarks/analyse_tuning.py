@@ -36,11 +36,9 @@ RULES = ("first", "middle", "middle_t", "default", "oracle")
 def middle_threshold_only(scores: list[tuple[dict, float]]) -> dict:
     """The middle rule for the seed threshold, the first (smallest) tied minimum size: which of the two
     parameters the middle rule's gain comes from."""
-    best = max(f1 for _, f1 in scores)
-    thresholds = sorted({p["seed_threshold"] for p, f1 in scores if f1 >= best - 1e-9})
-    chosen = choose_postprocess([(p, f1) for p, f1 in scores if p["seed_threshold"] in thresholds], ties="middle")
-    return choose_postprocess([(p, f1) for p, f1 in scores if p["seed_threshold"] == chosen["seed_threshold"]
-                               and p.get("nms_threshold") == chosen.get("nms_threshold")], ties="first")
+    middle = choose_postprocess(scores, ties="middle")
+    return choose_postprocess([(p, f1) for p, f1 in scores if p["seed_threshold"] == middle["seed_threshold"]
+                               and p.get("nms_threshold") == middle.get("nms_threshold")], ties="first")
 
 
 def rule_scores(grid: list[dict]) -> dict[str, tuple[dict, list[float]]]:

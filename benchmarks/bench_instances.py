@@ -145,24 +145,13 @@ def grid_scores(head, train_maps: list, train_truths: list, test_maps: list, tes
     """Every post-processing grid point of a shape head: its pooled F1 on the labelled images (what tuning
     sees) and its F1 per test image, so tuning rules can be compared afterwards without retraining
     (`analyse_tuning.py`). Test images are decoded here only for that record, never to choose parameters."""
-    from skimage.segmentation import relabel_sequential
-
-    from napari_tower.segment.instances import remove_small
     from napari_tower.segment.metrics import object_scores
-    from napari_tower.segment.shape_training import score_postprocess_grid
+    from napari_tower.segment.shape_training import decoded_grid, score_postprocess_grid
 
     train = score_postprocess_grid(head, train_maps, train_truths)
-    test: dict[tuple, list[float]] = {}
-    for candidate in head.grid():
-        for maps, truth in zip(test_maps, test_truths):
-            labels = head.decode(maps, {**candidate, "min_size": 0})
-            for params, _ in train:
-                if all(params[k] == v for k, v in candidate.items()):
-                    key = tuple(sorted(params.items()))
-                    kept = relabel_sequential(remove_small(labels.copy(), int(params["min_size"])))[0]
-                    test.setdefault(key, []).append(object_scores(kept, truth)["f1"])
-    return [{"params": params, "train_f1": f1, "test_f1": test[tuple(sorted(params.items()))]}
-            for params, f1 in train]
+    test = [[object_scores(labels, truth)["f1"] for labels, truth in zip(decoded, test_truths)]
+            for _, decoded in decoded_grid(head, test_maps)]  # the same grid order as `train`
+    return [{"params": params, "train_f1": f1, "test_f1": f1s} for (params, f1), f1s in zip(train, test)]
 
 
 def _key(dataset: str, budget: str, seed: int, arm: str) -> str:

@@ -12,7 +12,7 @@ F1 at IoU 0.5 on the labelled planes, never on test images, and the result is st
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from ..data import Image, Normalisation
 from ..data.annotated import AnnotatedPixels
 from ..data.lazy import read_region
 from ..data.patch_augment import augment_patch
+from .instances import remove_small
 from .metrics import overlaps
 from .shape_heads import DEFAULT_POSTPROCESS, InstanceHead
 
@@ -104,24 +105,29 @@ def _matches(pred: np.ndarray, truth: np.ndarray, annotated: np.ndarray | None) 
     return tp, ov.n_pred - tp, ov.n_true - tp
 
 
-def score_postprocess_grid(head: InstanceHead, outputs: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-                           annotated: Sequence[np.ndarray | None] | None = None) -> list[tuple[dict[str, Any], float]]:
-    """Pooled F1 at IoU 0.5 of `outputs` (activated head outputs of labelled planes) against their instance
-    labels `truths` at every point of the head's grid and every minimum size, as (parameters, F1) pairs."""
-    annotated = annotated if annotated is not None else [None] * len(outputs)
-    scores: list[tuple[dict[str, Any], float]] = []
+def decoded_grid(head: InstanceHead, outputs: Sequence[np.ndarray]
+                 ) -> Iterator[tuple[dict[str, Any], list[np.ndarray]]]:
+    """(parameters, instance labels of each of `outputs`) at every point of the head's grid and every minimum
+    size; each grid point is decoded once, then size-filtered (the size filter is the decoding's last step)."""
     for candidate in head.grid():
         decoded = [head.decode(out, {**DEFAULT_POSTPROCESS, **candidate, "min_size": 0}) for out in outputs]
         for min_size in MIN_SIZES:
-            tp = fp = fn = 0
-            for labels, truth, ann in zip(decoded, truths, annotated):
-                sizes = np.bincount(labels.ravel())
-                small = sizes < min_size
-                small[0] = False
-                counts = _matches(np.where(small[labels], 0, labels), truth, ann)
-                tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
-            scores.append(({**DEFAULT_POSTPROCESS, **candidate, "min_size": min_size},
-                           2 * tp / max(2 * tp + fp + fn, 1)))
+            yield ({**DEFAULT_POSTPROCESS, **candidate, "min_size": min_size},
+                   [remove_small(labels.copy(), min_size) for labels in decoded])
+
+
+def score_postprocess_grid(head: InstanceHead, outputs: Sequence[np.ndarray], truths: Sequence[np.ndarray],
+                           annotated: Sequence[np.ndarray | None] | None = None) -> list[tuple[dict[str, Any], float]]:
+    """Pooled F1 at IoU 0.5 of `outputs` (activated head outputs of labelled planes) against their instance
+    labels `truths` at every point of `decoded_grid`, as (parameters, F1) pairs."""
+    annotated = annotated if annotated is not None else [None] * len(outputs)
+    scores: list[tuple[dict[str, Any], float]] = []
+    for params, decoded in decoded_grid(head, outputs):
+        tp = fp = fn = 0
+        for labels, truth, ann in zip(decoded, truths, annotated):
+            counts = _matches(labels, truth, ann)
+            tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
+        scores.append((params, 2 * tp / max(2 * tp + fp + fn, 1)))
     return scores
 
 
@@ -164,5 +170,5 @@ def tuning_planes(n_planes: Sequence[int], limit: int = TUNE_MAX_PIXELS) -> list
     return sorted(set(np.linspace(0, sizes.size - 1, keep).round().astype(int).tolist()))
 
 
-__all__ = ["ShapeObjective", "choose_postprocess", "instance_ids", "score_postprocess_grid", "tune_postprocess",
-           "tuning_planes"]
+__all__ = ["ShapeObjective", "choose_postprocess", "decoded_grid", "instance_ids", "score_postprocess_grid",
+           "tune_postprocess", "tuning_planes"]
