@@ -407,7 +407,7 @@ def test_prediction_retries_with_smaller_batches_then_tiles(kit):
 
     def constrained(budget_px: int) -> tuple[Predictor, list[tuple[int, ...]]]:
         predictor = Predictor(ckpt, PredictConfig(tile=128, overlap=16, batch=4, device="cpu"))
-        real_forward, calls = predictor._forward, []
+        real_forward, calls = predictor.forward, []
 
         def forward_within_budget(x):
             calls.append(tuple(x.shape))
@@ -415,7 +415,7 @@ def test_prediction_retries_with_smaller_batches_then_tiles(kit):
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return real_forward(x)
 
-        predictor._forward = forward_within_budget
+        predictor.forward = forward_within_budget
         return predictor, calls
 
     # Room for one 112 px tile (the 200 px rows hold two): only the batch shrinks, the result is identical.

@@ -47,7 +47,7 @@ def test_3d_tiles_blend_to_the_whole_volume_prediction(bundle):
     # than a quarter of the overlap, so they agree closely rather than exactly).
     norm = predictor.normalisation_for(from_array(image_data, "volume", axes="ZYX"))
     volume = norm.apply(image_data[:, None], channel_axis=1)
-    whole = predict_tiled_3d(volume, predictor._forward, 2, tile=(48, 96, 96), overlap=0, multiples=4)
+    whole = predict_tiled_3d(volume, predictor.forward, 2, tile=(48, 96, 96), overlap=0, multiples=4)
     assert np.abs(whole - tiled.probabilities).max() < 0.2
     assert dice(whole.argmax(1) > 0, tiled.labels > 0) > 0.99
 

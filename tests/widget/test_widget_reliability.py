@@ -220,7 +220,7 @@ def test_prediction_out_of_memory_is_retried_smaller(kit, make_napari_viewer, qt
     data = blobs((300, 300), 40)[0]
     unconstrained = Predictor(ModelBundle.load(kit.segmenter), PredictConfig(device="cpu")).predict(
         from_array(data)).labels[0]
-    real_forward = Predictor._forward
+    real_forward = Predictor.forward
     shapes: list[tuple[int, ...]] = []
 
     def device_with_room_for_one_small_tile(self, x):
@@ -229,7 +229,7 @@ def test_prediction_out_of_memory_is_retried_smaller(kit, make_napari_viewer, qt
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
         return real_forward(self, x)
 
-    monkeypatch.setattr(Predictor, "_forward", device_with_room_for_one_small_tile)
+    monkeypatch.setattr(Predictor, "forward", device_with_room_for_one_small_tile)
     viewer, widget = open_widget(make_napari_viewer)
     widget.load_model(kit.segmenter)
     image = viewer.add_image(data, name="nuclei")

@@ -161,18 +161,20 @@ def finetune(
     head_name = resolve_head(head_name, dims)
     if ckpt is not None:
         vol.check_dims(ckpt, dims, str(init) if not isinstance(init, ModelBundle) else "the model")
+    head = head_for(head_name) if kind in ("instance", "sparse_instance") else None
     if dims == 3:
         vol.check_volumes(images)
-        vol.check_head(kind, head_name if kind in ("instance", "sparse_instance") else None)
-    head = head_for(head_name) if kind in ("instance", "sparse_instance") else None
+        vol.check_head(kind, head)
     if kind == "sparse_instance" and head is None:
         raise TowerError("sparse instance labels need a shape-aware instance head: choose --instance-head capped, "
                          "distance or stardist (the boundary head learns from dense labels only)")
     # Shape heads compute their targets from the instance ids themselves (shape_training.ShapeObjective).
-    if dims == 3:
+    if head is not None:
+        targets = list(labels)
+    elif dims == 3:
         targets = [vol.volume_targets(np.asarray(lab), im.z_size, kind) for im, lab in zip(images, labels)]
     else:
-        targets = list(labels) if head is not None else [encode_targets(lab, kind) for lab in labels]
+        targets = [encode_targets(lab, kind) for lab in labels]
     classes = head.channels if head is not None else n_classes(kind, targets)
     if ckpt is not None and ckpt.kind == "segmenter":
         known = int(ckpt.classes)
@@ -202,8 +204,11 @@ def finetune(
     norms = [compute_normalisation(im.data, im.source, cfg.data.low_percentile, cfg.data.high_percentile)
              for im in images]
     # The units that label fractions and validation split: planes in 2D, volumes in 3D.
-    planes = (vol.volume_units(images, targets, weights) if dims == 3
-              else _planes(images, targets, weights, kind in ("sparse", "sparse_instance")))
+    if dims == 3:
+        planes = (vol.shape_units(images, labels, weights, head, cfg.model.voxel_size) if head is not None
+                  else vol.volume_units(images, targets, weights))
+    else:
+        planes = _planes(images, targets, weights, kind in ("sparse", "sparse_instance"))
     chosen = [planes[i] for i in select_fraction(len(planes), cfg.fraction, cfg.seed)]
     n_val = round(cfg.val_fraction * len(chosen)) if len(chosen) >= 3 else 0
     val_idx = set(np.random.default_rng(cfg.seed + 1).permutation(len(chosen))[:n_val].tolist())
@@ -307,7 +312,8 @@ def finetune(
     assert saved is not None  # the loop always saves once at its end
     if head is not None and not (should_stop is not None and should_stop()):
         # Seed/NMS thresholds and minimum size chosen on the labelled planes (never test images), kept in the model.
-        saved.postprocess = tune_on_labelled(saved, head, images, chosen, kind == "sparse_instance", cfg.device)
+        saved.postprocess = (tune_on_volumes(saved, head, images, labels, chosen, cfg.device) if dims == 3
+                             else tune_on_labelled(saved, head, images, chosen, kind == "sparse_instance", cfg.device))
         if out is not None:
             saved.save(out)
     return FinetuneResult(saved, Path(out) if out is not None else None, last, best_dice if best_dice >= 0 else None)
@@ -342,6 +348,20 @@ def tune_on_labelled(model: ModelBundle, head: InstanceHead, images: Sequence[Im
         truths.append(ids)
         annotated.append(ann if sparse else None)
     return tune_postprocess(head, outputs, truths, annotated)
+
+
+def tune_on_volumes(model: ModelBundle, head: InstanceHead, images: Sequence[Image], labels: Sequence[np.ndarray],
+                    units: list, device: str) -> dict:
+    """Post-processing parameters of a 3D `model` tuned on its labelled volumes `units`: each predicted whole and
+    decoded in 3D, scored on its painted slices."""
+    from ..config import PredictConfig
+    from .predict import Predictor
+    from .shape_training import tune_postprocess, tuning_planes
+
+    predictor = Predictor(model, PredictConfig(device=device))
+    picked = [units[k] for k in tuning_planes([int(np.prod(t.shape[1:])) for _, _, t, _ in units])]
+    outputs, truths, painted = vol.volume_tuning_data(predictor, images, labels, picked)
+    return tune_postprocess(head, outputs, truths, painted=painted)
 
 
 __all__ = ["FinetuneResult", "StepHook", "finetune", "segmentation_loss", "select_fraction"]

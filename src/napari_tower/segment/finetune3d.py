@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,8 +17,12 @@ from ..config import FinetuneConfig
 from ..data import Image, Normalisation
 from ..errors import TowerError
 from ..model_bundle import ModelBundle
-from .targets import encode_volume_targets
+from .shape_heads import InstanceHead
+from .targets import encode_volume_targets, labelled_slices
 from .volume_patches import LabelledVolume, VolumePatchSampler
+
+if TYPE_CHECKING:
+    from .predict import Predictor
 
 Unit = tuple[int, int, np.ndarray, "np.ndarray | None"]  # (image index, volume index, targets, weights)
 
@@ -41,14 +46,14 @@ def check_volumes(images: Sequence[Image]) -> None:
                              "fine-tune in 2D (--dims 2d), or give the stack with its Z axis")
 
 
-def check_head(kind: str, head_name: str | None) -> None:
-    """The class heads (binary, semantic, sparse, boundary instances) train in 3D; shape heads do not yet."""
+def check_head(kind: str, head: InstanceHead | None) -> None:
+    """The class heads (binary, semantic, sparse, boundary instances) and the capped head train in 3D."""
     if kind == "sparse_instance":
         raise TowerError("sparse instance scribbles train 2D models only: in 3D paint whole objects (one id each, "
                          "0 around them) on a few slices and use target instance, or fine-tune in 2D")
-    if kind == "instance" and head_name not in (None, "boundary"):
-        raise TowerError(f"the {head_name} instance head is 2D only: fine-tune 3D instances with the boundary "
-                         "head (--instance-head boundary, dense instance ids on the painted slices), or use 2D")
+    if kind == "instance" and head is not None and not head.volumes:
+        raise TowerError(f"the {head.name} instance head is 2D only: fine-tune 3D instances with the capped or "
+                         "boundary head (--instance-head capped, dense instance ids on the painted slices), or use 2D")
 
 
 def volume_geometry(cfg: FinetuneConfig, images: Sequence[Image], ckpt: ModelBundle | None
@@ -101,6 +106,50 @@ def volume_units(images: Sequence[Image], targets: Sequence[np.ndarray],
     return out
 
 
+def shape_units(images: Sequence[Image], labels: Sequence[np.ndarray], weights: Sequence[np.ndarray | None] | None,
+                head: InstanceHead, voxel_size: Sequence[float]) -> list[Unit]:
+    """Every volume of every image with a shape head's targets (T, Z, Y, X) and weights (Z, Y, X): 1 on the
+    painted slices (times the user's weights), 0 on the others, which carry no loss.
+
+    Targets are float16 (a 3D run holds every volume's maps; the sampler reads patches back as float32).
+    """
+    z_size, y_size, x_size = (float(v) for v in voxel_size)
+    sampling = (z_size / y_size, 1.0, x_size / y_size)  # in in-plane pixels, as the cap is
+    out: list[Unit] = []
+    for i, (im, lab) in enumerate(zip(images, labels)):
+        z = max(1, im.z_size)
+        w = weights[i] if weights is not None else None
+        for k in range(im.n_volumes):
+            part = slice(k * z, (k + 1) * z)
+            ids = np.asarray(lab[part])
+            done = labelled_slices(ids)
+            wts = np.broadcast_to(done[:, None, None], ids.shape).astype(np.float32)
+            if w is not None:
+                wts = wts * np.asarray(w[part], np.float32)
+            t = (head.encode_volume(ids, done, sampling) if done.any()
+                 else np.zeros((2, *ids.shape), np.float32))
+            out.append((i, k, t.astype(np.float16), wts))
+    return out
+
+
+def volume_tuning_data(predictor: Predictor, images: Sequence[Image], labels: Sequence[np.ndarray],
+                       units: Sequence[Unit]) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(activated outputs (K, Z, Y, X), instance ids (Z, Y, X), painted slices (Z,)) of the labelled volumes
+    `units`, predicted whole as a user's volumes are: what `shape_training.tune_postprocess` scores in 3D."""
+    outputs, truths, painted = [], [], []
+    for i, k, _, _ in units:
+        z = max(1, images[i].z_size)
+        ids = np.asarray(labels[i][k * z:(k + 1) * z]).astype(np.int64)
+        done = labelled_slices(ids)
+        if not done.any():
+            continue
+        probs = predictor.volume_probabilities(images[i].volume(k), predictor.normalisation_for(images[i]))
+        outputs.append(np.moveaxis(probs, 1, 0))
+        truths.append(np.where(ids > 0, ids, 0))
+        painted.append(done)
+    return outputs, truths, painted
+
+
 def volume_sampler(images: Sequence[Image], norms: Sequence[Normalisation], units: Sequence[Unit], patch: int,
                    patch_z: int, cfg: FinetuneConfig, augment: bool = True) -> VolumePatchSampler:
     """Patches from `units`, each holding annotated voxels (`VolumePatchSampler`)."""
@@ -109,5 +158,5 @@ def volume_sampler(images: Sequence[Image], norms: Sequence[Normalisation], unit
                               intensity=cfg.intensity_jitter if augment else 0.0, seed=cfg.seed)
 
 
-__all__ = ["check_dims", "check_head", "check_volumes", "volume_geometry", "volume_sampler", "volume_targets",
-           "volume_units"]
+__all__ = ["check_dims", "check_head", "check_volumes", "shape_units", "volume_geometry", "volume_sampler",
+           "volume_targets", "volume_tuning_data", "volume_units"]

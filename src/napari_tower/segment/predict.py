@@ -85,19 +85,21 @@ class Predictor:
         self.cfg = cfg or PredictConfig()
         self.cfg.validate()
         self.spatial_dims = int(ckpt.spatial_dims)  # 3: volumes go to the network whole, tiled in 3D
-        if self.spatial_dims == 3 and ckpt.target == "instance" and ckpt.instance_head:
+        self.target = str(ckpt.target)
+        # A shape-aware instance head (None: class probabilities, instances by the boundary watershed).
+        self.head = head_for(ckpt.instance_head) if self.target == "instance" else None
+        if self.spatial_dims == 3 and self.head is not None and not self.head.volumes:
             raise TowerError(f"{ckpt.instance_head} instance heads predict planes only: use a 2D model for them")
         self.device = resolve_device(self.cfg.device)
         self.model: Segmenter = inference_segmenter(ckpt, self.device)
         self.dtype = resolve_precision(self.cfg.precision, self.device)
-        self.target = str(ckpt.target)
         self.classes = int(ckpt.classes)
         self.in_channels = ckpt.in_channels
         self.stored_norm = ckpt.normalisation
-        # A shape-aware instance head (None: class probabilities, instances by the boundary watershed).
-        self.head = head_for(ckpt.instance_head) if self.target == "instance" else None
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, K, ...) of normalised input (N, C, ...) on the CPU: class softmax, or a shape head's
+        activated maps (background and foreground probabilities first)."""
         with torch.inference_mode():
             layout = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=layout)
@@ -158,7 +160,7 @@ class Predictor:
 
         cfg = self.cfg
         # Out of memory: retried with fewer, then smaller tiles; what fits is kept in cfg for the next plane.
-        return predict_tiled_within_memory(_Normalised(), self._forward, self.classes, cfg, out=out)
+        return predict_tiled_within_memory(_Normalised(), self.forward, self.classes, cfg, out=out)
 
     def volume_probabilities(self, volume: Any, norm: Normalisation, out: Any = None) -> np.ndarray:
         """Class probabilities (Z, K, Y, X) of one (Z, C, Y, X) volume, tiled in 3D (3D models only)."""
@@ -174,7 +176,7 @@ class Predictor:
 
         multiples = self.model.unet.multiples
         tile, overlap = tiling_3d(self.cfg.tile, self.cfg.overlap, multiples)
-        return predict_tiled_3d(_Normalised(), self._forward, self.classes, tile, overlap, multiples,
+        return predict_tiled_3d(_Normalised(), self.forward, self.classes, tile, overlap, multiples,
                                 batch=self.cfg.batch, out=out)
 
     def labels_from(self, probs: np.ndarray) -> np.ndarray:

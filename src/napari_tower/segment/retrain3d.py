@@ -77,12 +77,7 @@ def predict_volumes(predictor: Predictor, image: Image,
         volume = norm.apply(np.asarray(image.volume(k)), channel_axis=1)  # (Z, C, Y, X)
         x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, 1, 0)[None]))
         x, shape = _pad_to(x, multiples)
-        with torch.inference_mode():
-            x = x.to(predictor.device).contiguous(memory_format=torch.channels_last_3d)
-            with torch.autocast(predictor.device.type, dtype=predictor.dtype,
-                                enabled=predictor.dtype != torch.float32):
-                logits = predictor.model(x)
-            out = logits.float().softmax(1)[0, :, : shape[0], : shape[1], : shape[2]].cpu().numpy()
+        out = predictor.forward(x)[0, :, : shape[0], : shape[1], : shape[2]].numpy()
         probs[k * z:(k + 1) * z] = np.moveaxis(out, 0, 1)
         labels[k * z:(k + 1) * z] = predictor.labels_from(out)
         if progress is not None:

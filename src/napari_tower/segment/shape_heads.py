@@ -19,9 +19,10 @@ The heads here regress a shape quantity from instance labels (each object its ow
 Every head outputs `channels` maps whose activated form (`activate`) starts with background and foreground
 probabilities, so foreground Dice, the probability layer and fine-tuning validation read them as they read
 the boundary head's classes. Targets are computed on whole planes (a patch crop would cut objects and
-change their distances), then cropped and augmented with the image (`augment`). Post-processing parameters
-(`seed_threshold`, `nms_threshold`, `min_size`) are tuned on the labelled images after fine-tuning
-(`shape_training.tune_postprocess`) and stored in the model.
+change their distances), then cropped and augmented with the image (`augment`). The capped head also trains
+volumes from a few painted slices (`encode_volume`, `volume_edge_distance`); its decoding is n-dimensional.
+Post-processing parameters (`seed_threshold`, `nms_threshold`, `min_size`) are tuned on the labelled images
+after fine-tuning (`shape_training.tune_postprocess`) and stored in the model.
 """
 
 from __future__ import annotations
@@ -44,22 +45,53 @@ DEFAULT_POSTPROCESS = {"seed_threshold": 0.5, "nms_threshold": 0.4, "min_size": 
 CAP_PX = 6.0  # the capped head's distance reaches 1 this many pixels in from an object's edge
 
 
-def edge_distance(labels: np.ndarray, cap_px: float | None = None) -> np.ndarray:
+def edge_distance(labels: np.ndarray, cap_px: float | None = None,
+                  sampling: tuple[float, ...] | None = None) -> np.ndarray:
     """Each object's Euclidean distance to its own edge (other objects and background count as outside),
     divided by the object's largest distance (cap_px None: 1 at the centre of every object, whatever its
-    size) or by `cap_px` and capped at 1."""
+    size) or by `cap_px` and capped at 1. Planes or volumes; `sampling` is the spacing of each axis in
+    in-plane pixels (anisotropic voxels), default 1 everywhere."""
     lab = np.asarray(labels)
     out = np.zeros(lab.shape, np.float32)
+    inner = (slice(1, -1),) * lab.ndim
     for index, box in enumerate(ndi.find_objects(lab), start=1):
         if box is None:
             continue
         padded = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
         obj = lab[padded] == index
         # Pad with outside so an object touching the image edge still ends there.
-        dist = ndi.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
+        dist = ndi.distance_transform_edt(np.pad(obj, 1), sampling=sampling)[inner]
         scale = dist.max() if cap_px is None else cap_px
         if scale > 0:
             out[padded][obj] = np.minimum(dist[obj] / scale, 1.0).astype(np.float32)
+    return out
+
+
+def volume_edge_distance(labels: np.ndarray, annotated: np.ndarray, cap_px: float,
+                         sampling: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """`edge_distance` (capped) of a label volume (Z, Y, X) of which only the slices `annotated` (Z,) were painted.
+
+    An object's edge is known in-plane on every painted slice, and along z only where the neighbouring slice was
+    painted too (there its id is seen to end or change) or the volume ends. Next to an unpainted slice its extent
+    in z is unknown (a lone painted slice usually cuts an object mid-way), so it is continued through that slice
+    for as far as the cap reaches: a lone slice gets in-plane distances, objects stacked in z on neighbouring
+    painted slices get a valley between them. The boundary head's targets follow the same rule
+    (`instances.instance_to_targets`). Unpainted slices are 0 (they carry no loss). `sampling`: the voxel size
+    (z, y, x) in in-plane pixels.
+    """
+    lab = np.asarray(labels)
+    done = np.asarray(annotated, bool)
+    if lab.ndim != 3 or done.shape != (lab.shape[0],):
+        raise TowerError(f"a label volume (Z, Y, X) with one painted flag per slice is needed, got labels "
+                         f"{lab.shape} and flags {done.shape}")
+    out = np.zeros(lab.shape, np.float32)
+    reach = int(np.ceil(cap_px / float(sampling[0]))) + 1  # slices within the cap of a painted one
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], done.astype(np.int8), [0]])))
+    for start, stop in zip(edges[::2], edges[1::2]):  # runs of neighbouring painted slices
+        before = reach if start > 0 else 0  # the volume's end is an edge, as an image's is in a plane
+        after = reach if stop < lab.shape[0] else 0
+        run = np.pad(lab[start:stop], ((before, after), (0, 0), (0, 0)), mode="edge")
+        out[start:stop] = edge_distance(run, cap_px, sampling)[before: before + stop - start]
     return out
 
 
@@ -75,6 +107,7 @@ class InstanceHead:
     channels = 3  # background, foreground, normalised distance (+ head-specific maps)
     tuned = ("seed_threshold", "min_size")  # post-processing parameters `tune_postprocess` chooses
     cap_px: float | None = None  # None: the distance is normalised per object; else capped (see `edge_distance`)
+    volumes = False  # whether `encode_volume` trains it on volumes from painted slices (3D models)
 
     # --------------------------------------------------------------- network outputs
 
@@ -101,6 +134,19 @@ class InstanceHead:
     def _encode_extra(self, labels: np.ndarray) -> np.ndarray:
         return np.zeros((0,) + labels.shape, np.float32)
 
+    def encode_volume(self, labels: np.ndarray, annotated: np.ndarray,
+                      sampling: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+        """Training targets (T, Z, Y, X) float32 of one instance label volume whose slices `annotated` were
+        painted: foreground and the capped distance of `volume_edge_distance` (meaningful on painted slices)."""
+        if not self.volumes or self.cap_px is None:
+            raise TowerError(f"the {self.name} instance head trains planes only: use the capped head (or boundary) "
+                             "for volumes, or fine-tune in 2D")
+        lab = np.asarray(labels)
+        if not np.issubdtype(lab.dtype, np.integer):
+            raise TowerError(f"instance labels have data type {lab.dtype}; give an integer label image")
+        lab = np.where(lab > 0, lab, 0).astype(np.int64)
+        return np.stack([(lab > 0).astype(np.float32), volume_edge_distance(lab, annotated, self.cap_px, sampling)])
+
     def augment(self, targets: np.ndarray, k: int, flip: bool) -> np.ndarray:
         """Targets (..., T, Y, X) rotated by k x 90 degrees then flipped, as `PatchSampler` does the image."""
         out = np.rot90(targets, k, axes=(-2, -1))
@@ -124,7 +170,8 @@ class InstanceHead:
     # --------------------------------------------------------------- post-processing
 
     def decode(self, outputs: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-        """Instance labels (int32, 1..n, background 0) of one plane's activated outputs (channels, Y, X)."""
+        """Instance labels (int32, 1..n, background 0) of one plane's activated outputs (channels, Y, X), or of
+        one volume's (channels, Z, Y, X) for a head that trains volumes (seeds and watershed are then 3D)."""
         raise NotImplementedError
 
     def grid(self) -> list[dict[str, Any]]:
@@ -167,6 +214,7 @@ class CappedDistanceHead(DistanceHead):
 
     name = "capped"
     cap_px = CAP_PX
+    volumes = True
 
     def grid(self) -> list[dict[str, Any]]:
         # A big object's plateau is 1 wherever it is CAP_PX in, so necks between touching big objects need the
@@ -175,4 +223,4 @@ class CappedDistanceHead(DistanceHead):
 
 
 __all__ = ["BOUNDARY", "CAP_PX", "DEFAULT_POSTPROCESS", "CappedDistanceHead", "DistanceHead", "InstanceHead",
-           "edge_distance", "normalised_distance"]
+           "edge_distance", "normalised_distance", "volume_edge_distance"]

@@ -116,17 +116,34 @@ def decoded_grid(head: InstanceHead, outputs: Sequence[np.ndarray]
                    [remove_small(labels.copy(), min_size) for labels in decoded])
 
 
+def _compared(labels: np.ndarray, truth: np.ndarray, annotated: np.ndarray | None,
+              painted: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """What is matched: a plane whole, or a volume decoded in 3D on each run of neighbouring `painted` slices
+    (objects matched in 3D there, so one cut in two along z counts as a miss; a lone slice is matched in-plane)."""
+    if painted is None:
+        yield labels, truth, annotated
+        return
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(painted, np.int8), [0]])))
+    for start, stop in zip(edges[::2], edges[1::2]):
+        yield labels[start:stop], truth[start:stop], None
+
+
 def score_postprocess_grid(head: InstanceHead, outputs: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-                           annotated: Sequence[np.ndarray | None] | None = None) -> list[tuple[dict[str, Any], float]]:
+                           annotated: Sequence[np.ndarray | None] | None = None,
+                           painted: Sequence[np.ndarray] | None = None) -> list[tuple[dict[str, Any], float]]:
     """Pooled F1 at IoU 0.5 of `outputs` (activated head outputs of labelled planes) against their instance
-    labels `truths` at every point of `decoded_grid`, as (parameters, F1) pairs."""
+    labels `truths` at every point of `decoded_grid`, as (parameters, F1) pairs. For volumes (outputs
+    (K, Z, Y, X), truths (Z, Y, X)) `painted` gives each volume's painted slices (Z,): objects are decoded in
+    3D and matched on those slices (`_compared`)."""
     annotated = annotated if annotated is not None else [None] * len(outputs)
+    slices = painted if painted is not None else [None] * len(outputs)
     scores: list[tuple[dict[str, Any], float]] = []
     for params, decoded in decoded_grid(head, outputs):
         tp = fp = fn = 0
-        for labels, truth, ann in zip(decoded, truths, annotated):
-            counts = _matches(labels, truth, ann)
-            tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
+        for labels, truth, ann, done in zip(decoded, truths, annotated, slices):
+            for pred, true, mask in _compared(labels, truth, ann, done):
+                counts = _matches(pred, true, mask)
+                tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
         scores.append((params, 2 * tp / max(2 * tp + fp + fn, 1)))
     return scores
 
@@ -153,11 +170,13 @@ def choose_postprocess(scores: Sequence[tuple[dict[str, Any], float]], ties: str
 
 
 def tune_postprocess(head: InstanceHead, outputs: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-                     annotated: Sequence[np.ndarray | None] | None = None) -> dict[str, Any]:
+                     annotated: Sequence[np.ndarray | None] | None = None,
+                     painted: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
     """The post-processing parameters with the best pooled F1 at IoU 0.5 of `outputs` (activated head outputs
-    of labelled planes) against their instance labels `truths`, ties broken towards the middle of the tied
-    range (`choose_postprocess`). Returns the parameters with "f1" (the training F1 they reached)."""
-    return choose_postprocess(score_postprocess_grid(head, outputs, truths, annotated))
+    of labelled planes, or volumes with their `painted` slices) against their instance labels `truths`, ties
+    broken towards the middle of the tied range (`choose_postprocess`). Returns the parameters with "f1" (the
+    training F1 they reached)."""
+    return choose_postprocess(score_postprocess_grid(head, outputs, truths, annotated, painted))
 
 
 def tuning_planes(n_planes: Sequence[int], limit: int = TUNE_MAX_PIXELS) -> list[int]:
