@@ -192,7 +192,8 @@ class FinetuneConfig:
     instance_head: str = param("auto", "how instances are learnt: capped (distance to each object's edge in pixels, "
                                "capped at 6 px, then watershed), distance (the same normalised to 1 at each object's "
                                "centre), stardist (radial distances, then NMS) or boundary (boundary class, then "
-                               "watershed); auto: capped for planes, boundary for volumes",
+                               "watershed); auto: capped for planes, boundary for volumes (volumes train capped or "
+                               "boundary)",
                                label="instance head", choices=INSTANCE_HEADS)
     transfer: str = param("auto", "which pretrained parts initialise the segmenter (auto: what the method "
                           "transfers)", choices=TRANSFERS)

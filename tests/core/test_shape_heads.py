@@ -169,7 +169,7 @@ def test_shape_patches_get_the_intensity_jitter_the_class_heads_get():
 
 def test_auto_head_is_capped_for_planes_and_boundary_for_volumes(tmp_path):
     """auto is the capped distance head in 2D (it finds objects better and retrains safely; resolve_head's
-    docstring) and the boundary head in 3D, the only head volumes train."""
+    docstring) and the boundary head in 3D, where capped was level with it and alone cut objects along z."""
     assert FinetuneConfig().instance_head == "auto"
     assert resolve_head("auto", 2) == "capped" and resolve_head("auto", 3) == "boundary"
     assert resolve_head("stardist", 2) == "stardist" and resolve_head("boundary", 2) == "boundary"

@@ -46,3 +46,36 @@ def test_instances_option_gives_the_shape_heads_objects(make_napari_viewer, qtbo
     split = Predictor(bundle, PredictConfig(device="cpu", instances=True, seed_threshold=0.9))
     assert split.postprocess()["seed_threshold"] == 0.9 != bundle.postprocess["seed_threshold"]
     assert np.array_equal(got.reshape(want.shape), split.predict(from_array(image)).labels[0])
+
+
+def test_a_capped_3d_model_from_two_painted_slices_predicts_3d_objects(make_napari_viewer, qtbot, errors):
+    """3D mode with the capped head chosen: fine-tuning on instance ids painted on two slices gives a 3D capped
+    model, and Predict with instances writes its 3D objects (the Predictor's, one id through z)."""
+    from ..core.volumes import balls
+
+    image, truth = balls((16, 64, 64), n=14, radius=(4, 6), seed=5)
+    painted = np.zeros_like(truth)
+    painted[[5, 10]] = truth[[5, 10]]
+    assert len(np.unique(painted)) > 9  # enough ids to read as instances
+    viewer, widget = open_widget(make_napari_viewer)
+    widget.train.base.value, widget.train.device.value, widget.train.patch.value = 4, "cpu", 32
+    widget.train.patch_z.value = 8
+    widget.segment.steps.value = 3
+    widget.segment.finetune_controls["instance_head"].value = "capped"
+    layer = viewer.add_image(image, name="balls")
+    assert widget.volume.dims() == "3d"
+    widget.segment.image.set_layer(layer)
+    widget.segment.labels.set_layer(viewer.add_labels(painted, name="two slices"))
+    widget.segment.finetune_button.click()
+    wait_idle(qtbot, widget, 120)
+    assert not errors, errors
+    bundle = widget.session.segmenter
+    assert bundle.spatial_dims == 3 and bundle.instance_head == "capped" and "seed_threshold" in bundle.postprocess
+    widget.segment.instances.value = True
+    widget.segment.scope.setCurrentText("whole stack")
+    widget.segment.predict_button.click()
+    wait_idle(qtbot, widget, 120)
+    assert not errors, errors
+    got = np.asarray(viewer.layers["balls tower labels"].data)
+    want = Predictor(bundle, PredictConfig(device="cpu", instances=True)).predict(from_array(image, axes="ZYX"))
+    assert got.shape == truth.shape and np.array_equal(got, want.labels)

@@ -9,12 +9,13 @@ from .stardist import StarDistHead
 
 
 def resolve_head(name: str, spatial_dims: int) -> str:
-    """The head "auto" stands for: capped distance for planes, boundary for volumes (the only head 3D trains).
+    """The head "auto" stands for: capped distance for planes, boundary for volumes.
 
     Over four sets (1, 2, 5 labelled images and 10%, 3 seeds) the capped head finds objects better than the
     boundary head (+4.7 object-F1 points on average, significantly on tissue nuclei and touching cells, level to
     behind on sparse fluorescence nuclei) and, unlike the distance normalised per object, a retrain from a
-    correction does not flood it (docs/benchmarks.md, issue 20).
+    correction does not flood it (docs/benchmarks.md, issue 20). On volumes the capped head also trains, but was
+    level with boundary on synthetic spheres and alone cut objects along z ("The capped head on volumes").
     """
     if name != "auto":
         return name
