@@ -202,6 +202,11 @@ def test_bad_exports_and_foreign_packages_get_clear_messages(model_file, tmp_pat
         (["export", str(model_file), "--bioimageio", str(tmp_path / "a.zip"), "--test-image",
           str(tmp_path / "missing.tif")], "missing.tif"),
     ]
+    from ..core.volumes import tiny_segmenter_3d
+
+    tiny_segmenter_3d(2).save(tmp_path / "volume.pt")
+    cases.append((["export", str(tmp_path / "volume.pt"), "--bioimageio", str(tmp_path / "a.zip")],
+                  "3D (volume) model: bioimage.io export writes 2D models only"))
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

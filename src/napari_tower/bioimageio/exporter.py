@@ -247,6 +247,11 @@ def export_bioimageio(model: str | os.PathLike | ModelBundle, out: str | os.Path
     cfg.validate()
     bundle = model if isinstance(model, ModelBundle) else ModelBundle.load(model)
     bundle.require_segmenter(str(model) if not isinstance(model, ModelBundle) else "the model")
+    if bundle.spatial_dims == 3:
+        # The package's network, axes and test tensors are those of a 2D U-Net on (batch, channel, y, x) tiles.
+        raise TowerError(f"{model if not isinstance(model, ModelBundle) else 'the model'} is a 3D (volume) model: "
+                         "bioimage.io export writes 2D models only. Export a model fine-tuned in 2D (--dims 2d), "
+                         "or share the model file, which napari-tower predicts in 3D")
     out = Path(out)
     if out.suffix.lower() != ".zip":
         raise TowerError(f"{out} is not a .zip name: "
