@@ -42,7 +42,7 @@ KINDS = ("pretrained", "segmenter")
 _FORMAT_KEYS = ("format", "version")
 _FIELD_KEYS = ("kind", "config", "state", "normalisation", "history", "step", "method", "transfers", "optimizer",
                "world_size", "target", "classes", "init_method", "best_val_dice", "source", "instance_head",
-               "postprocess", "levels")
+               "postprocess", "levels", "normalisations")
 
 
 @dataclass
@@ -78,6 +78,9 @@ class ModelBundle:
     # [lowest, highest] median intensity of the labelled images as the model saw them (`data.median_level`):
     # where their backgrounds sat, so prediction can flag an image unlike them (`Predictor.unfamiliar`)
     levels: list[float] | None = None
+    # each labelled image's own percentiles, as fine-tuning scaled it: prediction scales an image as the labelled
+    # image whose scaling fits it best was scaled (`data.nearest_normalisation`); None in models before it
+    normalisations: list[Normalisation] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept on save
 
     def __post_init__(self) -> None:
@@ -153,6 +156,7 @@ class ModelBundle:
             "classes": self.classes, "init_method": self.init_method, "best_val_dice": self.best_val_dice,
             "source": self.source, "instance_head": self.instance_head, "postprocess": self.postprocess,
             "levels": self.levels,
+            "normalisations": [n.to_dict() for n in self.normalisations] if self.normalisations else None,
         }
         return {"format": FORMAT, "version": VERSION, **self.extra,
                 **{k: v for k, v in values.items() if v is not None}}
@@ -190,6 +194,7 @@ class ModelBundle:
                 best_val_dice=_optional(data, "best_val_dice", float), source=_optional(data, "source", str),
                 instance_head=_optional(data, "instance_head", str), postprocess=_optional(data, "postprocess", dict),
                 levels=_optional(data, "levels", lambda v: [float(x) for x in v]),
+                normalisations=_optional(data, "normalisations", lambda v: [Normalisation.from_dict(n) for n in v]),
                 extra={k: v for k, v in data.items() if k not in _FIELD_KEYS + _FORMAT_KEYS},
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -18,6 +18,7 @@ from napari_tower.model_bundle import ModelBundle
 from napari_tower.samples import synthetic_nuclei
 from napari_tower.segment import Predictor, evaluate, finetune
 from napari_tower.segment.finetune import segmentation_loss, select_fraction
+from napari_tower.segment.metrics import dice
 from napari_tower.segment.targets import encode_targets, infer_target_kind
 
 from ..conftest import blobs
@@ -203,6 +204,39 @@ def test_model_normalisation_falls_back_for_an_image_of_another_range():
     brighter = other.astype(np.uint16) * 60  # a 16-bit camera instead of the training's
     model = Predictor(model_bundle, PredictConfig(device="cpu", tile=64, overlap=0))
     per_image = Predictor(model_bundle, PredictConfig(device="cpu", tile=64, overlap=0, normalise="image"))
-    assert model.normalisation_for(from_array(other)) is model.stored_norm  # same range as training: stored
-    assert model.normalisation_for(from_array(brighter)) is not model.stored_norm
+    assert model.normalisation_for(from_array(other)) == model.stored_norm  # same range as training: stored
+    assert model.normalisation_for(from_array(brighter)) != model.stored_norm
     assert np.array_equal(model.predict(from_array(brighter)).labels, per_image.predict(from_array(brighter)).labels)
+
+
+def test_each_image_is_scaled_as_the_labelled_image_that_fits_it():
+    """A model fine-tuned on dim fluorescence and one bright-field image saw each under its own percentiles. One
+    median mapping for all squeezed a bright-field image to background 1.0 and nuclei 0.82, and the model found
+    nothing there (issue 20: DSB2018's bright-field test images); the fitting labelled image's mapping finds it."""
+    from dataclasses import replace
+
+    def fluorescence(seed):  # dim nuclei on a dark background
+        _, lab = blobs((96, 96), 8, seed=seed)
+        noise = np.random.default_rng(seed).normal(0, 8, lab.shape)
+        return ((lab > 0) * 380 + 20 + noise).clip(0).astype(np.uint16), lab
+
+    def bright_field(seed):  # dark nuclei on a bright background
+        _, lab = blobs((96, 96), 8, seed=seed)
+        noise = np.random.default_rng(seed).normal(0, 15, lab.shape)
+        return ((lab > 0) * -600 + 950 + noise).clip(0).astype(np.uint16), lab
+
+    pairs = [fluorescence(s) for s in (1, 2, 3)] + [bright_field(4)]
+    bundle = finetune([from_array(im) for im, _ in pairs], [(lab > 0)[None].astype(np.int64) for _, lab in pairs],
+                      _cfg(device="cpu")).checkpoint
+    assert len(bundle.normalisations) >= 2  # the labelled images' own scalings (equal ones kept once)
+    assert ModelBundle.from_dict(bundle.to_dict()).normalisations == bundle.normalisations
+    median_only = replace(bundle, normalisations=None)  # a model saved before the per-image scalings
+    for image, labels in (bright_field(9), fluorescence(9)):
+        own = Predictor(bundle, PredictConfig(device="cpu")).normalisation_for(from_array(image))
+        assert own in bundle.normalisations
+        found = Predictor(bundle, PredictConfig(device="cpu")).predict(from_array(image)).labels[0]
+        assert dice(found > 0, labels > 0) > 0.75
+    image, labels = bright_field(9)
+    assert Predictor(bundle, PredictConfig(device="cpu")).normalisation_for(from_array(image)).low[0] > 200
+    squeezed = Predictor(median_only, PredictConfig(device="cpu")).predict(from_array(image)).labels[0]
+    assert dice(squeezed > 0, labels > 0) < 0.3

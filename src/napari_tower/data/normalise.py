@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,30 @@ def stored_or_own(stored: Normalisation | None, own: Normalisation, span: float 
         if not 1 / span <= ratio <= span or lo_i > hi_m or hi_i < lo_m:
             return own
     return stored
+
+
+def nearest_normalisation(stored: Sequence[Normalisation] | None, own: Normalisation) -> Normalisation | None:
+    """Of the labelled images' scalings `stored`, the one that maps the image's own percentile range `own` nearest
+    to [0, 1] (summed over channels: how far its own low lands from 0 and its own high from 1); None if none.
+
+    A model fine-tuned on several images saw each under its own percentiles. One mapping for all (their median)
+    squeezed a bright-field image of a mostly fluorescent set to nuclei 0.86 and background 1.0, where training
+    had shown it nuclei 0.01 and background 0.9, and the model flooded it (docs/benchmarks.md, issue 20). The
+    nearest labelled image's scaling keeps what issue 21 needs: with one labelled image every image gets its
+    scaling, not its own content-dependent percentiles.
+    """
+    candidates = [n for n in stored or [] if len(n.low) == len(own.low)]
+    if not candidates:
+        return None
+
+    def misfit(n: Normalisation) -> float:
+        total = 0.0
+        for lo_m, hi_m, lo_i, hi_i in zip(n.low, n.high, own.low, own.high):
+            span = max(hi_m - lo_m, 1e-12)
+            total += abs((lo_i - lo_m) / span) + abs((hi_i - lo_m) / span - 1.0)
+        return total
+
+    return min(candidates, key=misfit)
 
 
 def median_level(data: Any, norm: Normalisation) -> float:

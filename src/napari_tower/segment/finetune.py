@@ -288,6 +288,10 @@ def finetune(
     # Where the labelled images' backgrounds sat as the model saw them; a retrain widens the model's range.
     levels = [median_level(im.data, n) for im, n in zip(images, norms)]
     levels += list(ckpt.levels or []) if continuing else []
+    # Each labelled image's own scaling, as training saw it (a retrain adds the corrected images' to the model's).
+    scalings = list(norms) + (list(ckpt.normalisations or ([ckpt.normalisation] if ckpt.normalisation else []))
+                              if continuing else [])
+    scalings = [n for k, n in enumerate(scalings) if n not in scalings[:k]]
     saved: ModelBundle | None = None
 
     def save(step: int, final: bool) -> None:
@@ -299,7 +303,7 @@ def finetune(
             instance_head=head.name if head is not None else None,
             postprocess=dict(ckpt.postprocess) if head is not None and ckpt is not None and ckpt.postprocess else None,
             init_method=init_method, config=to_dict(cfg),
-            normalisation=norm, state=state, step=step, history=loop.history,
+            normalisation=norm, normalisations=scalings, state=state, step=step, history=loop.history,
             best_val_dice=best_dice if best_dice >= 0 else None, levels=[round(min(levels), 4), round(max(levels), 4)],
         )
         if out is not None:

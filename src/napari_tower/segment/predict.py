@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..config import PredictConfig
-from ..data import Image, Normalisation, compute_normalisation, median_level, stored_or_own
+from ..data import Image, Normalisation, compute_normalisation, median_level, nearest_normalisation, stored_or_own
 from ..data.lazy import read_region
 from ..errors import TowerError
 from ..model_bundle import ModelBundle
@@ -110,16 +110,21 @@ class Predictor:
             return logits.float().softmax(1).contiguous().cpu()
 
     def normalisation_for(self, image: Image) -> Normalisation:
-        """The intensity mapping for `image`: the model's stored one, unless the image's range is far from it.
+        """The intensity mapping for `image`: a labelled image's, as fine-tuning scaled it, unless the image's range
+        is far from it.
 
-        Per-image percentiles move with content (a sparse frame's background is stretched up), so the
-        training images' mapping is the default; but an image of another bit depth or exposure (its own
-        percentile range over 4x wider or narrower than the training's) would be mis-scaled by it, and a
-        model without stored statistics has none to give: those images use their own percentiles.
+        Per-image percentiles move with content (a sparse frame's background is stretched up), so a training
+        image's mapping is the default: of several labelled images, the one whose scaling fits this image's own
+        range best (`data.nearest_normalisation`; models before it store one median mapping). An image of another
+        bit depth or exposure (its own percentile range over 4x wider or narrower than that mapping's) would be
+        mis-scaled by it, and a model without stored statistics has none to give: those use their own percentiles.
         """
         low, high = self.ckpt.percentiles
         own = compute_normalisation(image.data, image.source, low, high)
-        return own if self.cfg.normalise != "model" else stored_or_own(self.stored_norm, own)
+        if self.cfg.normalise != "model":
+            return own
+        # A model of several labelled images saw each under its own percentiles: the one that fits this image.
+        return stored_or_own(nearest_normalisation(self.ckpt.normalisations, own) or self.stored_norm, own)
 
     def unfamiliar(self, image: Image, norm: Normalisation) -> str | None:
         """A warning when `image`, scaled by `norm`, looks unlike every labelled image the model learnt from:
