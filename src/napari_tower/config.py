@@ -288,11 +288,12 @@ class PredictConfig:
                                   "split touching objects; 0 keeps the one tuned on the labelled images, higher "
                                   "splits more, lower merges more", min=0.0, max=1.0, step=0.05,
                                   label="split threshold")
-    # "model": the intensity mapping stored with the model (the training images' percentiles), so every image is
-    # scaled as the model saw its training data; "image": each image's own 1st/99.8th percentiles, which move with
-    # its content (issue 21: sparse phase frames had their background lifted from 0.28 to 0.38-0.42, and 95-99% of
-    # them was predicted as cells). An image whose range is far from the training's (another bit depth or
-    # exposure) falls back to its own percentiles, with a note (`segment.predict.normalisation_for`).
+    # "model": an intensity mapping stored with the model (the percentiles of the labelled image whose range fits
+    # the image best), so every image is scaled as the model saw its training data; "image": each image's own
+    # 1st/99.8th percentiles, which move with its content (issue 21: sparse phase frames had their background
+    # lifted from 0.28 to 0.38-0.42, and 95-99% of them was predicted as cells). An image whose range is far from
+    # the training's (another bit depth or exposure) falls back to its own percentiles, with a note
+    # (`segment.predict.normalisation_for`).
     normalise: str = param("model", "intensity scaling: the training images' (model; per image when an image's "
                            "range is far from theirs) or each image's own percentiles (image)",
                            choices=("model", "image"))
