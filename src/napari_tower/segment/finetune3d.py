@@ -116,19 +116,14 @@ def shape_units(images: Sequence[Image], labels: Sequence[np.ndarray], weights: 
     z_size, y_size, x_size = (float(v) for v in voxel_size)
     sampling = (z_size / y_size, 1.0, x_size / y_size)  # in in-plane pixels, as the cap is
     out: list[Unit] = []
-    for i, (im, lab) in enumerate(zip(images, labels)):
-        z = max(1, im.z_size)
-        w = weights[i] if weights is not None else None
-        for k in range(im.n_volumes):
-            part = slice(k * z, (k + 1) * z)
-            ids = np.asarray(lab[part])
-            done = labelled_slices(ids)
-            wts = np.broadcast_to(done[:, None, None], ids.shape).astype(np.float32)
-            if w is not None:
-                wts = wts * np.asarray(w[part], np.float32)
-            t = (head.encode_volume(ids, done, sampling) if done.any()
-                 else np.zeros((2, *ids.shape), np.float32))
-            out.append((i, k, t.astype(np.float16), wts))
+    for i, k, part, w in volume_units(images, labels, weights):
+        ids = np.asarray(part)
+        done = labelled_slices(ids)
+        wts = np.broadcast_to(done[:, None, None], ids.shape).astype(np.float32)
+        if w is not None:
+            wts = wts * w
+        t = head.encode_volume(ids, done, sampling) if done.any() else np.zeros((2, *ids.shape), np.float32)
+        out.append((i, k, t.astype(np.float16), wts))
     return out
 
 
