@@ -288,10 +288,11 @@ def finetune(
     # Where the labelled images' backgrounds sat as the model saw them; a retrain widens the model's range.
     levels = [median_level(im.data, n) for im, n in zip(images, norms)]
     levels += list(ckpt.levels or []) if continuing else []
-    # Each labelled image's own scaling, as training saw it (a retrain adds the corrected images' to the model's).
-    scalings = list(norms) + (list(ckpt.normalisations or ([ckpt.normalisation] if ckpt.normalisation else []))
-                              if continuing else [])
-    scalings = [n for k, n in enumerate(scalings) if n not in scalings[:k]]
+    # Each labelled image's own scaling, as training saw it, for prediction to pick from. A retrain's images (frames
+    # of one acquisition and replayed windows) share their median instead, `norm`: in the DSB2018 correction loop
+    # that did better than per-image scalings, which gave a dim frame a scaling unlike the one it was right under
+    # (docs/benchmarks.md, "Each image scaled as the labelled image that fits it").
+    scalings = None if continuing else [n for k, n in enumerate(norms) if n not in norms[:k]]
     saved: ModelBundle | None = None
 
     def save(step: int, final: bool) -> None:
