@@ -132,13 +132,16 @@ def volume_tuning_data(predictor: Predictor, images: Sequence[Image], labels: Se
     """(activated outputs (K, Z, Y, X), instance ids (Z, Y, X), painted slices (Z,)) of the labelled volumes
     `units`, predicted whole as a user's volumes are: what `shape_training.tune_postprocess` scores in 3D."""
     outputs, truths, painted = [], [], []
+    norms: dict[int, Normalisation] = {}  # one image's percentiles, read once for all its volumes
     for i, k, _, _ in units:
         z = max(1, images[i].z_size)
         ids = np.asarray(labels[i][k * z:(k + 1) * z]).astype(np.int64)
         done = labelled_slices(ids)
         if not done.any():
             continue
-        probs = predictor.volume_probabilities(images[i].volume(k), predictor.normalisation_for(images[i]))
+        if i not in norms:
+            norms[i] = predictor.normalisation_for(images[i])
+        probs = predictor.volume_probabilities(images[i].volume(k), norms[i])
         outputs.append(np.moveaxis(probs, 1, 0))
         truths.append(np.where(ids > 0, ids, 0))
         painted.append(done)

@@ -37,6 +37,7 @@ from scipy import ndimage as ndi
 from ..errors import TowerError
 from .instances import _fill_holes, _relabel_sequential, remove_small
 from .losses import segmentation_loss
+from .targets import painted_runs
 
 BOUNDARY = "boundary"
 DEFAULT_POSTPROCESS = {"seed_threshold": 0.5, "nms_threshold": 0.4, "min_size": 16}
@@ -86,8 +87,7 @@ def volume_edge_distance(labels: np.ndarray, annotated: np.ndarray, cap_px: floa
                          f"{lab.shape} and flags {done.shape}")
     out = np.zeros(lab.shape, np.float32)
     reach = int(np.ceil(cap_px / float(sampling[0]))) + 1  # slices within the cap of a painted one
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], done.astype(np.int8), [0]])))
-    for start, stop in zip(edges[::2], edges[1::2]):  # runs of neighbouring painted slices
+    for start, stop in painted_runs(done):
         before = reach if start > 0 else 0  # the volume's end is an edge, as an image's is in a plane
         after = reach if stop < lab.shape[0] else 0
         run = np.pad(lab[start:stop], ((before, after), (0, 0), (0, 0)), mode="edge")
@@ -98,6 +98,14 @@ def volume_edge_distance(labels: np.ndarray, annotated: np.ndarray, cap_px: floa
 def normalised_distance(labels: np.ndarray) -> np.ndarray:
     """`edge_distance` normalised per object: 1 at the centre of every object."""
     return edge_distance(labels)
+
+
+def _object_ids(labels: np.ndarray) -> np.ndarray:
+    """Instance labels as int64 object ids, 0 = background (negative ids count as background)."""
+    lab = np.asarray(labels)
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise TowerError(f"instance labels have data type {lab.dtype}; give an integer label image")
+    return np.where(lab > 0, lab, 0).astype(np.int64)
 
 
 class InstanceHead:
@@ -124,10 +132,7 @@ class InstanceHead:
     def encode(self, labels: np.ndarray) -> np.ndarray:
         """Training targets (T, Y, X) float32 of one instance label plane (0 = background, 1.. = objects):
         foreground, distance to the edge, and the head's own maps."""
-        lab = np.asarray(labels)
-        if not np.issubdtype(lab.dtype, np.integer):
-            raise TowerError(f"instance labels have data type {lab.dtype}; give an integer label image")
-        lab = np.where(lab > 0, lab, 0).astype(np.int64)
+        lab = _object_ids(labels)
         return np.concatenate([(lab > 0)[None].astype(np.float32), edge_distance(lab, self.cap_px)[None],
                                self._encode_extra(lab)])
 
@@ -141,10 +146,7 @@ class InstanceHead:
         if not self.volumes or self.cap_px is None:
             raise TowerError(f"the {self.name} instance head trains planes only: use the capped head (or boundary) "
                              "for volumes, or fine-tune in 2D")
-        lab = np.asarray(labels)
-        if not np.issubdtype(lab.dtype, np.integer):
-            raise TowerError(f"instance labels have data type {lab.dtype}; give an integer label image")
-        lab = np.where(lab > 0, lab, 0).astype(np.int64)
+        lab = _object_ids(labels)
         return np.stack([(lab > 0).astype(np.float32), volume_edge_distance(lab, annotated, self.cap_px, sampling)])
 
     def augment(self, targets: np.ndarray, k: int, flip: bool) -> np.ndarray:

@@ -25,6 +25,7 @@ from ..data.patch_augment import augment_patch
 from .instances import remove_small
 from .metrics import overlaps
 from .shape_heads import DEFAULT_POSTPROCESS, InstanceHead
+from .targets import painted_runs
 
 MIN_SIZES = (0, 8, 16, 32, 64)
 TUNE_MAX_PIXELS = 4_000_000  # labelled pixels predicted for tuning; beyond it, evenly spaced planes only
@@ -123,8 +124,7 @@ def _compared(labels: np.ndarray, truth: np.ndarray, annotated: np.ndarray | Non
     if painted is None:
         yield labels, truth, annotated
         return
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(painted, np.int8), [0]])))
-    for start, stop in zip(edges[::2], edges[1::2]):
+    for start, stop in painted_runs(painted):
         yield labels[start:stop], truth[start:stop], None
 
 

@@ -59,6 +59,13 @@ def labelled_slices(labels: np.ndarray) -> np.ndarray:
     return (lab.reshape(lab.shape[0], -1) > 0).any(axis=1)
 
 
+def painted_runs(painted: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of neighbouring painted slices in `painted` (Z,) bool: where a volume's objects
+    are known along z as well as in-plane."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(painted, np.int8), [0]])))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
 def encode_volume_targets(labels: np.ndarray, kind: str) -> np.ndarray:
     """Labels of one volume (Z, Y, X) as sparse-convention class maps, like `encode_targets` for planes.
 
