@@ -93,12 +93,14 @@ def _worker_init() -> None:
 
 
 def run_cell(dataset: str, budget: str, seed: int, arm: str, steps: int, patch: int, batch: int, device: str,
-             max_test: int, init: str | None, threads: int, grid: bool = False) -> dict:
-    """Fine-tune one arm on the labelled subset and score it on the test images."""
+             max_test: int, init: str | None, threads: int, grid: bool = False, models: str | None = None) -> dict:
+    """Fine-tune one arm on the labelled subset and score it on the test images. With `models`, a folder, the
+    fine-tuned model is saved there, or loaded from there instead of trained when a previous run saved it."""
     import torch
 
     from napari_tower.config import DataConfig, FinetuneConfig, PredictConfig
     from napari_tower.data import from_array
+    from napari_tower.model_bundle import ModelBundle
     from napari_tower.segment import Predictor, finetune
     from napari_tower.segment.metrics import average_precision, dice, object_scores
     from napari_tower.segment.shape_heads import CAP_PX, CappedDistanceHead
@@ -116,10 +118,16 @@ def run_cell(dataset: str, budget: str, seed: int, arm: str, steps: int, patch: 
     labels = [train[i][1][None] for i in chosen]
     cfg = FinetuneConfig(steps=steps, batch=batch, seed=seed, device=device, target="instance", instance_head=head,
                          val_fraction=0.0, val_every=0, checkpoint_every=0, data=DataConfig(patch=patch))
+    saved = Path(models) / f"{dataset}-{budget.replace('%', 'pct')}-s{seed}-{arm}-{steps}steps.pt" if models else None
     t0 = time.perf_counter()
-    result = finetune(images, labels, cfg, init=init)
-    train_s = time.perf_counter() - t0
-    predictor = Predictor(result.checkpoint, PredictConfig(device=device, instances=True))
+    if saved is not None and saved.exists():
+        model, train_s = ModelBundle.load(saved), None  # trained by an earlier run: scored again, not retrained
+    else:
+        model = finetune(images, labels, cfg, init=init).checkpoint
+        train_s = time.perf_counter() - t0
+        if saved is not None:
+            model.save(saved)
+    predictor = Predictor(model, PredictConfig(device=device, instances=True))
     f1, ap, dsc, test_maps = [], [], [], []
     t1 = time.perf_counter()
     for k, (image, truth) in enumerate(test):
@@ -132,7 +140,7 @@ def run_cell(dataset: str, budget: str, seed: int, arm: str, steps: int, patch: 
             test_maps.append(prediction.probabilities[0])
     predict_s = time.perf_counter() - t1
     run = {"dataset": dataset, "budget": budget, "seed": seed, "arm": arm, "labelled": chosen, "f1": f1, "ap": ap,
-           "dice": dsc, "postprocess": result.checkpoint.postprocess, "steps": result.last.step,
+           "dice": dsc, "postprocess": model.postprocess, "steps": steps,
            "train_s": train_s, "predict_s": predict_s}
     if predictor.head is not None and grid:
         train_maps = [predictor.predict(im).probabilities[0] for im in images]
@@ -219,8 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", action="store_true",
                         help="shape heads: also record every post-processing grid point's training and test F1 "
                              "(analyse_tuning.py; doubles a CPU run's time)")
+    parser.add_argument("--models", type=Path,
+                        help="folder of fine-tuned models, one per cell: saved there, and loaded instead of trained "
+                             "when there (to score the same models on more test images; diagnose_instances.py "
+                             "--model reads one)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    models = None
+    if args.models:
+        args.models.mkdir(parents=True, exist_ok=True)
+        models = str(args.models)
     init = args.init
     if init is None:
         from napari_tower.generalist import generalist_path
@@ -241,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(run: dict) -> None:
         runs.append(run)
+        trained = "loaded, no" if run["train_s"] is None else f"{run['train_s']:.0f}"
         print(f"{run['dataset']} {run['budget']} seed={run['seed']} {run['arm']:<9} F1 {np.mean(run['f1']):.3f} "
-              f"AP {np.mean(run['ap']):.3f} Dice {np.mean(run['dice']):.3f} ({run['train_s']:.0f} s train, "
+              f"AP {np.mean(run['ap']):.3f} Dice {np.mean(run['dice']):.3f} ({trained} s train, "
               f"{run['predict_s']:.0f} s predict) {run['postprocess']}", flush=True)
         tmp = results.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
@@ -251,13 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     common = (args.steps, args.patch, args.batch, args.device, args.max_test, init)
     if args.workers <= 1:
         for cell in todo:
-            record(run_cell(*cell, *common, args.threads, args.grid))
+            record(run_cell(*cell, *common, args.threads, args.grid, models))
     else:
         import multiprocessing
 
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init) as pool:
-            futures = [pool.submit(run_cell, *cell, *common, 1, args.grid) for cell in todo]
+            futures = [pool.submit(run_cell, *cell, *common, 1, args.grid, models) for cell in todo]
             for future in as_completed(futures):
                 record(future.result())
     write_summary(runs, args.out)
