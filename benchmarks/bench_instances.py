@@ -93,15 +93,14 @@ def _worker_init() -> None:
 
 
 def run_cell(dataset: str, budget: str, seed: int, arm: str, steps: int, patch: int, batch: int, device: str,
-             max_test: int, init: str | None, threads: int, grid: bool = False, models: str | None = None) -> dict:
+             max_test: int, init: str | None, threads: int, grid: bool = False, models: Path | None = None) -> dict:
     """Fine-tune one arm on the labelled subset and score it on the test images. With `models`, a folder, the
     fine-tuned model is saved there, or loaded from there instead of trained when a previous run saved it."""
     import torch
 
     from napari_tower.config import DataConfig, FinetuneConfig, PredictConfig
     from napari_tower.data import from_array
-    from napari_tower.model_bundle import ModelBundle
-    from napari_tower.segment import Predictor, finetune
+    from napari_tower.segment import Predictor
     from napari_tower.segment.metrics import average_precision, dice, object_scores
     from napari_tower.segment.shape_heads import CAP_PX, CappedDistanceHead
 
@@ -118,15 +117,8 @@ def run_cell(dataset: str, budget: str, seed: int, arm: str, steps: int, patch: 
     labels = [train[i][1][None] for i in chosen]
     cfg = FinetuneConfig(steps=steps, batch=batch, seed=seed, device=device, target="instance", instance_head=head,
                          val_fraction=0.0, val_every=0, checkpoint_every=0, data=DataConfig(patch=patch))
-    saved = Path(models) / f"{dataset}-{budget.replace('%', 'pct')}-s{seed}-{arm}-{steps}steps.pt" if models else None
-    t0 = time.perf_counter()
-    if saved is not None and saved.exists():
-        model, train_s = ModelBundle.load(saved), None  # trained by an earlier run: scored again, not retrained
-    else:
-        model = finetune(images, labels, cfg, init=init).checkpoint
-        train_s = time.perf_counter() - t0
-        if saved is not None:
-            model.save(saved)
+    saved = models / f"{dataset}-{budget.replace('%', 'pct')}-s{seed}-{arm}-{steps}steps.pt" if models else None
+    model, train_s = load_or_finetune(saved, images, labels, cfg, init)
     predictor = Predictor(model, PredictConfig(device=device, instances=True))
     f1, ap, dsc, test_maps = [], [], [], []
     t1 = time.perf_counter()
@@ -147,6 +139,22 @@ def run_cell(dataset: str, budget: str, seed: int, arm: str, steps: int, patch: 
         run["grid"] = grid_scores(predictor.head, train_maps, [lab[0] for lab in labels], test_maps,
                                   [truth for _, truth in test])
     return run
+
+
+def load_or_finetune(saved: Path | None, images: list, labels: list, cfg, init: str | None):
+    """(model, training seconds) of one cell: loaded from `saved` when an earlier run saved it there (seconds None),
+    else fine-tuned and, when `saved` is given, saved there."""
+    from napari_tower.model_bundle import ModelBundle
+    from napari_tower.segment import finetune
+
+    if saved is not None and saved.exists():
+        return ModelBundle.load(saved), None
+    t0 = time.perf_counter()
+    model = finetune(images, labels, cfg, init=init).checkpoint
+    train_s = time.perf_counter() - t0
+    if saved is not None:
+        model.save(saved)
+    return model, train_s
 
 
 def grid_scores(head, train_maps: list, train_truths: list, test_maps: list, test_truths: list) -> list[dict]:
@@ -233,10 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                              "--model reads one)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    models = None
     if args.models:
         args.models.mkdir(parents=True, exist_ok=True)
-        models = str(args.models)
     init = args.init
     if init is None:
         from napari_tower.generalist import generalist_path
@@ -257,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(run: dict) -> None:
         runs.append(run)
-        trained = "loaded, no" if run["train_s"] is None else f"{run['train_s']:.0f}"
+        trained = "loaded" if run["train_s"] is None else f"{run['train_s']:.0f} s train"
         print(f"{run['dataset']} {run['budget']} seed={run['seed']} {run['arm']:<9} F1 {np.mean(run['f1']):.3f} "
-              f"AP {np.mean(run['ap']):.3f} Dice {np.mean(run['dice']):.3f} ({trained} s train, "
+              f"AP {np.mean(run['ap']):.3f} Dice {np.mean(run['dice']):.3f} ({trained}, "
               f"{run['predict_s']:.0f} s predict) {run['postprocess']}", flush=True)
         tmp = results.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
@@ -268,13 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     common = (args.steps, args.patch, args.batch, args.device, args.max_test, init)
     if args.workers <= 1:
         for cell in todo:
-            record(run_cell(*cell, *common, args.threads, args.grid, models))
+            record(run_cell(*cell, *common, args.threads, args.grid, args.models))
     else:
         import multiprocessing
 
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init) as pool:
-            futures = [pool.submit(run_cell, *cell, *common, 1, args.grid, models) for cell in todo]
+            futures = [pool.submit(run_cell, *cell, *common, 1, args.grid, args.models) for cell in todo]
             for future in as_completed(futures):
                 record(future.result())
     write_summary(runs, args.out)

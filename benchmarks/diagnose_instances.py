@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_instances import labelled_subset, load_split
+from bench_instances import labelled_subset, load_or_finetune, load_split
 
 
 def object_fates(pred: np.ndarray, truth: np.ndarray) -> dict[str, int]:
@@ -80,25 +79,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_tower.config import DataConfig, FinetuneConfig, PredictConfig
     from napari_tower.data import from_array
-    from napari_tower.model_bundle import ModelBundle
-    from napari_tower.segment import Predictor, finetune
+    from napari_tower.segment import Predictor
     from napari_tower.segment.metrics import dice, object_scores
 
     if args.threads:
         torch.set_num_threads(args.threads)
     train, test = load_split(args.dataset, args.max_test)
     chosen = labelled_subset(len(train), args.labelled, args.seed)
-    if args.model.exists():
-        model = ModelBundle.load(args.model)
-    else:
-        cfg = FinetuneConfig(steps=args.steps, batch=8, seed=args.seed, device="cpu", target="instance",
-                             instance_head=args.head, val_fraction=0.0, val_every=0, checkpoint_every=0,
-                             data=DataConfig(patch=128))
-        t0 = time.perf_counter()
-        model = finetune([from_array(train[i][0][None], f"train{i}", axes="ZYX") for i in chosen],
-                         [train[i][1][None] for i in chosen], cfg).checkpoint
-        print(f"fine-tuned in {time.perf_counter() - t0:.0f} s", flush=True)
-        model.save(args.model)
+    cfg = FinetuneConfig(steps=args.steps, batch=8, seed=args.seed, device="cpu", target="instance",
+                         instance_head=args.head, val_fraction=0.0, val_every=0, checkpoint_every=0,
+                         data=DataConfig(patch=128))
+    model, train_s = load_or_finetune(args.model, [from_array(train[i][0][None], f"train{i}", axes="ZYX")
+                                                   for i in chosen], [train[i][1][None] for i in chosen], cfg, None)
+    if train_s is not None:
+        print(f"fine-tuned in {train_s:.0f} s", flush=True)
     predictor = Predictor(model, PredictConfig(device="cpu", instances=True))
     tuned = predictor.postprocess()
     rows = []
