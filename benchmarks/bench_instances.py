@@ -93,9 +93,12 @@ def _worker_init() -> None:
 
 
 def run_cell(dataset: str, budget: str, seed: int, arm: str, steps: int, patch: int, batch: int, device: str,
-             max_test: int, init: str | None, threads: int, grid: bool = False, models: Path | None = None) -> dict:
+             max_test: int, init: str | None, threads: int, grid: bool = False, models: Path | None = None,
+             tta: int = 1) -> dict:
     """Fine-tune one arm on the labelled subset and score it on the test images. With `models`, a folder, the
-    fine-tuned model is saved there, or loaded from there instead of trained when a previous run saved it."""
+    fine-tuned model is saved there, or loaded from there instead of trained when a previous run saved it.
+    `tta` > 1 predicts with test-time flips, and a shape head's post-processing is tuned again on the labelled
+    images predicted the same way (as fine-tuning would have tuned it with that setting)."""
     import torch
 
     from napari_tower.config import DataConfig, FinetuneConfig, PredictConfig
@@ -119,7 +122,14 @@ def run_cell(dataset: str, budget: str, seed: int, arm: str, steps: int, patch: 
                          val_fraction=0.0, val_every=0, checkpoint_every=0, data=DataConfig(patch=patch))
     saved = models / f"{dataset}-{budget.replace('%', 'pct')}-s{seed}-{arm}-{steps}steps.pt" if models else None
     model, train_s = load_or_finetune(saved, images, labels, cfg, init)
-    predictor = Predictor(model, PredictConfig(device=device, instances=True))
+    if tta > 1 and model.instance_head not in (None, "boundary"):
+        from napari_tower.segment.finetune import tune_on_labelled
+        from napari_tower.segment.instance_heads import head_for
+
+        items = [(k, 0, lab, None) for k, lab in enumerate(labels)]
+        model.postprocess = tune_on_labelled(model, head_for(model.instance_head), images, items, False, device,
+                                             tta=tta)
+    predictor = Predictor(model, PredictConfig(device=device, instances=True, tta=tta))
     f1, ap, dsc, test_maps = [], [], [], []
     t1 = time.perf_counter()
     for k, (image, truth) in enumerate(test):
@@ -133,7 +143,7 @@ def run_cell(dataset: str, budget: str, seed: int, arm: str, steps: int, patch: 
     predict_s = time.perf_counter() - t1
     run = {"dataset": dataset, "budget": budget, "seed": seed, "arm": arm, "labelled": chosen, "f1": f1, "ap": ap,
            "dice": dsc, "postprocess": model.postprocess, "steps": steps,
-           "train_s": train_s, "predict_s": predict_s}
+           "train_s": train_s, "predict_s": predict_s, "tta": tta}
     if predictor.head is not None and grid:
         train_maps = [predictor.predict(im).probabilities[0] for im in images]
         run["grid"] = grid_scores(predictor.head, train_maps, [lab[0] for lab in labels], test_maps,
@@ -239,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of fine-tuned models, one per cell: saved there, and loaded instead of trained "
                              "when there (to score the same models on more test images; diagnose_instances.py "
                              "--model reads one)")
+    parser.add_argument("--tta", type=int, default=1, choices=(1, 4, 8),
+                        help="test-time flips at prediction (PredictConfig.tta); shape heads are tuned again with it")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.models:
@@ -259,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"steps": args.steps, "patch": args.patch, "batch": args.batch, "device": args.device,
             "max_test": args.max_test, "init": "generalist" if args.init is None else args.init,
             "cpu": platform.processor() or platform.machine(), "workers": args.workers,
-            "shared": os.environ.get("NAPARI_TOWER_SHARED", "default")}
+            "shared": os.environ.get("NAPARI_TOWER_SHARED", "default"), "tta": args.tta}
 
     def record(run: dict) -> None:
         runs.append(run)
@@ -274,13 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     common = (args.steps, args.patch, args.batch, args.device, args.max_test, init)
     if args.workers <= 1:
         for cell in todo:
-            record(run_cell(*cell, *common, args.threads, args.grid, args.models))
+            record(run_cell(*cell, *common, args.threads, args.grid, args.models, args.tta))
     else:
         import multiprocessing
 
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init) as pool:
-            futures = [pool.submit(run_cell, *cell, *common, 1, args.grid, args.models) for cell in todo]
+            futures = [pool.submit(run_cell, *cell, *common, 1, args.grid, args.models, args.tta) for cell in todo]
             for future in as_completed(futures):
                 record(future.result())
     write_summary(runs, args.out)

@@ -288,6 +288,10 @@ class PredictConfig:
                                   "split touching objects; 0 keeps the one tuned on the labelled images, higher "
                                   "splits more, lower merges more", min=0.0, max=1.0, step=0.05,
                                   label="split threshold")
+    # Flips and quarter turns of each tile, their predictions averaged (`segment.test_time`).
+    tta: int = param(1, "test-time augmentation: average the prediction over 1 (off), 4 (flips) or 8 (flips and "
+                     "quarter turns) transforms of the image; 4 or 8 times slower", choices=(1, 4, 8),
+                     label="test-time flips", noun="test-time flips")
     # "model": an intensity mapping stored with the model (the percentiles of the labelled image whose range fits
     # the image best), so every image is scaled as the model saw its training data; "image": each image's own
     # 1st/99.8th percentiles, which move with its content (issue 21: sparse phase frames had their background

@@ -120,6 +120,21 @@ def test_the_live_preview_follows_the_view(make_napari_viewer, qtbot, errors, mo
     assert tuple(viewer.layers[live.LIVE_PREVIEW_NAME].translate[-2:]) == moved
 
 
+def _most_uncertain_region(widget, image_layer, size: int) -> tuple[int, int]:
+    """Where the core's flip disagreement (plain prediction) puts the first region of plane 0."""
+    from napari_tower.config import PredictConfig
+    from napari_tower.napari.layers import image_from_layer
+    from napari_tower.segment import Predictor
+    from napari_tower.segment.uncertainty import flip_disagreement, suggest_region
+
+    predictor = Predictor(widget.session.segmenter, PredictConfig(device="cpu"))
+    image = image_from_layer(image_layer)
+    norm = predictor.normalisation_for(image)
+    u = flip_disagreement(lambda plane: predictor.probabilities(plane, norm), image.data[0], predictor.target)
+    region = suggest_region([u], size, [])
+    return region.y, region.x
+
+
 def test_next_region_history_and_pretraining_check(make_napari_viewer, qtbot, errors):
     """Next region moves the camera and outlines; going back restores a round exactly; the check gives a number."""
     from napari_tower.napari import guided
@@ -129,10 +144,12 @@ def test_next_region_history_and_pretraining_check(make_napari_viewer, qtbot, er
     assert "Next region" in widget.hint.text()
     viewer.camera.center = (0.0, 0.0)
     widget.loop_panel.region_size.value = 96
+    widget.segment.test_time_flips.value = 8  # prediction's flips must not blind the flips that find the region
     widget.shortcuts["Alt+N"].activated.emit()  # the shortcut's action
     wait_idle(qtbot, widget, 60)
     assert not errors, errors
     region = widget.loop.regions[id(image_layer)][-1]
+    assert (region.y, region.x) == _most_uncertain_region(widget, image_layer, 96)
     outline = viewer.layers[guided.NEXT_REGION_NAME]
     assert len(outline.data) == 1
     np.testing.assert_allclose(outline.data[0].min(0), [region.y, region.x])

@@ -47,6 +47,18 @@ def test_instances_option_gives_the_shape_heads_objects(make_napari_viewer, qtbo
     assert split.postprocess()["seed_threshold"] == 0.9 != bundle.postprocess["seed_threshold"]
     assert np.array_equal(got.reshape(want.shape), split.predict(from_array(image)).labels[0])
 
+    # Test-time flips: the widget predicts as the Predictor does with the eight flips and turns averaged.
+    assert widget.segment.predict_config().tta == 1
+    widget.segment.test_time_flips.value = 8
+    widget.segment.predict_button.click()
+    wait_idle(qtbot, widget, 120)
+    assert not errors, errors
+    got = np.asarray(viewer.layers["nuclei tower labels"].data)
+    flipped = Predictor(bundle, PredictConfig(device="cpu", instances=True, seed_threshold=0.9, tta=8))
+    averaged = flipped.predict(from_array(image)).labels[0]
+    assert np.array_equal(got.reshape(want.shape), averaged)
+    assert not np.array_equal(averaged, split.predict(from_array(image)).labels[0])  # the flips changed the objects
+
 
 def test_a_capped_3d_model_from_two_painted_slices_predicts_3d_objects(make_napari_viewer, qtbot, errors):
     """3D mode with the capped head chosen: fine-tuning on instance ids painted on two slices gives a 3D capped

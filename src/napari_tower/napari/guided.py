@@ -12,6 +12,7 @@ whether pretraining helped.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from typing import Any
 
@@ -41,7 +42,8 @@ def next_region(w: Tower) -> None:
     plane = current_plane(image_layer, w.viewer.dims.point)
     size = int(w.loop_panel.region_size.value)
     done = [Region(0, r.y, r.x, r.size) for r in w.loop.regions.get(id(image_layer), []) if r.plane == plane]
-    cfg = predict_config(w)
+    # Without test-time flips: their average is the same for every flip, so the views would never disagree.
+    cfg = dataclasses.replace(predict_config(w), tta=1)
     ref = weakref.ref(image_layer)
 
     def job(callback, should_stop):

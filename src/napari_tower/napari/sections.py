@@ -370,7 +370,7 @@ class SegmentSection(QGroupBox, Configurable):
         self.finetune_button = QPushButton("Fine-tune")
         self.scope = QComboBox()
         self.scope.addItems(SCOPES)
-        self.predict_controls = ConfigControls(PredictConfig, "instances", "probabilities", "seed_threshold")
+        self.predict_controls = ConfigControls(PredictConfig, "instances", "probabilities", "seed_threshold", "tta")
         self.instances, self.probabilities = self.predict_controls["instances"], self.predict_controls["probabilities"]
         self.split_threshold = self.predict_controls["seed_threshold"]
         self.split_threshold.enabled = bool(self.instances.value)  # it only acts on instances
@@ -391,6 +391,8 @@ class SegmentSection(QGroupBox, Configurable):
         options.addWidget(self.probabilities.native)
         form.addRow(options)
         form.addRow("split threshold", self.split_threshold.native)
+        self.test_time_flips = self.predict_controls["tta"]
+        form.addRow("test-time flips", self.test_time_flips.native)
         form.addRow(self.predict_button)
 
     def finetune_config(self) -> FinetuneConfig:

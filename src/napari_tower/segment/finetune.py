@@ -337,13 +337,14 @@ def shape_objective(head: InstanceHead, images: Sequence[Image], norms: list, it
 
 
 def tune_on_labelled(model: ModelBundle, head: InstanceHead, images: Sequence[Image], items: list, sparse: bool,
-                     device: str) -> dict:
-    """Post-processing parameters of `model` tuned on its labelled planes `items` (predicted as a user would)."""
+                     device: str, tta: int | None = None) -> dict:
+    """Post-processing parameters of `model` tuned on its labelled planes `items` (predicted as a user would:
+    with the default test-time flips, or `tta` of them)."""
     from ..config import PredictConfig
     from .predict import Predictor
     from .shape_training import tune_postprocess, tuning_planes
 
-    predictor = Predictor(model, PredictConfig(device=device))
+    predictor = Predictor(model, PredictConfig(device=device, tta=PredictConfig.tta if tta is None else tta))
     picked = [items[k] for k in tuning_planes([int(np.prod(lab.shape)) for _, _, lab, _ in items])]
     outputs, truths, annotated = [], [], []
     for i, p, lab, _ in picked:

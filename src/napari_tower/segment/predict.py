@@ -20,6 +20,7 @@ from .instance_heads import head_for
 from .instances import instances_from_probabilities
 from .model import Segmenter, inference_segmenter
 from .retry import predict_tiled_within_memory
+from .test_time import averaged
 from .tiling3d import predict_tiled_3d, tiling_3d
 
 # How far (in the model's [0, 1] input range) an image's median may sit outside the labelled images' before
@@ -96,18 +97,23 @@ class Predictor:
         self.classes = int(ckpt.classes)
         self.in_channels = ckpt.in_channels
         self.stored_norm = ckpt.normalisation
+        # Test-time flips only where every output map is independent of direction (not StarDist's rays).
+        self.transforms = int(self.cfg.tta) if self.head is None or self.head.symmetric else 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities (N, K, ...) of normalised input (N, C, ...) on the CPU: class softmax, or a shape head's
         activated maps (background and foreground probabilities first)."""
         with torch.inference_mode():
-            layout = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=layout)
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                logits = self.model(x)
-            if self.head is not None:
-                return self.head.activate(logits.float()).contiguous().cpu()
-            return logits.float().softmax(1).contiguous().cpu()
+            return averaged(self._activated, x.to(self.device, non_blocking=True), self.transforms)
+
+    def _activated(self, x: torch.Tensor) -> torch.Tensor:
+        layout = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
+        x = x.contiguous(memory_format=layout)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            logits = self.model(x)
+        if self.head is not None:
+            return self.head.activate(logits.float()).contiguous().cpu()
+        return logits.float().softmax(1).contiguous().cpu()
 
     def normalisation_for(self, image: Image) -> Normalisation:
         """The intensity mapping for `image`: a labelled image's, as fine-tuning scaled it, unless the image's range

@@ -116,6 +116,7 @@ class InstanceHead:
     tuned = ("seed_threshold", "min_size")  # post-processing parameters `tune_postprocess` chooses
     cap_px: float | None = None  # None: the distance is normalised per object; else capped (see `edge_distance`)
     volumes = False  # whether `encode_volume` trains it on volumes from painted slices (3D models)
+    symmetric = True  # whether its maps are unchanged in value by flips and turns (test-time flips average them)
 
     # --------------------------------------------------------------- network outputs
 

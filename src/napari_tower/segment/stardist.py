@@ -64,6 +64,7 @@ class StarDistHead(InstanceHead):
     name = "stardist"
     channels = 3 + RAYS
     tuned = ("seed_threshold", "nms_threshold", "min_size")
+    symmetric = False  # a turn permutes the rays: test-time flips would average unrelated directions
 
     def _activate_extra(self, raw: torch.Tensor) -> torch.Tensor:
         return F.softplus(raw) * RAY_SCALE
