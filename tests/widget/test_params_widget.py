@@ -25,7 +25,7 @@ EXPECTED = {
     (PretrainConfig, "method"), (PretrainConfig, "steps"), (PretrainConfig, "data.patch"), (PretrainConfig, "batch"),
     (PretrainConfig, "data.patch_z"),
     (PretrainConfig, "model.base"), (PretrainConfig, "device"), (FinetuneConfig, "steps"), (FinetuneConfig, "minutes"), (FinetuneConfig, "instance_head"),
-    (PredictConfig, "instances"), (PredictConfig, "probabilities"), (PredictConfig, "seed_threshold"),
+    (PredictConfig, "instances"), (PredictConfig, "probabilities"), (PredictConfig, "seed_threshold"), (PredictConfig, "tta"),
     (RetrainConfig, "steps"), (RetrainConfig, "minutes"),
     (RetrainConfig, "edit_weight"), (RetrainConfig, "lr_scale"),
     (RetrainConfig, "replay"), (PreviewConfig, "seed"), (PrototypeConfig, "k"), (PrototypeConfig, "ignore"),
