@@ -23,27 +23,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_name
 
 SHARED = Path(os.environ.get("NAPARI_TOWER_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
 DEFAULT_DATA = SHARED / "isbi2012_em" / "train-volume.tif"
 PAINTED = (10, 20)  # the slices a user painted for --loop finetune
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _painted(truth: np.ndarray) -> np.ndarray:
@@ -135,7 +127,7 @@ def main() -> None:
         "voxel_size": list(args.voxel_size),
         "base": args.base, "depth": args.depth, "patch": args.patch,
         "patch_z": cfg.data.patch_z if args.dims == "3d" else None, "batch": args.batch, "steps": args.steps,
-        "threads": args.threads, "cpu": _cpu_name(),
+        "threads": args.threads, "cpu": cpu_name(),
         "s_per_step_median": round(median, 3), "s_per_step_mean": round(mean, 3),
         "patches_per_s": round(args.batch / median, 2),
         "mvoxels_per_s": round(args.batch * voxels / median / 1e6, 3),

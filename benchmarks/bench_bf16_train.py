@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_fewlabel import _images, _score, labelled_draw, load_split
+from machine import cpu_name
 
 from napari_tower.config import AcceleratorConfig, FinetuneConfig
 from napari_tower.segment import finetune
@@ -70,7 +70,7 @@ def main() -> int:
                "time_ratio_bf16_over_fp32": ratios, "median_ratio": float(np.median(ratios)),
                "dice_fp32": float(np.mean([r["mean"] for r in by[False].values()])),
                "dice_bf16": float(np.mean([r["mean"] for r in by[True].values()])), "compare": c.as_dict(),
-               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+               "cpu": cpu_name(), "torch": torch.__version__,
                "threads": args.threads}
     (args.out / "results.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
     print(json.dumps(summary, indent=1))

@@ -32,14 +32,13 @@ import argparse
 import csv
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import tifffile
 import torch
+from machine import cpu_name
 
 from napari_tower.config import FinetuneConfig, PredictConfig
 from napari_tower.data import Normalisation, compute_normalisation, from_array
@@ -217,14 +216,6 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:

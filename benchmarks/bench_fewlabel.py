@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import SHARED, entries, read_grayscale
+from machine import cpu_name
 
 from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig, PretrainConfig
 from napari_tower.data import from_array
@@ -322,7 +322,7 @@ def main() -> int:
         others = " ".join(f"{m}={r:.3f}" for m, r in rates.items() if m in BASELINES)
         print(f"--rates {rates['finetune']:.3f} {rates['tower']:.3f}"
               + (f" --method-rates {others}" if others else "")
-              + f"   ({platform.processor() or platform.machine()}, torch {torch.__version__})")
+              + f"   ({cpu_name()}, torch {torch.__version__})")
         return 0
     if args.out is None:
         parser.error("--out is required")
@@ -347,7 +347,7 @@ def main() -> int:
             "patch": args.patch, "unlabelled_extra": args.unlabelled_extra, "max_test": args.max_test,
             "pretrained_lr_scale": args.pretrained_lr_scale, "warmup": args.warmup, "generalist": generalist,
             "method_rates": dict(args.method_rates), "pretrain_batch": dict(args.pretrain_batch),
-            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
+            "cpu": cpu_name(), "torch": torch.__version__}
 
     def record(run: dict) -> None:
         runs.append(run)

@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -36,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import cpu_name
 
 ARMS = ("boundary", "distance", "capped", "stardist", "capped4", "capped10")
 # capped4 / capped10: the capped head with its cap at 4 or 10 px instead of CAP_PX (a sensitivity check)
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             if _key(d, b, s, a) not in done]
     meta = {"steps": args.steps, "patch": args.patch, "batch": args.batch, "device": args.device,
             "max_test": args.max_test, "init": "generalist" if args.init is None else args.init,
-            "cpu": platform.processor() or platform.machine(), "workers": args.workers,
+            "cpu": cpu_name(), "workers": args.workers,
             "shared": os.environ.get("NAPARI_TOWER_SHARED", "default"), "tta": args.tta}
 
     def record(run: dict) -> None:

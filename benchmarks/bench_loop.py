@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -46,6 +45,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import cpu_name
 
 from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig, RetrainConfig
 from napari_tower.data import from_array
@@ -357,7 +358,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     meta = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "cpu": cpu_name(), "torch": torch.__version__,
             "n_train_pool": len(train), "n_test": len(test)}
 
     def emit(strategy, seed, rnd, scores, seconds, corrected, edited):

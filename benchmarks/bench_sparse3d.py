@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 PAINTED = (10, 21)
 ARMS = ("3d", "3d capped", "2d planes", "2d+3d ws")
@@ -135,7 +135,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     runs = {seed: run_seed(seed, args) for seed in range(args.seeds)}
     arms = [args.reference] + [a for a in next(iter(runs.values())) if a != args.reference]
-    summary: dict = {"machine": f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s)",
+    summary: dict = {"machine": f"{cpu_name()}, {args.threads} torch thread(s)",
                      "args": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "mean": {}, "compare": {}}
     for arm in arms:
         summary["mean"][arm] = {k: float(np.mean([runs[s][arm][k] for s in runs])) for k in runs[0][arm]}

@@ -33,13 +33,13 @@ import argparse
 import csv
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import tifffile
 import torch
+from machine import cpu_name
 
 from napari_tower.config import FinetuneConfig, PredictConfig
 from napari_tower.data import from_array
@@ -190,14 +190,6 @@ def summarise(records: list[dict]) -> None:
                       f"({c.n_seeds} seeds)  {c.verdict}")
 
 
-def cpu_name() -> str:
-    """The CPU model (figures differ 2-3x between this project's machines)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
-    return names[0] if names else platform.machine()
 
 
 def main() -> int:

@@ -31,6 +31,10 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import cpu_name
+
 WIDGET = "TOWER segmentation"
 
 
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     records = run_rounds(viewer, widget, args.rounds, _qt_wait, args.size, args.steps,
                          log=lambda s: print(s, file=sys.stderr, flush=True), base=args.base)
-    result = {"cpu": _cpu(), "torch_threads": args.threads, "size": args.size, "retrain_steps": args.steps,
+    result = {"cpu": cpu_name(), "torch_threads": args.threads, "size": args.size, "retrain_steps": args.steps,
               "base": args.base,
               "total_s": round(time.perf_counter() - start, 1), "summary": summarise(records), "records": records}
     viewer.close()
@@ -185,14 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} vCPU)"
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,29 @@
+"""What machine a benchmark figure came from.
+
+This project's machines differ 2-3x in speed (AMD EPYC and Intel Xeon VMs, with or without native bfloat16), and
+`platform.processor()` says only "x86_64" on Linux, so every benchmark records the CPU's model name instead.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU's model name, vCPU count and native bfloat16 units, e.g. "AMD EPYC 9B14 (2 vCPU, AVX512-BF16)".
+
+    A virtual machine may report only a family name ("Intel(R) Xeon(R) Processor"), so the bfloat16 units, which
+    decide whether training runs in bfloat16, are named from the CPU flags.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    lines = text.splitlines()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    name = names[0] if names else (platform.processor() or platform.machine() or "unknown")
+    units = [label for flag, label in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX-BF16")) if flag in flags]
+    return f"{name} ({', '.join([f'{os.cpu_count()} vCPU', *units])})"
