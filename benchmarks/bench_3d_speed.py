@@ -36,8 +36,6 @@ DEFAULT_DATA = SHARED / "isbi2012_em" / "train-volume.tif"
 PAINTED = (10, 20)  # the slices a user painted for --loop finetune
 
 
-
-
 def _painted(truth: np.ndarray) -> np.ndarray:
     """Sparse scribbles on the PAINTED slices (1 = background, 2 = the class), 0 (unannotated) elsewhere."""
     labels = np.zeros(truth.shape, np.uint8)

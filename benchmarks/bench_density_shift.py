@@ -216,8 +216,6 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)

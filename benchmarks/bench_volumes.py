@@ -190,8 +190,6 @@ def summarise(records: list[dict]) -> None:
                       f"({c.n_seeds} seeds)  {c.verdict}")
 
 
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)

@@ -14,8 +14,9 @@ from pathlib import Path
 def cpu_name() -> str:
     """The CPU's model name, vCPU count and native bfloat16 units, e.g. "AMD EPYC 9B14 (2 vCPU, AVX512-BF16)".
 
-    A virtual machine may report only a family name ("Intel(R) Xeon(R) Processor"), so the bfloat16 units, which
-    decide whether training runs in bfloat16, are named from the CPU flags.
+    A virtual machine may report only a family name ("Intel(R) Xeon(R) Processor"), so the bfloat16 units are named
+    from the CPU flags: where they are, bfloat16 training is native (`napari_tower.train.engine.cpu_has_native_bf16`
+    decides that from torch's own checks; this reads the flags so that it needs no torch).
     """
     try:
         text = Path("/proc/cpuinfo").read_text()
