@@ -265,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         init = None
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.json"
-    runs: list[dict] = json.loads(results.read_text())["runs"] if results.exists() else []
+    stored = json.loads(results.read_text()) if results.exists() else {"meta": {}, "runs": []}
+    runs: list[dict] = stored["runs"]
+    # meta names the machine of the latest invocation; a resumed file's earlier runs keep theirs
+    for run in runs:
+        run.setdefault("cpu", stored["meta"].get("cpu", "unrecorded"))
     done = {_key(r["dataset"], r["budget"], r["seed"], r["arm"]) for r in runs}
     todo = [(d, b, s, a) for d in args.datasets for b in args.labelled for s in range(args.seeds) for a in args.arms
             if _key(d, b, s, a) not in done]
@@ -275,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             "shared": os.environ.get("NAPARI_TOWER_SHARED", "default"), "tta": args.tta}
 
     def record(run: dict) -> None:
+        run["cpu"] = meta["cpu"]
         runs.append(run)
         trained = "loaded" if run["train_s"] is None else f"{run['train_s']:.0f} s train"
         print(f"{run['dataset']} {run['budget']} seed={run['seed']} {run['arm']:<9} F1 {np.mean(run['f1']):.3f} "
