@@ -422,7 +422,7 @@ def test_prediction_retries_with_smaller_batches_then_tiles(kit):
     one_tile, calls = constrained(112 * 112)
     result = one_tile.predict(image)
     assert calls[0][0] == 2 and (one_tile.cfg.tile, one_tile.cfg.batch) == (128, 1)
-    np.testing.assert_array_equal(result.probabilities, free.probabilities)
+    np.testing.assert_allclose(result.probabilities, free.probabilities, atol=1e-5)  # batch size changes float sums on AVX2
 
     # Room for one 64 px tile only: the tiles shrink too; what fits is kept for the second plane.
     small, calls = constrained(64 * 64)
