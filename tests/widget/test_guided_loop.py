@@ -83,11 +83,12 @@ def test_time_budgeted_finetune_shows_a_live_preview(make_napari_viewer, qtbot, 
     assert took < 60
     assert any("ETA" in text for text in seen)
     assert preview not in widget.segment.labels.candidates()  # never offered as annotations
-    # An update costs the GUI thread 6-60 ms; its repaint (software OpenGL under Xvfb) on a 2-core machine shared
-    # by several jobs adds gaps of 120-270 ms (the pretraining stall test sees the same there), hence the looser
-    # bound on the event loop as a whole: a job on the GUI thread would hold it for the whole 6 s.
+    # An update costs the GUI thread 6-60 ms. Its repaint is software OpenGL under Xvfb (llvmpipe), sharing 2 cores
+    # with the training: repaints add gaps of 120-270 ms, and one repaint in a run may reach 0.6-0.9 s (sampled: the
+    # GUI thread inside vispy's glDrawArrays; CI saw 0.89 s once). Hence one gap over
+    # 0.5 s is allowed and none over 2 s: a job on the GUI thread would hold the loop for the whole 6 s.
     assert float(np.median(updates)) < 0.100
-    assert meter.max_gap < 0.500, sorted(meter.gaps)[-5:]
+    assert meter.long_gaps(0.500) <= 1 and meter.max_gap < 2.0, sorted(meter.gaps)[-5:]
 
 
 def test_the_live_preview_follows_the_view(make_napari_viewer, qtbot, errors, monkeypatch):
