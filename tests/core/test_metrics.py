@@ -18,6 +18,7 @@ from napari_tower.segment.metrics import (
     iou,
     match_instances,
     object_scores,
+    overlaps,
 )
 
 
@@ -221,3 +222,16 @@ def test_metrics_in_unit_interval_and_consistent(params, threshold):
     result = evaluate([pred, truth], [truth, pred], instances=True)
     for part in (result["mean"], result["pooled"]):
         assert all(0.0 <= part[k] <= 1.0 for k in ("dice", "iou", "precision", "recall", "f1", "ap"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(label_images)
+def test_sparse_and_dense_ids_give_the_same_overlaps(params):
+    """Ids 1..k take the counting path, ids in the billions the sorting one: the IoU table must not differ."""
+    pred, truth = random_labels(*params)
+    spread = lambda x: np.where(x > 0, x.astype(np.int64) * 1_000_000_007 + 3, 0)
+    dense, sparse = overlaps(pred, truth), overlaps(spread(pred), spread(truth))
+    unsigned = overlaps(pred.astype(np.uint64), truth.astype(np.uint8))
+    table = lambda ov: (ov.n_pred, ov.n_true, sorted(zip(ov.pred_index.tolist(), ov.true_index.tolist(),
+                                                        ov.iou.tolist())))
+    assert table(dense) == table(sparse) == table(unsigned)

@@ -11,8 +11,8 @@ Conventions
   turns binary masks (values only 0/1 or 0/255) into their connected
   components first; the lower-level functions use the ids as given.
 * Objects are matched one-to-one by IoU. The IoU matrix is built from a
-  contingency table of (prediction id, truth id) pixel pairs with a single
-  ``np.unique`` pass, and the matching that maximises the number of pairs with
+  contingency table of (prediction id, truth id) pixel pairs counted in one
+  pass (``np.bincount``, or ``np.unique`` for sparse ids), and the matching that maximises the number of pairs with
   ``IoU >= threshold`` is found with ``scipy.optimize.linear_sum_assignment``
   (run only on the connected groups of candidate pairs that are not already
   trivially one-to-one, so thousands of objects stay cheap).
@@ -140,7 +140,17 @@ class Overlaps:
 
 def _compact(labels: np.ndarray) -> tuple[np.ndarray, int]:
     """Map ids to 0..n-1 (background -> -1)."""
-    ids, inverse = np.unique(labels, return_inverse=True)
+    flat = labels.reshape(-1)
+    top = int(flat.max()) if flat.size else 0
+    if top <= 4 * flat.size + 1024:
+        # Ids are usually 1..n (watershed, painting): a lookup table is O(pixels), where np.unique sorts them.
+        flat = flat.astype(np.intp, copy=False)  # bincount refuses uint64
+        present = np.bincount(flat, minlength=top + 1) > 0
+        present[0] = False
+        lut = np.full(top + 1, -1, np.int64)
+        lut[present] = np.arange(int(np.count_nonzero(present)))
+        return lut[flat], int(np.count_nonzero(present))
+    ids, inverse = np.unique(flat, return_inverse=True)
     inverse = inverse.reshape(-1).astype(np.int64)
     if ids.size and ids[0] == 0:
         return inverse - 1, int(ids.size - 1)
@@ -157,7 +167,13 @@ def overlaps(pred: Any, truth: Any) -> Overlaps:
     area_p = np.bincount(pc[pc >= 0], minlength=n_pred)
     area_t = np.bincount(tc[tc >= 0], minlength=n_true)
     both = (pc >= 0) & (tc >= 0)
-    keys, inter = np.unique(pc[both] * max(n_true, 1) + tc[both], return_counts=True)
+    pairs = pc[both] * max(n_true, 1) + tc[both]
+    if n_pred * n_true <= 4 * pairs.size + 4096:  # a dense table is cheaper than sorting the pixels
+        counts = np.bincount(pairs, minlength=n_pred * n_true)
+        keys = np.flatnonzero(counts)
+        inter = counts[keys]
+    else:
+        keys, inter = np.unique(pairs, return_counts=True)
     pi = keys // max(n_true, 1)
     ti = keys % max(n_true, 1)
     union = area_p[pi] + area_t[ti] - inter
