@@ -335,7 +335,10 @@ def main() -> int:
     runs: list[dict] = []
     results = args.out / "results.json"
     if results.exists():  # resume: skip what is done
-        runs = json.loads(results.read_text())["runs"]
+        stored = json.loads(results.read_text())
+        runs = stored["runs"]
+        for run in runs:  # meta names the latest invocation's machine; a resumed file's earlier runs keep theirs
+            run.setdefault("cpu", stored["meta"].get("cpu", "unrecorded"))
     done = {(r["dataset"], r["n_labelled"], r["arm"], r["seed"]) for r in runs}
     budget = Budget(args.budget, tuple(args.rates) if args.rates else None, args.device,
                     {m: float(r) for m, r in args.method_rates})
@@ -350,6 +353,7 @@ def main() -> int:
             "cpu": cpu_name(), "torch": torch.__version__}
 
     def record(run: dict) -> None:
+        run["cpu"] = meta["cpu"]
         runs.append(run)
         print(f"{run['dataset']} k={run['n_labelled']} seed={run['seed']} {run['arm']:<13} Dice {run['mean']:.4f} "
               f"({run['wall_s']:.0f} s, {run['finetune_steps']} fine-tune steps)", flush=True)

@@ -206,7 +206,10 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cpu = cpu_name()
-    records = json.loads(args.out.read_text())["records"] if args.out.exists() else []
+    stored = json.loads(args.out.read_text()) if args.out.exists() else {"records": []}
+    records = stored["records"]
+    for record in records:  # "cpu" names the latest invocation's machine; a resumed file's records keep theirs
+        record.setdefault("cpu", stored.get("cpu", "unrecorded"))
     done = {(r["set"], r["arm"], r["seed"]) for r in records}
     # Seeds outermost, so a run stopped early still has every set and arm for the seeds it finished.
     for seed in args.seeds:
@@ -214,7 +217,7 @@ def main() -> int:
             for arm in args.arms:
                 if (name, arm, seed) in done:
                     continue
-                records.append(run(name, arm, seed, args))
+                records.append({**run(name, arm, seed, args), "cpu": cpu})
                 args.out.write_text(json.dumps({"cpu": cpu, "threads": args.threads, "args": {
                     k: str(v) for k, v in vars(args).items()}, "records": records}, indent=1))
     summarise(records)
