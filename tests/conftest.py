@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,21 @@ def errors(monkeypatch):
 def warnings_shown(monkeypatch):
     """Messages the widget shows as warning notifications."""
     return _capture_notifications(monkeypatch, "warning")
+
+
+@pytest.fixture
+def run_main(capsys):
+    """`napari-tower ARGS...` in this process, as a `CompletedProcess` (a real process costs seconds of imports
+    each; tests/cli/test_cli.py::test_pretrain_1d_array runs one)."""
+    from napari_tower.cli import main
+
+    def run(*args) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([str(a) for a in args], code, out.out, out.err)
+
+    return run
 
 
 @pytest.fixture

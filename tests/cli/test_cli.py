@@ -15,6 +15,7 @@ from ..conftest import blobs
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """The command in a real process (test_pretrain_1d_array: what a shell sees)."""
     return subprocess.run([sys.executable, "-m", "napari_tower", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
@@ -44,11 +45,10 @@ def _assert_user_error(result: subprocess.CompletedProcess, fragment: str) -> No
         (lambda p: tifffile.imwrite(p, np.random.rand(40, 40).astype(np.float32)), "smaller than the 64 px patch"),
     ],
 )
-def test_pretrain_bad_input(tmp_path, make, fragment):
+def test_pretrain_bad_input(tmp_path, run_main, make, fragment):
     bad = tmp_path / "bad.tif"
     make(bad)
-    result = run_cli("pretrain", bad, "--out", tmp_path / "x.pt", "--steps", "1", "--patch", "64")
-    _assert_user_error(result, fragment)
+    _assert_user_error(run_main("pretrain", bad, "--out", tmp_path / "x.pt", "--steps", "1", "--patch", "64"), fragment)
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -57,7 +57,7 @@ def test_pretrain_1d_array(tmp_path):
     _assert_user_error(run_cli("pretrain", tmp_path / "line.npy", "--out", tmp_path / "x.pt"), "cannot be read as an image")
 
 
-def test_pretrain_then_preview(tmp_path, stack):
+def test_pretrain_then_preview(tmp_path, stack, run_main):
     out = tmp_path / "m.pt"
     assert main(["pretrain", str(stack), "--out", str(out), "--steps", "3", "--patch", "64", "--batch", "4",
                  "--base", "8", "--quiet"]) == 0
@@ -65,7 +65,7 @@ def test_pretrain_then_preview(tmp_path, stack):
 
     ckpt = ModelBundle.load(out, "pretrained")
     assert ckpt.method == "tower" and ckpt.step == 3 and len(ckpt.history["loss"]) == 3
-    result = run_cli("preview", stack, "--out", tmp_path / "prev")
+    result = run_main("preview", stack, "--out", tmp_path / "prev")
     assert result.returncode == 0, result.stderr
     files = sorted(p.stem for p in (tmp_path / "prev").glob("*.tif"))
     assert {"nonlinear", "masking", "shuffle", "inpaint", "outpaint", "tower"} <= set(files)
@@ -74,16 +74,16 @@ def test_pretrain_then_preview(tmp_path, stack):
         assert view.min() >= 0 and view.max() <= 1
 
 
-def test_segmenter_where_pretrained_is_needed(tmp_path, stack):
+def test_segmenter_where_pretrained_is_needed(tmp_path, stack, run_main):
     out = tmp_path / "m.pt"
     main(["pretrain", str(stack), "--out", str(out), "--steps", "0", "--patch", "64", "--base", "8", "--quiet"])
-    _assert_user_error(run_cli("predict", out, stack, "--out", tmp_path / "pred"), "fine-tune it first")
+    _assert_user_error(run_main("predict", out, stack, "--out", tmp_path / "pred"), "fine-tune it first")
 
 
-def test_truncated_checkpoint_and_unwritable_output(tmp_path, stack):
+def test_truncated_checkpoint_and_unwritable_output(tmp_path, stack, run_main):
     (tmp_path / "t.pt").write_bytes(b"PK\x03\x04garbage")
-    _assert_user_error(run_cli("predict", tmp_path / "t.pt", stack, "--out", tmp_path / "pred"), "damaged")
+    _assert_user_error(run_main("predict", tmp_path / "t.pt", stack, "--out", tmp_path / "pred"), "damaged")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    _assert_user_error(run_cli("pretrain", stack, "--out", blocker / "m.pt", "--steps", "0", "--patch", "64",
-                               "--base", "8"), "could not write checkpoint")
+    _assert_user_error(run_main("pretrain", stack, "--out", blocker / "m.pt", "--steps", "0", "--patch", "64",
+                                "--base", "8"), "could not write checkpoint")

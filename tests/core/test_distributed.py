@@ -45,47 +45,50 @@ def test_torchrun_two_ranks_pretrain_and_rank0_writes_one_checkpoint(tmp_path):
 
 
 _PRETRAIN_3D = """
+import gc
 import sys
 import numpy as np
+from torch.nn.parallel import DistributedDataParallel
 from napari_tower.config import DataConfig, ModelConfig, PretrainConfig
 from napari_tower.data import from_array
 from napari_tower.samples import synthetic_nuclei
 from napari_tower.train import pretrain
 
 volume = np.stack([synthetic_nuclei((48, 48), 6, seed=0)[0] for _ in range(12)])
-cfg = PretrainConfig(method=sys.argv[2], steps=3, batch=2, seed=0, device="cpu", val_every=0, checkpoint_every=0,
-                     data=DataConfig(patch=16, patch_z=8), model=ModelConfig(base=4, depth=2, dims="3d"))
-result = pretrain([from_array(volume, "vol", axes="ZYX")], cfg, sys.argv[1])
-print(f"rank {result.rank}/{result.world_size} loss={result.checkpoint.history['loss'][-1]!r}", flush=True)
-import gc
-from torch.nn.parallel import DistributedDataParallel
-alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
-print(f"rank {result.rank} ddp alive={alive}", flush=True)
+for method in sys.argv[2].split(","):  # one after the other in the same ranks: a group set up again must work
+    cfg = PretrainConfig(method=method, steps=3, batch=2, seed=0, device="cpu", val_every=0, checkpoint_every=0,
+                         data=DataConfig(patch=16, patch_z=8), model=ModelConfig(base=4, depth=2, dims="3d"))
+    result = pretrain([from_array(volume, "vol", axes="ZYX")], cfg, f"{sys.argv[1]}/{method}.pt")
+    print(f"rank {result.rank}/{result.world_size} {method} loss={result.checkpoint.history['loss'][-1]!r}",
+          flush=True)
+    alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+    print(f"rank {result.rank} {method} ddp alive={alive}", flush=True)
 """
 
 
-@pytest.mark.parametrize("method", ["tower", "pcrl"])
-def test_torchrun_two_ranks_pretrain_in_3d(tmp_path, method):
-    """3D volumes under DDP: both ranks agree on the global loss, rank 0 writes one 3D checkpoint."""
+def test_torchrun_two_ranks_pretrain_in_3d(tmp_path):
+    """3D volumes under DDP, TOWER then PCRL in the same two ranks (one torchrun start, seconds of imports, for
+    both): the ranks agree on each global loss, rank 0 writes one 3D checkpoint per method."""
     script = tmp_path / "pretrain3d.py"
     script.write_text(_PRETRAIN_3D)
     out = tmp_path / "run"
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), str(out / "ck.pt"), method]
+           str(script), str(out), "tower,pcrl"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = dict(re.findall(r"rank (\d)/2 loss=(\S+)", result.stdout))
-    assert sorted(ranks) == ["0", "1"], result.stdout[-2000:] + result.stderr[-2000:]
-    assert all(math.isfinite(float(v)) for v in ranks.values())
-    assert ranks["0"] == ranks["1"], "both ranks report the loss of the global batch"
-    # A DDP wrapper that outlives its process group can abort the rank at exit (a flaky SIGABRT seen in CI).
-    assert re.findall(r"rank \d ddp alive=(\d+)", result.stdout) == ["0", "0"], result.stdout[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["ck.pt"]
-    ckpt = ModelBundle.load(out / "ck.pt", "pretrained")
-    assert ckpt.step == 3 and ckpt.world_size == 2 and ckpt.spatial_dims == 3
-    assert ckpt.state["unet.encoder.levels.0.0.weight"].ndim == 5
+    for method in ("tower", "pcrl"):
+        ranks = dict(re.findall(rf"rank (\d)/2 {method} loss=(\S+)", result.stdout))
+        assert sorted(ranks) == ["0", "1"], result.stdout[-2000:] + result.stderr[-2000:]
+        assert all(math.isfinite(float(v)) for v in ranks.values())
+        assert ranks["0"] == ranks["1"], "both ranks report the loss of the global batch"
+        # A DDP wrapper that outlives its process group can abort the rank at exit (a flaky SIGABRT seen in CI).
+        assert re.findall(rf"rank \d {method} ddp alive=(\d+)", result.stdout) == ["0", "0"], result.stdout[-2000:]
+        ckpt = ModelBundle.load(out / f"{method}.pt", "pretrained")
+        assert ckpt.method == method and ckpt.step == 3 and ckpt.world_size == 2 and ckpt.spatial_dims == 3
+        assert ckpt.state["unet.encoder.levels.0.0.weight"].ndim == 5
+    assert sorted(p.name for p in out.iterdir()) == ["pcrl.pt", "tower.pt"]
 
 
 def _gather_worker(rank: int, world: int, init: str, a: torch.Tensor, b: torch.Tensor, out: str) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -116,27 +114,25 @@ def test_channel_mismatch_names_rgb():
         Predictor(ckpt).predict(rgb)
 
 
-def test_cli_finetune_predict_evaluate(tmp_path):
+def test_cli_finetune_predict_evaluate(tmp_path, run_main):
     images, labels = _nuclei(2)
     for i, (im, lab) in enumerate(zip(images, labels)):
         tifffile.imwrite(tmp_path / f"img{i}.tif", np.asarray(im.data)[0, 0])
         tifffile.imwrite(tmp_path / f"lab{i}.tif", lab[0].astype(np.uint16))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "napari_tower", *map(str, a)],
-                                    capture_output=True, text=True, timeout=300)
-    r = run("finetune", tmp_path / "img*.tif", "--labels", tmp_path / "lab*.tif", "--out", tmp_path / "m.pt",
-            "--steps", "100", "--patch", "64", "--base", "8", "--depth", "3", "--batch", "4", "--lr", "3e-3", "--quiet")
+    r = run_main("finetune", tmp_path / "img*.tif", "--labels", tmp_path / "lab*.tif", "--out", tmp_path / "m.pt",
+                 "--steps", "100", "--patch", "64", "--base", "8", "--depth", "3", "--batch", "4", "--lr", "3e-3", "--quiet")
     assert r.returncode == 0, r.stderr
-    r = run("predict", tmp_path / "m.pt", tmp_path / "img0.tif", "--out", tmp_path / "pred", "--instances",
-            "--tile", "128", "--quiet")
+    r = run_main("predict", tmp_path / "m.pt", tmp_path / "img0.tif", "--out", tmp_path / "pred", "--instances",
+                 "--tile", "128", "--quiet")
     assert r.returncode == 0, r.stderr
     pred = tifffile.imread(tmp_path / "pred" / "img0.tif")
     assert pred.shape == (128, 128) and pred.max() >= 3
-    r = run("evaluate", "--pred", tmp_path / "pred" / "img0.tif", "--truth", tmp_path / "lab0.tif", "--json")
+    r = run_main("evaluate", "--pred", tmp_path / "pred" / "img0.tif", "--truth", tmp_path / "lab0.tif", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["mean"]["dice"] > 0.6
     # Shape mismatch and a pretraining checkpoint where a segmenter is needed.
     tifffile.imwrite(tmp_path / "small.tif", np.ones((10, 10), np.uint16))
-    r = run("evaluate", "--pred", tmp_path / "pred" / "img0.tif", "--truth", tmp_path / "small.tif")
+    r = run_main("evaluate", "--pred", tmp_path / "pred" / "img0.tif", "--truth", tmp_path / "small.tif")
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "shape" in r.stderr
 
 

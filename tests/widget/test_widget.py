@@ -441,7 +441,7 @@ def test_isbi_stack_dropped_in(isbi_volume, isbi_labels, make_napari_viewer, qtb
     import tifffile
 
     viewer, widget = open_widget(make_napari_viewer)
-    configure(widget, steps=6, patch=128, batch=4, base=16, finetune_steps=20, retrain_steps=40)
+    configure(widget, steps=6, patch=128, batch=4, base=16, finetune_steps=20, retrain_steps=20)
     [image_layer] = viewer.open(str(isbi_volume))
     assert image_layer.data.shape == (30, 512, 512)
     assert widget.volume.dims() == "3d"  # 30 slices: auto picks 3D; this test is the 2D-per-plane path (issue 17)
