@@ -117,18 +117,21 @@ class Distributed:
         return DistributedDataParallel(module, static_graph=True)
 
     def barrier(self) -> None:
-        """Wait for every rank (e.g. rank 0 writing the last checkpoint) before the group goes away."""
-        if self.enabled and self.owns_group:
+        """Wait for every rank (e.g. rank 0 writing the last checkpoint) before the run returns."""
+        if self.enabled:
             import torch.distributed as dist
 
             dist.barrier()
 
     def close(self) -> None:
+        """Free the run's DDP wrapper, and the process group if this run set it up (a caller's group stays)."""
+        if not self.enabled:
+            return
+        # A run's closures hold its DDP wrapper in reference cycles; freed after the group (or at interpreter
+        # exit) its gloo reducer can abort the process ("terminate called without an active exception").
+        gc.collect()
         if self.owns_group:
             import torch.distributed as dist
 
-            # A run's closures hold its DDP wrapper in reference cycles; freed after the group (or at interpreter
-            # exit) its gloo reducer can abort the process ("terminate called without an active exception").
-            gc.collect()
             dist.destroy_process_group()
             self.owns_group = False
