@@ -147,9 +147,10 @@ def _compact(labels: np.ndarray) -> tuple[np.ndarray, int]:
         flat = flat.astype(np.intp, copy=False)  # bincount refuses uint64
         present = np.bincount(flat, minlength=top + 1) > 0
         present[0] = False
+        n = int(np.count_nonzero(present))
         lut = np.full(top + 1, -1, np.int64)
-        lut[present] = np.arange(int(np.count_nonzero(present)))
-        return lut[flat], int(np.count_nonzero(present))
+        lut[present] = np.arange(n)
+        return lut[flat], n
     ids, inverse = np.unique(flat, return_inverse=True)
     inverse = inverse.reshape(-1).astype(np.int64)
     if ids.size and ids[0] == 0:
