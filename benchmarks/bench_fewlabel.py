@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import SHARED, entries, read_grayscale
-from machine import cpu_name
+from machine import cpu_name, keep_run_cpus
 
 from napari_tower.config import DataConfig, FinetuneConfig, ModelConfig, PredictConfig, PretrainConfig
 from napari_tower.data import from_array
@@ -336,9 +336,7 @@ def main() -> int:
     results = args.out / "results.json"
     if results.exists():  # resume: skip what is done
         stored = json.loads(results.read_text())
-        runs = stored["runs"]
-        for run in runs:  # meta names the latest invocation's machine; a resumed file's earlier runs keep theirs
-            run.setdefault("cpu", stored["meta"].get("cpu", "unrecorded"))
+        runs = keep_run_cpus(stored["runs"], stored["meta"].get("cpu"))
     done = {(r["dataset"], r["n_labelled"], r["arm"], r["seed"]) for r in runs}
     budget = Budget(args.budget, tuple(args.rates) if args.rates else None, args.device,
                     {m: float(r) for m, r in args.method_rates})

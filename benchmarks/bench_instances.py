@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_name
+from machine import cpu_name, keep_run_cpus
 
 ARMS = ("boundary", "distance", "capped", "stardist", "capped4", "capped10")
 # capped4 / capped10: the capped head with its cap at 4 or 10 px instead of CAP_PX (a sensitivity check)
@@ -266,10 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.json"
     stored = json.loads(results.read_text()) if results.exists() else {"meta": {}, "runs": []}
-    runs: list[dict] = stored["runs"]
-    # meta names the machine of the latest invocation; a resumed file's earlier runs keep theirs
-    for run in runs:
-        run.setdefault("cpu", stored["meta"].get("cpu", "unrecorded"))
+    runs: list[dict] = keep_run_cpus(stored["runs"], stored["meta"].get("cpu"))
     done = {_key(r["dataset"], r["budget"], r["seed"], r["arm"]) for r in runs}
     todo = [(d, b, s, a) for d in args.datasets for b in args.labelled for s in range(args.seeds) for a in args.arms
             if _key(d, b, s, a) not in done]

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from machine import cpu_name
+from machine import cpu_name, keep_run_cpus
 
 from napari_tower.config import FinetuneConfig, PredictConfig
 from napari_tower.data import from_array
@@ -207,9 +207,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     cpu = cpu_name()
     stored = json.loads(args.out.read_text()) if args.out.exists() else {"records": []}
-    records = stored["records"]
-    for record in records:  # "cpu" names the latest invocation's machine; a resumed file's records keep theirs
-        record.setdefault("cpu", stored.get("cpu", "unrecorded"))
+    records = keep_run_cpus(stored["records"], stored.get("cpu"))
     done = {(r["set"], r["arm"], r["seed"]) for r in records}
     # Seeds outermost, so a run stopped early still has every set and arm for the seeds it finished.
     for seed in args.seeds:

@@ -33,3 +33,14 @@ def cpu_name() -> str:
     bf16 = [label for flag, label in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX-BF16")) if flag in flags]
     units = ([widest] if widest else []) + bf16
     return f"{name} ({', '.join([f'{os.cpu_count()} vCPU', *units])})"
+
+
+def keep_run_cpus(runs: list[dict], file_cpu: str | None) -> list[dict]:
+    """Name the machine of each run in a resumed results file that predates per-run CPUs.
+
+    A file's top-level CPU names the latest invocation's machine; once a run resumes on another machine, each run
+    must keep its own, so runs recorded before that carry the file's CPU (or "unrecorded").
+    """
+    for run in runs:
+        run.setdefault("cpu", file_cpu or "unrecorded")
+    return runs
